@@ -1,0 +1,42 @@
+/* YAML configuration (one file) → struct config. Every error names file:line:column. */
+#ifndef RELAY_CONFIG_H
+#define RELAY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum start_at { START_AT_BEGINNING, START_AT_END };
+
+struct config {
+    char *path;             /* the file it was loaded from */
+    char *relay_id;         /* default: the hostname */
+    char *spool_dir;        /* required */
+    char *spool_pattern;    /* default "*" (fnmatch glob on names) */
+    enum start_at start_at; /* default beginning */
+    char *state_dir;        /* default /var/lib/kumo-nats-relay */
+    char **nats_servers;    /* default { "nats://127.0.0.1:4222" } */
+    size_t nats_server_count;
+    char *jetstream_stream;     /* optional: verified at start when set */
+    size_t max_in_flight;       /* default 4096, 1..1000000 */
+    int64_t ack_timeout_ms;     /* default 5s */
+    char *policy_script;        /* optional: Lua policy; NULL = built-in policy */
+    char *policy_subject;       /* default "kumo.log.{type}" */
+    char *policy_queue;         /* default "nats" */
+    char *policy_hook_name;     /* default "nats" */
+    int64_t checkpoint_interval_ms; /* default 200ms */
+    int64_t shutdown_timeout_ms;    /* default 30s: how long SIGTERM waits for acks */
+    size_t max_record_bytes;        /* default 16 MiB */
+    int log_level;                  /* enum log_level, default info */
+};
+
+/* Fill *cfg from the YAML file at path. Returns NULL on success, or a malloc'd text of
+ * one or more lines "path:line:column: message\n" naming every problem found. */
+char *config_load(const char *path, struct config *cfg);
+
+/* Parse a duration: "200ms", "5s", "10m", "1h", "2d", or a bare number of seconds.
+ * Returns 0 and sets *ms, or -1. */
+int config_parse_duration(const char *text, int64_t *ms);
+
+void config_free(struct config *cfg);
+
+#endif
