@@ -1,0 +1,308 @@
+#include "jscan.h"
+
+#include <string.h>
+
+/* A cursor over the line; every scan_* function advances it past one JSON element and
+ * returns false on malformed input. Depth is bounded so hostile nesting cannot recurse
+ * the stack away. */
+struct cursor {
+    const char *p;
+    const char *end;
+    int depth;
+};
+
+enum { MAX_DEPTH = 128 };
+
+static void skip_ws(struct cursor *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static bool is_hex(char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+static bool scan_string(struct cursor *c)
+{
+    if (c->p >= c->end || *c->p != '"')
+        return false;
+    c->p++;
+    while (c->p < c->end) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            c->p++;
+            return true;
+        }
+        if (ch < 0x20)
+            return false;
+        if (ch == '\\') {
+            if (c->p + 1 >= c->end)
+                return false;
+            char esc = c->p[1];
+            if (esc == 'u') {
+                if (c->end - c->p < 6 || !is_hex(c->p[2]) || !is_hex(c->p[3]) || !is_hex(c->p[4]) ||
+                    !is_hex(c->p[5]))
+                    return false;
+                c->p += 6;
+                continue;
+            }
+            if (!strchr("\"\\/bfnrt", esc))
+                return false;
+            c->p += 2;
+            continue;
+        }
+        c->p++;
+    }
+    return false;
+}
+
+static bool scan_number(struct cursor *c)
+{
+    const char *start = c->p;
+    if (c->p < c->end && *c->p == '-')
+        c->p++;
+    const char *digits = c->p;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+        c->p++;
+    if (c->p == digits)
+        return false;
+    if (c->p < c->end && *c->p == '.') {
+        c->p++;
+        const char *frac = c->p;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+            c->p++;
+        if (c->p == frac)
+            return false;
+    }
+    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+        c->p++;
+        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
+            c->p++;
+        const char *exp = c->p;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+            c->p++;
+        if (c->p == exp)
+            return false;
+    }
+    return c->p > start;
+}
+
+static bool scan_literal(struct cursor *c, const char *word)
+{
+    size_t n = strlen(word);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
+        return false;
+    c->p += n;
+    return true;
+}
+
+static bool scan_value(struct cursor *c);
+
+/* Scans the members of an object or the elements of an array after its opening bracket. */
+static bool scan_container(struct cursor *c, char close, bool is_object)
+{
+    if (++c->depth > MAX_DEPTH)
+        return false;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        c->depth--;
+        return true;
+    }
+    for (;;) {
+        skip_ws(c);
+        if (is_object) {
+            if (!scan_string(c))
+                return false;
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':')
+                return false;
+            c->p++;
+            skip_ws(c);
+        }
+        if (!scan_value(c))
+            return false;
+        skip_ws(c);
+        if (c->p >= c->end)
+            return false;
+        if (*c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (*c->p != close)
+            return false;
+        c->p++;
+        c->depth--;
+        return true;
+    }
+}
+
+static bool scan_value(struct cursor *c)
+{
+    if (c->p >= c->end)
+        return false;
+    switch (*c->p) {
+    case '"':
+        return scan_string(c);
+    case '{':
+        c->p++;
+        return scan_container(c, '}', true);
+    case '[':
+        c->p++;
+        return scan_container(c, ']', false);
+    case 't':
+        return scan_literal(c, "true");
+    case 'f':
+        return scan_literal(c, "false");
+    case 'n':
+        return scan_literal(c, "null");
+    default:
+        return scan_number(c);
+    }
+}
+
+/* Match a raw key (with quotes, escapes undecoded) against the wanted names. Keys with
+ * escapes never match: KumoMTA writes its field names plainly. */
+static void note_key(const char *key, size_t key_len, const char *value, size_t value_len,
+                     const char *const *keys, size_t key_count, struct jscan_value *values)
+{
+    for (size_t i = 0; i < key_count; i++) {
+        size_t n = strlen(keys[i]);
+        if (n + 2 == key_len && memcmp(key + 1, keys[i], n) == 0 && !values[i].raw) {
+            values[i].raw = value;
+            values[i].len = value_len;
+            return;
+        }
+    }
+}
+
+bool jscan_object(const char *line, size_t len, const char *const *keys, size_t key_count,
+                  struct jscan_value *values)
+{
+    struct cursor c = {line, line + len, 1};
+    for (size_t i = 0; i < key_count; i++)
+        values[i] = (struct jscan_value){NULL, 0};
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{')
+        return false;
+    c.p++;
+    skip_ws(&c);
+    if (c.p < c.end && *c.p == '}') {
+        c.p++;
+    } else {
+        for (;;) {
+            skip_ws(&c);
+            const char *key = c.p;
+            if (!scan_string(&c))
+                return false;
+            size_t key_len = (size_t)(c.p - key);
+            skip_ws(&c);
+            if (c.p >= c.end || *c.p != ':')
+                return false;
+            c.p++;
+            skip_ws(&c);
+            const char *value = c.p;
+            if (!scan_value(&c))
+                return false;
+            note_key(key, key_len, value, (size_t)(c.p - value), keys, key_count, values);
+            skip_ws(&c);
+            if (c.p < c.end && *c.p == ',') {
+                c.p++;
+                continue;
+            }
+            if (c.p < c.end && *c.p == '}') {
+                c.p++;
+                break;
+            }
+            return false;
+        }
+    }
+    skip_ws(&c);
+    return c.p == c.end;
+}
+
+static int hex_value(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    return ch - 'A' + 10;
+}
+
+static unsigned read_u16(const char *p)
+{
+    return (unsigned)(hex_value(p[0]) << 12 | hex_value(p[1]) << 8 | hex_value(p[2]) << 4 |
+                      hex_value(p[3]));
+}
+
+static size_t put_utf8(unsigned cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Decodes one escape at p (just after the backslash) into tmp; returns bytes consumed. */
+static size_t decode_escape(const char *p, const char *end, char *tmp, size_t *tmp_len)
+{
+    static const char from[] = "\"\\/bfnrt";
+    static const char to[] = "\"\\/\b\f\n\r\t";
+    if (*p != 'u') {
+        tmp[0] = to[strchr(from, *p) - from];
+        *tmp_len = 1;
+        return 1;
+    }
+    unsigned cp = read_u16(p + 1);
+    size_t used = 5;
+    if (cp >= 0xD800 && cp < 0xDC00 && end - p >= 11 && p[5] == '\\' && p[6] == 'u') {
+        unsigned low = read_u16(p + 7);
+        if (low >= 0xDC00 && low < 0xE000) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            used = 11;
+        }
+    }
+    *tmp_len = put_utf8(cp, tmp);
+    return used;
+}
+
+long jscan_string(const struct jscan_value *value, char *out, size_t cap)
+{
+    if (!value->raw || value->len < 2 || value->raw[0] != '"' || cap == 0)
+        return -1;
+    const char *p = value->raw + 1;
+    const char *end = value->raw + value->len - 1;
+    size_t n = 0;
+    while (p < end) {
+        char tmp[4];
+        size_t tmp_len = 1;
+        if (*p == '\\') {
+            p += 1 + decode_escape(p + 1, end, tmp, &tmp_len);
+        } else {
+            tmp[0] = *p++;
+        }
+        for (size_t i = 0; i < tmp_len && n + 1 < cap; i++)
+            out[n++] = tmp[i];
+    }
+    out[n] = '\0';
+    return (long)n;
+}

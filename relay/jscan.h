@@ -1,0 +1,28 @@
+/* A scanner for the top level of one JSON object, for the policy's hot path.
+ *
+ * Parsing a whole ~900-byte record with jansson costs more than publishing it, and the
+ * built-in policy needs at most a few top-level string fields. jscan walks the line once,
+ * validates its structure and remembers where the wanted keys' values are; nothing is
+ * allocated and nothing nested is decoded. */
+#ifndef RELAY_JSCAN_H
+#define RELAY_JSCAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct jscan_value {
+    const char *raw; /* the value's JSON text (strings with their quotes); NULL = absent */
+    size_t len;
+};
+
+/* Scan line[0..len) (a trailing newline is allowed). For each keys[i] found at the top
+ * level, values[i] gets its raw text. Returns true when the line is one well-formed JSON
+ * object followed only by whitespace. */
+bool jscan_object(const char *line, size_t len, const char *const *keys, size_t key_count,
+                  struct jscan_value *values);
+
+/* Decode a raw JSON string value (with quotes) into out (NUL-terminated, truncated to
+ * cap-1 bytes). Returns the decoded length, or -1 if value is not a string. */
+long jscan_string(const struct jscan_value *value, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,121 @@
+/* kumo-nats-relay: command line and startup order. */
+#include "config.h"
+#include "log.h"
+#include "policy.h"
+#include "relay.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_CONFIG "/etc/kumo-nats-relay/relay.yaml"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: kumo-nats-relay [OPTIONS]\n"
+            "\n"
+            "Tails KumoMTA's log spool and publishes every record to NATS JetStream, exactly\n"
+            "once: offsets advance only on JetStream's acknowledgement.\n"
+            "\n"
+            "Options:\n"
+            "  -c, --config FILE    configuration file (default " DEFAULT_CONFIG ")\n"
+            "      --check          validate the configuration and the policy, print\n"
+            "                       \"configuration OK\" or every problem, exit 0 or 1\n"
+            "      --once           relay what the spool holds now, wait for every ack,\n"
+            "                       write the checkpoint and exit (backfills, cron)\n"
+            "      --reset-offsets  set the checkpoint aside (state_dir/checkpoint.reset-TIME)\n"
+            "                       and relay the spool from the start (or from the end with\n"
+            "                       spool.start_at: end)\n"
+            "  -l, --log-level LVL  override log.level: debug, info, warn, error\n"
+            "  -V, --version        print the version and exit\n"
+            "  -h, --help           print this help and exit\n"
+            "\n"
+            "Signals: SIGTERM and SIGINT stop reading, wait for in-flight acks (up to\n"
+            "shutdown_timeout), write the checkpoint and exit 0.\n");
+}
+
+/* --check: everything that can be validated without connecting or reading the spool. */
+static int check_config(const struct config *cfg)
+{
+    char *err = NULL;
+    struct policy *policy = policy_create(cfg, &err);
+    if (!policy) {
+        fprintf(stderr, "%s: %s\n", cfg->path, err);
+        free(err);
+        return 1;
+    }
+    policy_destroy(policy);
+    printf("configuration OK\n");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 'k'},
+        {"once", no_argument, NULL, 'o'},
+        {"reset-offsets", no_argument, NULL, 'r'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = DEFAULT_CONFIG;
+    const char *log_level = NULL;
+    bool check = false;
+    struct relay_options options = {0};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:l:Vh", long_options, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'k':
+            check = true;
+            break;
+        case 'o':
+            options.once = true;
+            break;
+        case 'r':
+            options.reset_offsets = true;
+            break;
+        case 'l':
+            log_level = optarg;
+            break;
+        case 'V':
+            printf("kumo-nats-relay %s\n", RELAY_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kumo-nats-relay: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    struct config cfg;
+    char *errors = config_load(config_path, &cfg);
+    if (errors) {
+        fputs(errors, stderr);
+        free(errors);
+        return 1;
+    }
+    int level = log_level ? log_level_parse(log_level) : cfg.log_level;
+    if (level < 0) {
+        fprintf(stderr, "kumo-nats-relay: unknown log level \"%s\"\n", log_level);
+        config_free(&cfg);
+        return 2;
+    }
+    log_set_level((enum log_level)level);
+    int status = check ? check_config(&cfg) : relay_run(&cfg, &options);
+    config_free(&cfg);
+    return status;
+}

@@ -1,0 +1,300 @@
+#include "offsets.h"
+
+#include "xalloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CHECKPOINT_MAGIC "kumo-nats-relay checkpoint 1\n"
+
+void offsets_watermark_push(struct watermark *wm, struct inflight_record *rec)
+{
+    rec->next = NULL;
+    if (wm->tail)
+        wm->tail->next = rec;
+    else
+        wm->head = rec;
+    wm->tail = rec;
+    wm->pending++;
+}
+
+bool offsets_watermark_complete(struct watermark *wm, struct inflight_record *rec,
+                                void (*release)(void *arg, struct inflight_record *rec), void *arg)
+{
+    rec->complete = true;
+    bool moved = false;
+    while (wm->head && wm->head->complete) {
+        struct inflight_record *done = wm->head;
+        wm->head = done->next;
+        if (!wm->head)
+            wm->tail = NULL;
+        wm->pending--;
+        wm->committed_offset = done->end;
+        wm->committed_ordinal = done->ordinal + 1;
+        moved = true;
+        release(arg, done);
+    }
+    return moved;
+}
+
+/* CRC-32 (IEEE) over the checkpoint body, so a file cut short or scribbled on is refused
+ * instead of silently restarting segments from a wrong offset. */
+static uint32_t crc32_update(uint32_t crc, const char *data, size_t len)
+{
+    crc = ~crc;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (unsigned char)data[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* Names are written with %XX for bytes outside the printable, space-free range. */
+static void put_escaped(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p <= ' ' || *p >= 0x7f || *p == '%')
+            fprintf(f, "%%%02X", *p);
+        else
+            fputc(*p, f);
+    }
+}
+
+static char *unescape(const char *s, size_t len)
+{
+    char *out = xmalloc(len + 1);
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned v;
+        if (s[i] == '%' && i + 2 < len && sscanf(s + i + 1, "%2X", &v) == 1) {
+            out[n++] = (char)v;
+            i += 2;
+        } else {
+            out[n++] = s[i];
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+void offsets_checkpoint_add(struct checkpoint *cp, const struct checkpoint_entry *entry)
+{
+    cp->entries = xrealloc(cp->entries, (cp->count + 1) * sizeof(*cp->entries));
+    cp->entries[cp->count] = *entry;
+    cp->entries[cp->count].name = xstrdup(entry->name);
+    cp->count++;
+}
+
+void offsets_checkpoint_free(struct checkpoint *cp)
+{
+    for (size_t i = 0; i < cp->count; i++)
+        free(cp->entries[i].name);
+    free(cp->entries);
+    free(cp->spool_dir);
+    memset(cp, 0, sizeof(*cp));
+}
+
+static char *render(const struct checkpoint *cp, size_t *len)
+{
+    char *text = NULL;
+    FILE *f = open_memstream(&text, len);
+    if (!f)
+        return NULL;
+    fputs(CHECKPOINT_MAGIC, f);
+    fputs("spool ", f);
+    put_escaped(f, cp->spool_dir);
+    fputc('\n', f);
+    for (size_t i = 0; i < cp->count; i++) {
+        const struct checkpoint_entry *e = &cp->entries[i];
+        fputs("segment ", f);
+        put_escaped(f, e->name);
+        fprintf(f, " %" PRIu64 " %" PRIu64 " %" PRIu64 " %d\n", e->inode, e->offset, e->ordinal,
+                e->finished ? 1 : 0);
+    }
+    fflush(f);
+    uint32_t crc = crc32_update(0, text, *len);
+    fprintf(f, "end %zu %08x\n", cp->count, crc);
+    fclose(f);
+    return text;
+}
+
+static char *write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return xstrdup(strerror(errno));
+        data += n;
+        len -= (size_t)n;
+    }
+    return NULL;
+}
+
+char *offsets_checkpoint_write(const char *state_dir, const struct checkpoint *cp)
+{
+    char *tmp = xasprintf("%s/.checkpoint.tmp", state_dir);
+    char *final = xasprintf("%s/checkpoint", state_dir);
+    char *err = NULL, *why = NULL;
+    size_t len = 0;
+    char *text = render(cp, &len);
+    int fd = -1, dirfd = -1;
+    if (!text) {
+        err = xasprintf("cannot render the checkpoint: out of memory");
+        goto cleanup;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        err = xasprintf("cannot create %s: %s", tmp, strerror(errno));
+        goto cleanup;
+    }
+    if ((why = write_all(fd, text, len)) != NULL) {
+        err = xasprintf("cannot write %s: %s", tmp, why);
+        goto cleanup;
+    }
+    /* Data must be on disk before the rename makes it the checkpoint, and the rename must
+     * be on disk before we act as if the offsets were saved. */
+    if (fsync(fd) != 0) {
+        err = xasprintf("cannot fsync %s: %s", tmp, strerror(errno));
+        goto cleanup;
+    }
+    if (rename(tmp, final) != 0) {
+        err = xasprintf("cannot rename %s to %s: %s", tmp, final, strerror(errno));
+        goto cleanup;
+    }
+    dirfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0 || fsync(dirfd) != 0)
+        err = xasprintf("cannot fsync directory %s: %s", state_dir, strerror(errno));
+cleanup:
+    if (fd >= 0)
+        close(fd);
+    if (dirfd >= 0)
+        close(dirfd);
+    if (err)
+        unlink(tmp);
+    free(why);
+    free(text);
+    free(tmp);
+    free(final);
+    return err;
+}
+
+static bool parse_u64(const char *s, char **end, uint64_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return false;
+    errno = 0;
+    unsigned long long v = strtoull(s, end, 10);
+    if (errno)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Parses "segment NAME INODE OFFSET ORDINAL FINISHED". */
+static bool parse_segment_line(const char *line, size_t len, struct checkpoint *cp)
+{
+    char *copy = xstrndup(line, len);
+    char *p = copy + strlen("segment ");
+    char *space = strchr(p, ' ');
+    struct checkpoint_entry e = {0};
+    uint64_t finished = 0;
+    bool ok = space != NULL;
+    if (ok) {
+        char *q = space + 1;
+        ok = parse_u64(q, &q, &e.inode) && *q++ == ' ' && parse_u64(q, &q, &e.offset) &&
+             *q++ == ' ' && parse_u64(q, &q, &e.ordinal) && *q++ == ' ' &&
+             parse_u64(q, &q, &finished) && *q == '\0' && finished <= 1;
+    }
+    if (ok) {
+        e.name = unescape(p, (size_t)(space - p));
+        e.finished = finished == 1;
+        offsets_checkpoint_add(cp, &e);
+        free(e.name);
+    }
+    free(copy);
+    return ok;
+}
+
+char *offsets_checkpoint_parse(const char *text, size_t len, struct checkpoint *cp)
+{
+    memset(cp, 0, sizeof(*cp));
+    size_t magic_len = strlen(CHECKPOINT_MAGIC);
+    if (len < magic_len || memcmp(text, CHECKPOINT_MAGIC, magic_len) != 0)
+        return xstrdup("not a kumo-nats-relay checkpoint (bad first line)");
+    const char *p = text + magic_len, *end = text + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            break;
+        size_t n = (size_t)(nl - p);
+        if (n > 4 && memcmp(p, "end ", 4) == 0) {
+            size_t count = 0;
+            unsigned crc = 0;
+            char tail[64];
+            snprintf(tail, sizeof(tail), "%.*s", (int)(n < 63 ? n : 63), p);
+            char extra;
+            if (sscanf(tail, "end %zu %8x%c", &count, &crc, &extra) != 2 || count != cp->count ||
+                crc != crc32_update(0, text, (size_t)(p - text)) || nl + 1 != end)
+                break;
+            return NULL;
+        }
+        if (n > 6 && memcmp(p, "spool ", 6) == 0 && !cp->spool_dir)
+            cp->spool_dir = unescape(p + 6, n - 6);
+        else if (!(n > 8 && memcmp(p, "segment ", 8) == 0 && parse_segment_line(p, n, cp)))
+            break;
+        p = nl + 1;
+    }
+    offsets_checkpoint_free(cp);
+    return xstrdup("the checkpoint is incomplete or damaged (its end line or checksum does not "
+                   "match)");
+}
+
+char *offsets_checkpoint_load(const char *state_dir, struct checkpoint *cp, bool *exists)
+{
+    memset(cp, 0, sizeof(*cp));
+    *exists = false;
+    char *path = xasprintf("%s/checkpoint", state_dir);
+    char *err = NULL;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno != ENOENT)
+            err = xasprintf("cannot read checkpoint %s: %s", path, strerror(errno));
+        free(path);
+        return err;
+    }
+    *exists = true;
+    char *text = NULL;
+    size_t cap = 0, len = 0;
+    for (;;) {
+        if (len + 65536 > cap)
+            text = xrealloc(text, cap = cap * 2 + 65536);
+        size_t n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    if (ferror(f)) {
+        err = xasprintf("cannot read checkpoint %s: %s", path, strerror(errno));
+    } else {
+        char *why = offsets_checkpoint_parse(text, len, cp);
+        if (why) {
+            err = xasprintf("checkpoint %s: %s; refusing to start rather than re-read or skip "
+                            "records (run with --reset-offsets to start over)",
+                            path, why);
+            free(why);
+        }
+    }
+    fclose(f);
+    free(text);
+    free(path);
+    return err;
+}

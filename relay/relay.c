@@ -1,0 +1,623 @@
+#include "relay.h"
+
+#include "config.h"
+#include "deadletter.h"
+#include "log.h"
+#include "loop.h"
+#include "offsets.h"
+#include "policy.h"
+#include "publish.h"
+#include "segment.h"
+#include "spool.h"
+#include "xalloc.h"
+
+#include <stdlib.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    RECORDS_PER_TURN = 256, /* records read from one segment before the next gets a turn */
+    TICK_MS = 100,          /* ack timeouts and retries */
+    RESCAN_MS = 30000,      /* the safety-net scan, in case inotify missed something */
+};
+
+struct relay_counters {
+    uint64_t records_read, published, dropped, deadlettered;
+    uint64_t truncated_segments, corrupt_segments, lost_segments;
+    uint64_t checkpoint_writes, checkpoint_failures;
+};
+
+struct relay {
+    const struct config *cfg;
+    const struct relay_options *options;
+    struct loop *loop;
+    struct spool *spool;
+    struct publisher *pub;
+    struct policy *policy;
+    struct deadletter *deadletter;
+    struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
+    bool have_checkpoint;
+    struct segment *ready_head, *ready_tail;
+    struct inflight_record *records, *free_records;
+    size_t record_count, records_in_use;
+    struct inflight_record *current; /* the record the policy is handling */
+    uint32_t current_publishes;
+    bool dirty; /* offsets moved since the last checkpoint */
+    bool draining;
+    uint64_t drain_deadline_ms;
+    bool started; /* the first scan is done */
+    int exit_status;
+    int signal_fd;
+    struct relay_counters counters;
+};
+
+/* ---- the ready queue: segments that may have records to read ---- */
+
+static void ready_push(struct relay *r, struct segment *seg)
+{
+    if (seg->ready || seg->state != SEGMENT_STATE_READING || seg->gone)
+        return;
+    seg->ready = true;
+    seg->ready_next = NULL;
+    if (r->ready_tail)
+        r->ready_tail->ready_next = seg;
+    else
+        r->ready_head = seg;
+    r->ready_tail = seg;
+}
+
+static struct segment *ready_pop(struct relay *r)
+{
+    struct segment *seg = r->ready_head;
+    if (!seg)
+        return NULL;
+    r->ready_head = seg->ready_next;
+    if (!r->ready_head)
+        r->ready_tail = NULL;
+    seg->ready = false;
+    return seg;
+}
+
+static void ready_forget(struct relay *r, struct segment *seg)
+{
+    for (struct segment **p = &r->ready_head; *p; p = &(*p)->ready_next) {
+        if (*p == seg) {
+            *p = seg->ready_next;
+            if (r->ready_tail == seg) {
+                r->ready_tail = NULL;
+                for (struct segment *s = r->ready_head; s; s = s->ready_next)
+                    r->ready_tail = s;
+            }
+            break;
+        }
+    }
+    seg->ready = false;
+}
+
+/* ---- segment lifecycle ---- */
+
+static const struct checkpoint_entry *checkpoint_entry(const struct relay *r, const char *name)
+{
+    for (size_t i = 0; i < r->checkpoint.count; i++)
+        if (strcmp(r->checkpoint.entries[i].name, name) == 0)
+            return &r->checkpoint.entries[i];
+    return NULL;
+}
+
+static void on_segment_added(void *ctx, struct segment *seg)
+{
+    struct relay *r = ctx;
+    const struct checkpoint_entry *e = checkpoint_entry(r, seg->name);
+    if (e && e->inode != seg->inode) {
+        log_warn("segment has a new inode since the checkpoint, reading it from the start "
+                 "segment=%s",
+                 seg->name);
+        e = NULL;
+    }
+    if (e) {
+        seg->resume_offset = e->offset;
+        seg->resume_ordinal = e->ordinal;
+        seg->wm.committed_offset = e->offset;
+        seg->wm.committed_ordinal = e->ordinal;
+        if (e->finished)
+            seg->state = SEGMENT_STATE_FINISHED;
+    } else if (!r->started && !r->have_checkpoint && r->cfg->start_at == START_AT_END) {
+        seg->skip_existing = true;
+    }
+    r->dirty = true;
+    log_debug("segment added segment=%s offset=%" PRIu64 " state=%d", seg->name, seg->resume_offset,
+              seg->state);
+}
+
+static void on_segment_changed(void *ctx, struct segment *seg)
+{
+    ready_push(ctx, seg);
+}
+
+static void free_segment_if_unused(struct segment *seg)
+{
+    if (seg->gone && seg->in_flight_records == 0)
+        spool_segment_free(seg);
+}
+
+static void on_segment_removed(void *ctx, struct segment *seg)
+{
+    struct relay *r = ctx;
+    if (seg->state != SEGMENT_STATE_FINISHED) {
+        r->counters.lost_segments++;
+        log_warn("segment deleted before it was relayed completely, forgetting it segment=%s "
+                 "records_read=%" PRIu64 " committed_offset=%" PRIu64,
+                 seg->name, seg->records_read, seg->wm.committed_offset);
+    }
+    ready_forget(r, seg);
+    segment_reader_close(seg->reader);
+    seg->reader = NULL;
+    r->dirty = true;
+    free_segment_if_unused(seg);
+}
+
+/* ---- records ---- */
+
+static struct inflight_record *record_take(struct relay *r)
+{
+    struct inflight_record *rec = r->free_records;
+    if (rec) {
+        r->free_records = rec->next;
+        r->records_in_use++;
+    }
+    return rec;
+}
+
+static void record_release(void *arg, struct inflight_record *rec)
+{
+    struct relay *r = arg;
+    struct segment *seg = rec->segment;
+    seg->in_flight_records--;
+    rec->next = r->free_records;
+    r->free_records = rec;
+    r->records_in_use--;
+}
+
+static void finish_if_drained(struct segment *seg)
+{
+    if (seg->state == SEGMENT_STATE_DRAINING && seg->wm.pending == 0) {
+        seg->state = SEGMENT_STATE_FINISHED;
+        log_debug("segment finished segment=%s records=%" PRIu64, seg->name,
+                  seg->wm.committed_ordinal);
+    }
+}
+
+static void record_complete(struct relay *r, struct inflight_record *rec)
+{
+    struct segment *seg = rec->segment;
+    if (offsets_watermark_complete(&seg->wm, rec, record_release, r))
+        r->dirty = true;
+    finish_if_drained(seg);
+    free_segment_if_unused(seg);
+}
+
+static void on_publish_done(void *ctx, void *cookie, enum publish_outcome outcome)
+{
+    struct relay *r = ctx;
+    struct inflight_record *rec = cookie;
+    if (--rec->outstanding == 0)
+        record_complete(r, rec);
+}
+
+static int sink_publish(void *ctx, const char *subject, const char *data, size_t len,
+                        const char *msg_id, char **err)
+{
+    struct relay *r = ctx;
+    struct inflight_record *rec = r->current;
+    struct segment *seg = rec->segment;
+    char id[512];
+    if (!msg_id) {
+        /* <relay_id>:<segment>:<end offset>[:<n>]: the same on every retry and replay. */
+        if (r->current_publishes == 0)
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->name, rec->end);
+        else
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->name, rec->end,
+                     r->current_publishes);
+        msg_id = id;
+    }
+    if (publisher_publish(r->pub, rec, subject, msg_id, data, len, err) != 0)
+        return -1;
+    r->current_publishes++;
+    rec->outstanding++;
+    r->counters.published++;
+    return 0;
+}
+
+static void deadletter_record(struct relay *r, struct segment *seg, const struct segment_record *sr,
+                              const char *reason)
+{
+    char *err = deadletter_write(r->deadletter, seg->name, sr->start, sr->end, reason, sr->data,
+                                 sr->data ? sr->len : 0);
+    /* Moving the offset past a record we could not even write down would lose it; stop
+     * and let the operator (or systemd) restart us once the disk is fixed. */
+    if (err)
+        fatalx("cannot dead-letter a record, stopping segment=%s offset=%" PRIu64 " error=\"%s\"",
+               seg->name, sr->start, err);
+    r->counters.deadlettered++;
+    log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
+             sr->start, reason);
+}
+
+static void handle_record(struct relay *r, struct segment *seg, const struct segment_record *sr)
+{
+    struct inflight_record *rec = record_take(r);
+    rec->segment = seg;
+    rec->start = sr->start;
+    rec->end = sr->end;
+    rec->ordinal = sr->ordinal;
+    rec->outstanding = 0;
+    rec->complete = false;
+    rec->read_at_ms = loop_now_ms();
+    seg->in_flight_records++;
+    seg->records_read++;
+    r->counters.records_read++;
+    offsets_watermark_push(&seg->wm, rec);
+
+    struct policy_sink sink = {sink_publish, r};
+    char *reason = NULL;
+    r->current = rec;
+    r->current_publishes = 0;
+    enum policy_verdict verdict = policy_handle(r->policy, sr, &sink, &reason);
+    r->current = NULL;
+    if (verdict == POLICY_DEADLETTER)
+        deadletter_record(r, seg, sr, reason ? reason : "policy error");
+    else if (verdict == POLICY_DROPPED)
+        r->counters.dropped++;
+    free(reason);
+    /* Dropped, dead-lettered, or a policy that published nothing: complete now. Records
+     * whose publishes failed to queue are dead-lettered above, so none is left hanging. */
+    if (rec->outstanding == 0)
+        record_complete(r, rec);
+}
+
+/* ---- reading ---- */
+
+static bool open_reader(struct relay *r, struct segment *seg)
+{
+    char *err = NULL;
+    seg->reader = segment_reader_open(seg->path, seg->resume_offset, seg->resume_ordinal,
+                                      r->cfg->max_record_bytes, &err);
+    if (!seg->reader) {
+        log_warn("cannot open segment, will retry at the next change segment=%s error=\"%s\"",
+                 seg->name, err);
+        free(err);
+        return false;
+    }
+    return true;
+}
+
+/* The segment is done and read to its end: note a truncated tail, stop reading. */
+static void end_of_segment(struct relay *r, struct segment *seg)
+{
+    struct segment_tail tail;
+    segment_reader_tail(seg->reader, &tail);
+    if (tail.frame_truncated || tail.partial_bytes > 0) {
+        r->counters.truncated_segments++;
+        log_warn("segment ends mid-record (kumod stopped without finishing it); its tail is "
+                 "dropped segment=%s dropped_bytes=%zu frame_truncated=%s",
+                 seg->name, tail.partial_bytes, tail.frame_truncated ? "yes" : "no");
+    }
+    segment_reader_close(seg->reader);
+    seg->reader = NULL;
+    seg->state = SEGMENT_STATE_DRAINING;
+    finish_if_drained(seg);
+    r->dirty = true;
+}
+
+static void segment_failed(struct relay *r, struct segment *seg)
+{
+    r->counters.corrupt_segments++;
+    log_error("segment cannot be decoded past this point, skipping the rest of it segment=%s "
+              "offset=%" PRIu64 " error=\"%s\"",
+              seg->name, segment_reader_offset(seg->reader), segment_reader_error(seg->reader));
+    segment_reader_close(seg->reader);
+    seg->reader = NULL;
+    seg->state = SEGMENT_STATE_DRAINING;
+    finish_if_drained(seg);
+    r->dirty = true;
+}
+
+static bool window_open(const struct relay *r)
+{
+    return r->free_records && publisher_can_publish(r->pub) && !r->draining;
+}
+
+/* Reads up to RECORDS_PER_TURN records. Returns true if the segment should get another
+ * turn right away (more records may be there). */
+static bool read_segment(struct relay *r, struct segment *seg)
+{
+    if (!seg->reader && !open_reader(r, seg))
+        return false;
+    /* Done (write bits cleared) seen before this pass means every byte was written before
+     * our reads began, so EOF now is the real end. */
+    bool done_before = seg->done;
+    for (int n = 0; n < RECORDS_PER_TURN; n++) {
+        if (!window_open(r))
+            return true;
+        struct segment_record sr;
+        enum segment_read res = segment_reader_next(seg->reader, &sr);
+        if (res == SEGMENT_RECORD) {
+            if (!seg->skip_existing)
+                handle_record(r, seg, &sr);
+            continue;
+        }
+        if (res == SEGMENT_ERROR) {
+            segment_failed(r, seg);
+            return false;
+        }
+        if (seg->skip_existing) {
+            seg->skip_existing = false;
+            seg->resume_offset = seg->wm.committed_offset = segment_reader_offset(seg->reader);
+            seg->wm.committed_ordinal = segment_reader_ordinal(seg->reader);
+            r->dirty = true;
+        }
+        if (done_before) {
+            end_of_segment(r, seg);
+            return false;
+        }
+        if (!spool_refresh_mode(seg) || !seg->done)
+            return false; /* live: inotify tells us when it grows */
+        done_before = true;
+    }
+    return true;
+}
+
+static void pump(struct relay *r)
+{
+    size_t turns = 0, limit = 1 + r->cfg->max_in_flight / RECORDS_PER_TURN * 4;
+    while (window_open(r) && r->ready_head && turns++ < limit) {
+        struct segment *seg = ready_pop(r);
+        if (read_segment(r, seg))
+            ready_push(r, seg);
+    }
+    /* Stopped only by the turn limit, with room left: come back without sleeping. */
+    if (window_open(r) && r->ready_head)
+        loop_wake_within(r->loop, 0);
+}
+
+/* ---- checkpoint ---- */
+
+static void write_checkpoint(struct relay *r)
+{
+    struct checkpoint cp = {.spool_dir = (char *)r->cfg->spool_dir};
+    size_t n = spool_segment_count(r->spool);
+    for (size_t i = 0; i < n; i++) {
+        struct segment *seg = spool_segment(r->spool, i);
+        struct checkpoint_entry e = {
+            .name = seg->name,
+            .inode = seg->inode,
+            .offset = seg->wm.committed_offset,
+            .ordinal = seg->wm.committed_ordinal,
+            .finished = seg->state == SEGMENT_STATE_FINISHED,
+        };
+        offsets_checkpoint_add(&cp, &e);
+    }
+    /* Dead letters must be durable before the offsets that skip their records are. */
+    char *err = deadletter_sync(r->deadletter);
+    if (!err)
+        err = offsets_checkpoint_write(r->cfg->state_dir, &cp);
+    if (err) {
+        r->counters.checkpoint_failures++;
+        if (r->counters.checkpoint_failures == 1 || r->counters.checkpoint_failures % 100 == 0)
+            log_error("cannot write the checkpoint, offsets are not saved failures=%" PRIu64
+                      " error=\"%s\"",
+                      r->counters.checkpoint_failures, err);
+        free(err);
+    } else {
+        if (r->counters.checkpoint_failures > 0 && r->dirty)
+            log_info("checkpoint written again after failures");
+        r->counters.checkpoint_writes++;
+        r->dirty = false;
+    }
+    for (size_t i = 0; i < cp.count; i++)
+        free(cp.entries[i].name);
+    free(cp.entries);
+}
+
+static void on_checkpoint_timer(struct loop *loop, void *arg)
+{
+    struct relay *r = arg;
+    if (r->dirty)
+        write_checkpoint(r);
+}
+
+/* ---- the loop's hooks ---- */
+
+static void begin_drain(struct relay *r, const char *why)
+{
+    if (r->draining)
+        return;
+    r->draining = true;
+    r->drain_deadline_ms = loop_now_ms() + (uint64_t)r->cfg->shutdown_timeout_ms;
+    log_info("%s, draining in_flight=%zu", why, publisher_in_flight(r->pub));
+}
+
+static void finish_drain(struct relay *r)
+{
+    size_t left = publisher_in_flight(r->pub);
+    if (left > 0)
+        log_warn("shutdown timeout: %zu publishes unacknowledged; they will be sent again at "
+                 "the next start",
+                 left);
+    write_checkpoint(r);
+    loop_stop(r->loop);
+}
+
+static bool all_relayed(const struct relay *r)
+{
+    return !r->ready_head && r->records_in_use == 0;
+}
+
+static void before_sleep(struct loop *loop, void *arg)
+{
+    struct relay *r = arg;
+    if (!r->draining)
+        pump(r);
+    if (r->options->once && !r->draining && all_relayed(r) && publisher_connected(r->pub)) {
+        log_info("spool relayed records=%" PRIu64 " published=%" PRIu64 " dropped=%" PRIu64
+                 " deadlettered=%" PRIu64,
+                 r->counters.records_read, r->counters.published, r->counters.dropped,
+                 r->counters.deadlettered);
+        r->draining = true;
+        finish_drain(r);
+        return;
+    }
+    if (r->draining) {
+        if (publisher_in_flight(r->pub) == 0 || loop_now_ms() >= r->drain_deadline_ms)
+            finish_drain(r);
+    }
+}
+
+static void on_tick(struct loop *loop, void *arg)
+{
+    publisher_tick(((struct relay *)arg)->pub);
+}
+
+static void on_rescan(struct loop *loop, void *arg)
+{
+    spool_scan(((struct relay *)arg)->spool);
+}
+
+static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
+{
+    struct relay *r = arg;
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGHUP)
+            log_warn("SIGHUP: reloading is not supported yet, ignoring");
+        else
+            begin_drain(r, si.ssi_signo == SIGTERM ? "SIGTERM received" : "SIGINT received");
+    }
+}
+
+/* ---- start and stop ---- */
+
+static char *prepare_state_dir(const struct config *cfg)
+{
+    if (mkdir(cfg->state_dir, 0750) != 0 && errno != EEXIST)
+        return xasprintf("cannot create state_dir %s: %s", cfg->state_dir, strerror(errno));
+    return NULL;
+}
+
+static char *load_checkpoint(struct relay *r)
+{
+    if (r->options->reset_offsets) {
+        char *path = xasprintf("%s/checkpoint", r->cfg->state_dir);
+        char *aside =
+            xasprintf("%s/checkpoint.reset-%lld", r->cfg->state_dir, (long long)time(NULL));
+        if (rename(path, aside) == 0)
+            log_warn("--reset-offsets: checkpoint set aside as %s; relaying from the start", aside);
+        free(path);
+        free(aside);
+    }
+    char *err = offsets_checkpoint_load(r->cfg->state_dir, &r->checkpoint, &r->have_checkpoint);
+    if (err)
+        return err;
+    if (r->have_checkpoint && strcmp(r->checkpoint.spool_dir, r->cfg->spool_dir) != 0)
+        return xasprintf("checkpoint %s/checkpoint belongs to spool %s, not %s; refusing to "
+                         "apply its offsets (use --reset-offsets to start over)",
+                         r->cfg->state_dir, r->checkpoint.spool_dir, r->cfg->spool_dir);
+    return NULL;
+}
+
+static int setup_signals(struct relay *r)
+{
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    /* Blocked in every thread (nats.c's threads inherit this mask), read from the loop. */
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    r->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (r->signal_fd < 0)
+        return -1;
+    return loop_add_fd(r->loop, r->signal_fd, EPOLLIN, on_signal, r);
+}
+
+static char *relay_start(struct relay *r)
+{
+    char *err = prepare_state_dir(r->cfg);
+    if (!err)
+        err = load_checkpoint(r);
+    if (err)
+        return err;
+    r->record_count = r->cfg->max_in_flight * 2;
+    r->records = xcalloc(r->record_count, sizeof(*r->records));
+    for (size_t i = 0; i < r->record_count; i++) {
+        r->records[i].next = r->free_records;
+        r->free_records = &r->records[i];
+    }
+    r->loop = loop_create();
+    if (setup_signals(r) != 0)
+        return xasprintf("cannot set up signal handling: %s", strerror(errno));
+    if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
+        return err;
+    if (!(r->policy = policy_create(r->cfg, &err)))
+        return err;
+    struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
+    if (!(r->spool = spool_open(r->cfg->spool_dir, r->cfg->spool_pattern, r->loop, &events, &err)))
+        return err;
+    if (!(r->pub = publisher_create(r->cfg, r->loop, on_publish_done, r, &err)))
+        return err;
+    spool_scan(r->spool);
+    r->started = true;
+    /* Prove at once that the state directory takes a checkpoint, not at the first ack. */
+    write_checkpoint(r);
+    if (r->counters.checkpoint_failures)
+        return xasprintf("state_dir %s is not usable for checkpoints", r->cfg->state_dir);
+    loop_add_timer(r->loop, TICK_MS, on_tick, r);
+    loop_add_timer(r->loop, RESCAN_MS, on_rescan, r);
+    loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, on_checkpoint_timer, r);
+    loop_set_before_sleep(r->loop, before_sleep, r);
+    return NULL;
+}
+
+static void relay_stop(struct relay *r)
+{
+    publisher_destroy(r->pub);
+    spool_close(r->spool);
+    policy_destroy(r->policy);
+    deadletter_close(r->deadletter);
+    if (r->loop)
+        loop_destroy(r->loop);
+    if (r->signal_fd > 0)
+        close(r->signal_fd);
+    offsets_checkpoint_free(&r->checkpoint);
+    free(r->records);
+}
+
+int relay_run(const struct config *cfg, const struct relay_options *options)
+{
+    struct relay r = {.cfg = cfg, .options = options, .signal_fd = -1};
+    char *err = relay_start(&r);
+    if (err) {
+        log_error("%s", err);
+        free(err);
+        relay_stop(&r);
+        return 1;
+    }
+    log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
+             spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);
+    loop_run(r.loop);
+    log_info("stopped records=%" PRIu64 " published=%" PRIu64 " dropped=%" PRIu64
+             " deadlettered=%" PRIu64,
+             r.counters.records_read, r.counters.published, r.counters.dropped,
+             r.counters.deadlettered);
+    relay_stop(&r);
+    return r.exit_status;
+}

@@ -1,0 +1,51 @@
+/* One segment file: a streaming reader (zstd detected by magic, or plain lines) that frames
+ * records and knows each one's decompressed start/end offset and ordinal. */
+#ifndef RELAY_SEGMENT_H
+#define RELAY_SEGMENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum segment_kind { SEGMENT_KIND_UNKNOWN, SEGMENT_KIND_ZSTD, SEGMENT_KIND_PLAIN };
+
+enum segment_read {
+    SEGMENT_RECORD, /* *rec is filled */
+    SEGMENT_AGAIN,  /* no complete record until the file grows */
+    SEGMENT_ERROR,  /* undecodable data; segment_reader_error() says what */
+};
+
+struct segment_record {
+    const char *data; /* the line with its '\n'; valid until the next call. NULL if oversize */
+    size_t len;       /* bytes of the line, also when oversize */
+    uint64_t start;   /* decompressed offset of its first byte */
+    uint64_t end;     /* decompressed offset just past its '\n' */
+    uint64_t ordinal; /* 0-based position in the segment */
+    bool oversize;    /* longer than max_record_bytes: data was not kept */
+};
+
+/* What was left at the end of a finished segment (kumod crashed mid-frame, or a last line
+ * without a newline). */
+struct segment_tail {
+    size_t partial_bytes; /* bytes after the last '\n' that were dropped */
+    bool frame_truncated; /* the zstd frame did not end */
+};
+
+struct segment_reader;
+
+/* Open path and prepare to return records ending after resume_offset (those before it
+ * were committed earlier and are decoded and skipped; resume_ordinal is the ordinal of the
+ * first record after it). Returns NULL with *err set (malloc'd) on failure. */
+struct segment_reader *segment_reader_open(const char *path, uint64_t resume_offset,
+                                           uint64_t resume_ordinal, size_t max_record_bytes,
+                                           char **err);
+enum segment_read segment_reader_next(struct segment_reader *r, struct segment_record *rec);
+void segment_reader_tail(const struct segment_reader *r, struct segment_tail *tail);
+enum segment_kind segment_reader_kind(const struct segment_reader *r);
+const char *segment_reader_error(const struct segment_reader *r);
+uint64_t segment_reader_offset(const struct segment_reader *r);  /* end of the last record */
+uint64_t segment_reader_ordinal(const struct segment_reader *r); /* ordinal of the next */
+int segment_reader_fd(const struct segment_reader *r);
+void segment_reader_close(struct segment_reader *r);
+
+#endif

@@ -1,0 +1,255 @@
+#include "spool.h"
+
+#include "log.h"
+#include "loop.h"
+#include "segment.h"
+#include "xalloc.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct spool {
+    char *dir;
+    char *pattern;
+    struct loop *loop;
+    struct spool_events events;
+    int inotify_fd;
+    struct segment **segments; /* sorted by name */
+    size_t count, cap;
+    uint64_t scan_generation;
+};
+
+bool spool_name_matches(const struct spool *spool, const char *name)
+{
+    /* Dot files are kumod's and ours to keep (kumod's start sweep chmods everything
+     * else); never a segment. */
+    if (name[0] == '.' || name[0] == '\0')
+        return false;
+    return fnmatch(spool->pattern, name, FNM_PERIOD) == 0;
+}
+
+/* Index of name, or of where it would be inserted (with *found false). */
+static size_t find_index(const struct spool *spool, const char *name, bool *found)
+{
+    size_t lo = 0, hi = spool->count;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(spool->segments[mid]->name, name);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+struct segment *spool_find(const struct spool *spool, const char *name)
+{
+    bool found;
+    size_t i = find_index(spool, name, &found);
+    return found ? spool->segments[i] : NULL;
+}
+
+size_t spool_segment_count(const struct spool *spool)
+{
+    return spool->count;
+}
+
+struct segment *spool_segment(const struct spool *spool, size_t index)
+{
+    return spool->segments[index];
+}
+
+bool spool_refresh_mode(struct segment *seg)
+{
+    struct stat st;
+    if (stat(seg->path, &st) != 0 || (uint64_t)st.st_ino != seg->inode)
+        return false;
+    seg->done = (st.st_mode & 0222) == 0;
+    return true;
+}
+
+static struct segment *add_segment(struct spool *spool, const char *name, const struct stat *st)
+{
+    bool found;
+    size_t i = find_index(spool, name, &found);
+    if (spool->count == spool->cap) {
+        spool->cap = spool->cap ? spool->cap * 2 : 64;
+        spool->segments = xrealloc(spool->segments, spool->cap * sizeof(*spool->segments));
+    }
+    memmove(&spool->segments[i + 1], &spool->segments[i],
+            (spool->count - i) * sizeof(*spool->segments));
+    struct segment *seg = xcalloc(1, sizeof(*seg));
+    seg->name = xstrdup(name);
+    seg->path = xasprintf("%s/%s", spool->dir, name);
+    seg->inode = (uint64_t)st->st_ino;
+    seg->done = (st->st_mode & 0222) == 0;
+    seg->scan_mark = spool->scan_generation;
+    spool->segments[i] = seg;
+    spool->count++;
+    spool->events.added(spool->events.ctx, seg);
+    return seg;
+}
+
+static void remove_segment(struct spool *spool, struct segment *seg)
+{
+    bool found;
+    size_t i = find_index(spool, seg->name, &found);
+    if (!found || spool->segments[i] != seg)
+        return;
+    memmove(&spool->segments[i], &spool->segments[i + 1],
+            (spool->count - i - 1) * sizeof(*spool->segments));
+    spool->count--;
+    seg->gone = true;
+    spool->events.removed(spool->events.ctx, seg);
+}
+
+void spool_segment_free(struct segment *seg)
+{
+    if (!seg)
+        return;
+    segment_reader_close(seg->reader);
+    free(seg->name);
+    free(seg->path);
+    free(seg);
+}
+
+/* A name seen in the directory or in an event: add it, notice a replacement (same name,
+ * new inode), or report a change. */
+static void note_name(struct spool *spool, const char *name)
+{
+    if (!spool_name_matches(spool, name))
+        return;
+    char *path = xasprintf("%s/%s", spool->dir, name);
+    struct stat st;
+    int rc = stat(path, &st);
+    free(path);
+    struct segment *seg = spool_find(spool, name);
+    if (rc != 0 || !S_ISREG(st.st_mode)) {
+        if (seg && rc != 0 && errno == ENOENT)
+            remove_segment(spool, seg);
+        return;
+    }
+    if (seg && seg->inode != (uint64_t)st.st_ino) {
+        log_warn("segment replaced by another file of the same name segment=%s", name);
+        remove_segment(spool, seg);
+        seg = NULL;
+    }
+    if (!seg) {
+        add_segment(spool, name, &st);
+        seg = spool_find(spool, name);
+    }
+    seg->scan_mark = spool->scan_generation;
+    seg->done = (st.st_mode & 0222) == 0;
+    spool->events.changed(spool->events.ctx, seg);
+}
+
+void spool_scan(struct spool *spool)
+{
+    DIR *d = opendir(spool->dir);
+    if (!d) {
+        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dir, strerror(errno));
+        return;
+    }
+    spool->scan_generation++;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        note_name(spool, de->d_name);
+    closedir(d);
+    /* What the scan did not see is gone. Walk backwards: removal shifts later entries. */
+    for (size_t i = spool->count; i-- > 0;) {
+        struct segment *seg = spool->segments[i];
+        if (seg->scan_mark != spool->scan_generation)
+            remove_segment(spool, seg);
+    }
+}
+
+static void handle_inotify(struct loop *loop, int fd, uint32_t events, void *arg)
+{
+    struct spool *spool = arg;
+    char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n <= 0)
+            break;
+        for (char *p = buf; p < buf + n;) {
+            struct inotify_event *ev = (struct inotify_event *)p;
+            p += sizeof(*ev) + ev->len;
+            if (ev->mask & IN_Q_OVERFLOW) {
+                log_warn("inotify queue overflowed, rescanning the spool dir=%s", spool->dir);
+                spool_scan(spool);
+                continue;
+            }
+            if (ev->len == 0)
+                continue;
+            struct segment *seg = spool_find(spool, ev->name);
+            if ((ev->mask & (IN_DELETE | IN_MOVED_FROM)) && seg)
+                remove_segment(spool, seg);
+            else if (seg && !(ev->mask & (IN_CREATE | IN_MOVED_TO | IN_ATTRIB)))
+                spool->events.changed(spool->events.ctx, seg); /* hot path: no stat */
+            else if (!(ev->mask & (IN_DELETE | IN_MOVED_FROM)))
+                note_name(spool, ev->name);
+        }
+    }
+}
+
+struct spool *spool_open(const char *dir, const char *pattern, struct loop *loop,
+                         const struct spool_events *events, char **err)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        *err = xasprintf("spool directory %s: %s", dir,
+                         errno && !S_ISDIR(st.st_mode) ? strerror(errno) : "not a directory");
+        return NULL;
+    }
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) {
+        *err = xasprintf("inotify_init1: %s", strerror(errno));
+        return NULL;
+    }
+    uint32_t mask = IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM |
+                    IN_MOVED_TO | IN_DELETE_SELF | IN_ONLYDIR;
+    if (inotify_add_watch(fd, dir, mask) < 0) {
+        *err = xasprintf("cannot watch %s: %s", dir, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    struct spool *spool = xcalloc(1, sizeof(*spool));
+    spool->dir = xstrdup(dir);
+    spool->pattern = xstrdup(pattern);
+    spool->loop = loop;
+    spool->events = *events;
+    spool->inotify_fd = fd;
+    if (loop_add_fd(loop, fd, EPOLLIN, handle_inotify, spool) != 0) {
+        *err = xasprintf("cannot watch the inotify fd: %s", strerror(errno));
+        spool_close(spool);
+        return NULL;
+    }
+    return spool;
+}
+
+void spool_close(struct spool *spool)
+{
+    if (!spool)
+        return;
+    loop_del_fd(spool->loop, spool->inotify_fd);
+    close(spool->inotify_fd);
+    for (size_t i = 0; i < spool->count; i++)
+        spool_segment_free(spool->segments[i]);
+    free(spool->segments);
+    free(spool->dir);
+    free(spool->pattern);
+    free(spool);
+}

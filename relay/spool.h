@@ -1,0 +1,69 @@
+/* The spool directory: one inotify watch, a scan on start, on IN_Q_OVERFLOW and every
+ * so often as a safety net, and the list of segments in name (= time) order. The spool
+ * finds segments and tells the relay when one changed or went away; reading them is the
+ * relay's business. */
+#ifndef RELAY_SPOOL_H
+#define RELAY_SPOOL_H
+
+#include "offsets.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct loop;
+struct segment_reader;
+
+enum segment_state {
+    SEGMENT_STATE_READING,  /* records may still come */
+    SEGMENT_STATE_DRAINING, /* done and read to the end; waiting for completions */
+    SEGMENT_STATE_FINISHED, /* done and every record committed */
+};
+
+struct segment {
+    char *name;
+    char *path;
+    uint64_t inode;
+    enum segment_state state;
+    bool done;          /* write bits cleared: kumod closed it */
+    bool gone;          /* deleted or replaced; kept only while records reference it */
+    bool ready;         /* in the relay's ready queue */
+    bool skip_existing; /* start_at: end, no checkpoint: skip what is there now */
+    struct segment *ready_next;
+    struct segment_reader *reader; /* open while READING */
+    struct watermark wm;
+    uint64_t resume_offset, resume_ordinal; /* from the checkpoint */
+    uint64_t records_read;
+    size_t in_flight_records; /* records of this segment not yet released */
+    uint64_t scan_mark;
+};
+
+struct spool_events {
+    /* A new segment appeared (also at start). The relay applies the checkpoint here. */
+    void (*added)(void *ctx, struct segment *seg);
+    /* It may have grown or changed mode: read on. */
+    void (*changed)(void *ctx, struct segment *seg);
+    /* It was deleted or replaced; the spool forgets it after this returns. */
+    void (*removed)(void *ctx, struct segment *seg);
+    void *ctx;
+};
+
+struct spool;
+
+struct spool *spool_open(const char *dir, const char *pattern, struct loop *loop,
+                         const struct spool_events *events, char **err);
+void spool_close(struct spool *spool);
+/* Compare the directory with what we know: add, change, remove. */
+void spool_scan(struct spool *spool);
+/* Segments in name order. */
+size_t spool_segment_count(const struct spool *spool);
+struct segment *spool_segment(const struct spool *spool, size_t index);
+struct segment *spool_find(const struct spool *spool, const char *name);
+/* True when name looks like a segment the relay should read (no dot file, pattern). */
+bool spool_name_matches(const struct spool *spool, const char *name);
+/* Free a segment the spool has already forgotten (after removed()). */
+void spool_segment_free(struct segment *seg);
+/* stat the segment: sets seg->done from the write bits. Returns false if it is gone. */
+bool spool_refresh_mode(struct segment *seg);
+
+#endif
