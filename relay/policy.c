@@ -20,6 +20,11 @@ static const char *const record_keys[KEY_COUNT] = {"type", "queue", "nodeid"};
 
 struct policy *policy_create(const struct config *cfg, char **err)
 {
+    if (cfg->policy_script) {
+        *err = xasprintf("policy.script %s: Lua policies are not supported by this build yet",
+                         cfg->policy_script);
+        return NULL;
+    }
     struct policy *policy = xcalloc(1, sizeof(*policy));
     char *why = subject_compile(cfg->policy_subject, &policy->subject);
     if (why) {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing kumo-nats-relay needs on Debian 12, from Debian's
+# own packages. Idempotent: skips apt entirely when everything is already there.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libnats-dev libjansson-dev libyaml-dev liblua5.4-dev libzstd-dev
+  libsystemd-dev libmicrohttpd-dev
+  libcriterion-dev nats-server zstd python3 procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"
