@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The project's test command: build into build/, run the unit tests (ctest), then the
+# integration tests (real nats-server, real binary). Runs from any directory.
+#
+#   tests/run.sh [integration run.py arguments, e.g. test_core -k restart]
+#
+# Exit status is non-zero when the build fails or any test fails.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cmake -S . -B build -DRELAY_WERROR=ON
+cmake --build build -j2
+
+unit_log=$(mktemp)
+trap 'rm -f "$unit_log"' EXIT
+
+set +e
+ctest --test-dir build --output-on-failure 2>&1 | tee "$unit_log"
+unit_rc=${PIPESTATUS[0]}
+set -e
+
+# ctest's own summary: "100% tests passed, 0 tests failed out of 7" (absent if no tests).
+unit_failed=0
+unit_total=0
+summary=$(grep -E '[0-9]+ tests? failed out of [0-9]+' "$unit_log" | tail -n 1 || true)
+if [[ -n "$summary" ]]; then
+    unit_failed=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$summary")
+    unit_total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$summary")
+fi
+if [[ $unit_rc -ne 0 && $unit_failed -eq 0 ]]; then
+    unit_failed=1 # ctest itself failed (e.g. a test could not start)
+fi
+unit_passed=$((unit_total - unit_failed))
+if [[ $unit_passed -lt 0 ]]; then
+    unit_passed=0
+fi
+echo "unit: $unit_passed passed, $unit_failed failed"
+
+set +e
+/usr/bin/python3 tests/integration/run.py "$@"
+integration_rc=$?
+set -e
+
+echo "unit: $unit_passed passed, $unit_failed failed"
+if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 ]]; then
+    echo "tests FAILED"
+    exit 1
+fi
+echo "tests passed"
