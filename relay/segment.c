@@ -20,6 +20,7 @@ struct segment_reader {
     ZSTD_DCtx *dctx;
     size_t last_zstd_hint; /* last ZSTD_decompressStream result: 0 = at a frame end */
     bool zstd_started;     /* some compressed input was fed to the decoder */
+    bool zstd_out_full;    /* the last call filled its output: decoded bytes may wait inside */
 
     unsigned char *in; /* compressed input (zstd) or the first bytes while sniffing */
     size_t in_cap, in_len, in_pos;
@@ -135,7 +136,10 @@ static ssize_t decode_more(struct segment_reader *r)
         return n;
     }
     for (;;) {
-        if (r->in_pos == r->in_len) {
+        /* The decoder can consume a whole block and still hold part of its output when the
+         * buffer filled: drain it before asking the file for more, or a live segment's last
+         * block (and a crashed one's records) waits for bytes that may never come. */
+        if (r->in_pos == r->in_len && !r->zstd_out_full) {
             ssize_t n = read_input(r);
             if (n <= 0)
                 return n;
@@ -150,6 +154,7 @@ static ssize_t decode_more(struct segment_reader *r)
         r->zstd_started = true;
         r->in_pos = in.pos;
         r->last_zstd_hint = ret;
+        r->zstd_out_full = out.pos == out.size;
         if (out.pos > 0)
             return (ssize_t)out.pos;
     }
