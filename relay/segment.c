@@ -184,8 +184,10 @@ static void make_room(struct segment_reader *r)
  * bytes are dropped; framing resumes after its newline. */
 static void start_discarding(struct segment_reader *r)
 {
+    /* A line longer than two buffers gets here again: it still starts where it started. */
+    if (!r->discarding)
+        r->discard_start = r->base + r->start;
     r->discarding = true;
-    r->discard_start = r->base + r->start;
     r->base += r->end;
     r->start = r->end = r->scanned = 0;
 }
