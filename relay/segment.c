@@ -203,8 +203,10 @@ static bool frame_line(struct segment_reader *r, struct segment_record *rec)
     rec->start = r->discarding ? r->discard_start : r->base + r->start;
     rec->end = r->base + line_end;
     rec->len = (size_t)(rec->end - rec->start);
-    rec->oversize = r->discarding;
-    rec->data = r->discarding ? NULL : r->buf + r->start;
+    /* The buffer is never smaller than 4 KiB, so a line can fit in it and still be longer
+     * than the limit. */
+    rec->oversize = r->discarding || rec->len > r->max_record;
+    rec->data = rec->oversize ? NULL : r->buf + r->start;
     rec->ordinal = r->ordinal++;
     r->discarding = false;
     r->start = r->scanned = line_end;
