@@ -281,6 +281,8 @@ static size_t decode_escape(const char *p, const char *end, char *tmp, size_t *t
             used = 11;
         }
     }
+    if (cp >= 0xD800 && cp < 0xE000)
+        cp = 0xFFFD; /* a surrogate without its partner: not a character, not UTF-8 */
     *tmp_len = put_utf8(cp, tmp);
     return used;
 }
