@@ -116,23 +116,26 @@ void subject_parse_queue(const char *queue, char *buf, struct queue_parts *parts
     size_t n = strlen(queue);
     memcpy(buf, queue, n + 1);
     *parts = (struct queue_parts){empty, empty, buf, empty};
-    char *bang = strchr(buf, '!');
+    /* As KumoMTA's QueueNameComponents::parse: the first '@' ends "campaign:tenant" or
+     * "tenant"; the first '!' after it starts the routing domain. */
+    char *domain = buf;
+    char *at = strchr(buf, '@');
+    if (at) {
+        *at = '\0';
+        domain = at + 1;
+        char *colon = strchr(buf, ':');
+        if (colon) {
+            *colon = '\0';
+            parts->campaign = buf;
+            parts->tenant = colon + 1;
+        } else {
+            parts->tenant = buf;
+        }
+    }
+    parts->domain = domain;
+    char *bang = strchr(domain, '!');
     if (bang) {
         *bang = '\0';
         parts->routing_domain = bang + 1;
-    }
-    /* The domain is what follows the last '@'; before it, "campaign:tenant" or "tenant". */
-    char *at = strrchr(buf, '@');
-    if (!at)
-        return;
-    *at = '\0';
-    parts->domain = at + 1;
-    char *colon = strchr(buf, ':');
-    if (colon) {
-        *colon = '\0';
-        parts->campaign = buf;
-        parts->tenant = colon + 1;
-    } else {
-        parts->tenant = buf;
     }
 }
