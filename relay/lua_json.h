@@ -1,0 +1,17 @@
+/* JSON <-> Lua values, for kumo.serde and the message's log_record. Parsing goes through
+ * jansson; encoding writes the text directly (sorted keys, compact, shortest floats). */
+#ifndef RELAY_LUA_JSON_H
+#define RELAY_LUA_JSON_H
+
+#include <lua.h>
+#include <stddef.h>
+
+/* Push the Lua value of a JSON text (see lua_kumo_push_json). Returns 0, or -1 with *err
+ * (malloc'd, "<reason> at line L column C") and nothing pushed. */
+int lua_json_push(lua_State *L, const char *text, size_t len, char **err);
+
+/* kumo.serde.json_encode(value) and kumo.serde.json_parse(text), as lua_CFunctions. */
+int lua_json_encode(lua_State *L);
+int lua_json_parse(lua_State *L);
+
+#endif
