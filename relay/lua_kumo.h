@@ -1,0 +1,43 @@
+/* The `kumo` module for Lua policies: the helpers KumoMTA policies use (make_queue_config,
+ * reject, serde, log, string). policy.c adds `kumo.on`, lua_nats.c adds `kumo.nats`. */
+#ifndef RELAY_LUA_KUMO_H
+#define RELAY_LUA_KUMO_H
+
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Push a new `kumo` table holding make_queue_config, reject, serde.json_encode,
+ * serde.json_parse, json_encode, json_parse (deprecated aliases), log_error, log_warn,
+ * log_info, log_debug, string.split/trim/starts_with/ends_with/replace. */
+void lua_kumo_open(lua_State *L);
+
+/* Push the Lua value of a JSON text (objects → tables, arrays → sequences from 1, null →
+ * nil as a value and omitted inside tables, integers → integers). Returns 0, or -1 with
+ * *err (malloc'd) for invalid JSON (nothing pushed). */
+int lua_kumo_push_json(lua_State *L, const char *text, size_t len, char **err);
+
+/* Is the value at idx an error raised by kumo.reject(code, msg)? */
+bool lua_kumo_is_reject(lua_State *L, int idx, int *code, const char **message);
+
+/* Parse a humantime duration ("20m", "7 days", "1h 30m", "0s") or a number of seconds at
+ * idx. Returns 0 and sets *ms, or -1. */
+int lua_kumo_duration(lua_State *L, int idx, int64_t *ms);
+
+/* What the relay uses of a queue config (the table kumo.make_queue_config returns). */
+struct queue_config {
+    char *constructor; /* protocol.custom_lua.constructor, NULL if none */
+    size_t batch_size;          /* default 1 */
+    size_t min_batch_size;      /* default 1 */
+    int64_t max_batch_latency_ms;  /* default 0 */
+    int64_t retry_interval_ms;     /* default 20m */
+    int64_t max_retry_interval_ms; /* default 0 = no cap */
+    int64_t max_age_ms;            /* default 7 days */
+};
+
+/* Read the queue config table at idx. Returns NULL or a malloc'd error. */
+char *lua_kumo_queue_config(lua_State *L, int idx, struct queue_config *qc);
+void lua_kumo_queue_config_free(struct queue_config *qc);
+
+#endif
