@@ -1,0 +1,453 @@
+/* The Message userdata. It runs once per record (~100k/s), so pushing one allocates nothing
+ * but the userdata itself: the record line is borrowed, the meta table is created only when
+ * a policy sets meta or asks for log_record, and the id is computed only when asked. */
+#include "lua_message.h"
+
+#include "jscan.h"
+#include "lua_kumo.h"
+#include "xalloc.h"
+
+#include <lauxlib.h>
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MESSAGE_METATABLE "kumo.Message"
+#define ADDRESS_METATABLE "kumo.Address"
+
+/* The userdata's user values: the meta table and the data a policy set with set_data.
+ * Both live inside the userdata, so they cost no allocation until used. */
+enum { UV_META = 1, UV_DATA = 2, UV_COUNT = 2 };
+
+struct message {
+    const char *record; /* the line with its '\n': borrowed, or `owned` once pinned */
+    size_t record_len;
+    const char *segment;  /* borrowed; only read by message_id, which pin runs first */
+    const char *relay_id; /* likewise */
+    const char *default_queue;
+    uint64_t end;
+    uint64_t id[2];
+    char *owned; /* record and default_queue, copied by lua_message_pin */
+    int attempts;
+    bool has_id, pinned, dead;
+    bool log_record_done; /* log_record parsed (or set) once; never parse again */
+};
+
+static struct message *message_get(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, MESSAGE_METATABLE);
+}
+
+/* Every method starts here: a detached message's record buffer may already be reused. */
+static struct message *message_live(lua_State *L)
+{
+    struct message *m = message_get(L, 1);
+    if (m->dead)
+        luaL_error(L, "message used after its hook returned");
+    return m;
+}
+
+/* ---- id ----------------------------------------------------------------------------- */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* FNV alone mixes the last bytes poorly; the splitmix64 finalizer spreads them. */
+static uint64_t mix(uint64_t h)
+{
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
+}
+
+static uint64_t id_hash(uint64_t seed, const struct message *m)
+{
+    const char *relay_id = m->relay_id ? m->relay_id : "";
+    const char *segment = m->segment ? m->segment : "";
+    unsigned char end[8];
+    for (int i = 0; i < 8; i++)
+        end[i] = (unsigned char)(m->end >> (8 * i));
+    /* The NULs keep ("ab", "c") and ("a", "bc") apart. */
+    uint64_t h = fnv1a(seed, relay_id, strlen(relay_id) + 1);
+    h = fnv1a(h, segment, strlen(segment) + 1);
+    return mix(fnv1a(h, end, sizeof(end)));
+}
+
+/* Deterministic per (relay_id, segment, end offset): a replayed record gets the same id. */
+static void message_id(struct message *m)
+{
+    if (m->has_id)
+        return;
+    m->id[0] = id_hash(0xcbf29ce484222325ULL, m);
+    m->id[1] = id_hash(0x84222325cbf29ce4ULL, m);
+    m->has_id = true;
+}
+
+/* ---- meta --------------------------------------------------------------------------- */
+
+/* Push the meta table, creating it on first use. */
+static void meta_table(lua_State *L, int idx)
+{
+    if (lua_getiuservalue(L, idx, UV_META) == LUA_TTABLE)
+        return;
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, idx, UV_META);
+}
+
+/* Push meta[key] if the meta table exists and holds it; returns false (nothing pushed) if
+ * not. */
+static bool meta_get(lua_State *L, int idx, int key)
+{
+    if (lua_getiuservalue(L, idx, UV_META) == LUA_TTABLE) {
+        lua_pushvalue(L, key);
+        if (lua_rawget(L, -2) != LUA_TNIL) {
+            lua_remove(L, -2);
+            return true;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return false;
+}
+
+/* The record parsed once and kept in meta; nil when the line is not JSON (a per-record
+ * template can write anything). */
+static int push_log_record(lua_State *L, struct message *m)
+{
+    char *err;
+    m->log_record_done = true;
+    if (lua_kumo_push_json(L, m->record, m->record_len, &err) != 0) {
+        free(err);
+        lua_pushnil(L);
+        return 1;
+    }
+    meta_table(L, 1);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "log_record");
+    lua_pop(L, 1);
+    return 1;
+}
+
+static int message_get_meta(lua_State *L)
+{
+    struct message *m = message_live(L);
+    const char *key = luaL_checkstring(L, 2);
+    if (meta_get(L, 1, 2))
+        return 1;
+    if (!m->log_record_done && strcmp(key, "log_record") == 0)
+        return push_log_record(L, m);
+    if (strcmp(key, "reception_protocol") == 0)
+        lua_pushliteral(L, "LogRecord");
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int message_set_meta(lua_State *L)
+{
+    struct message *m = message_live(L);
+    const char *key = luaL_checkstring(L, 2);
+    luaL_checkany(L, 3);
+    meta_table(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, -3);
+    /* A policy's own log_record replaces the parsed one, even when it sets nil. */
+    if (strcmp(key, "log_record") == 0)
+        m->log_record_done = true;
+    return 0;
+}
+
+/* ---- data --------------------------------------------------------------------------- */
+
+static int message_get_data(lua_State *L)
+{
+    struct message *m = message_live(L);
+    if (lua_getiuservalue(L, 1, UV_DATA) == LUA_TSTRING)
+        return 1;
+    lua_pushlstring(L, m->record, m->record_len);
+    return 1;
+}
+
+static int message_set_data(lua_State *L)
+{
+    message_live(L);
+    luaL_checkstring(L, 2);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 1, UV_DATA);
+    return 0;
+}
+
+/* ---- envelope addresses ------------------------------------------------------------- */
+
+/* An address object: { user, domain, email } whose tostring is the email. The domain is
+ * after the last '@' (a quoted local part may hold one); no '@' leaves domain "". */
+static void push_address(lua_State *L, const char *email, size_t len)
+{
+    const char *at = memrchr(email, '@', len);
+    lua_createtable(L, 0, 3);
+    lua_pushlstring(L, email, at ? (size_t)(at - email) : len);
+    lua_setfield(L, -2, "user");
+    if (at)
+        lua_pushlstring(L, at + 1, len - (size_t)(at - email) - 1);
+    else
+        lua_pushliteral(L, "");
+    lua_setfield(L, -2, "domain");
+    lua_pushlstring(L, email, len);
+    lua_setfield(L, -2, "email");
+    luaL_setmetatable(L, ADDRESS_METATABLE);
+}
+
+static int address_tostring(lua_State *L)
+{
+    lua_getfield(L, 1, "email");
+    return 1;
+}
+
+/* The raw JSON of a top-level field; a scan, not a parse: sender() must not cost a full
+ * jansson parse of the record. */
+static struct jscan_value envelope_field(const struct message *m, const char *name)
+{
+    const char *const keys[] = {name};
+    struct jscan_value value = {NULL, 0};
+    if (!jscan_object(m->record, m->record_len, keys, 1, &value))
+        value.raw = NULL;
+    return value;
+}
+
+/* Push the address of a raw JSON string; returns false (nothing pushed) if not a string. */
+static bool push_raw_address(lua_State *L, const struct jscan_value *raw)
+{
+    if (!raw->raw || raw->raw[0] != '"')
+        return false;
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, raw->len);
+    long n = jscan_string(raw, out, raw->len);
+    luaL_pushresultsize(&b, n > 0 ? (size_t)n : 0);
+    size_t len;
+    const char *email = lua_tolstring(L, -1, &len);
+    push_address(L, email, len);
+    lua_remove(L, -2);
+    return true;
+}
+
+/* Push the sequence of addresses of a raw JSON array of strings (other elements skipped). */
+static void push_raw_address_list(lua_State *L, const struct jscan_value *raw)
+{
+    char *err;
+    if (lua_kumo_push_json(L, raw->raw, raw->len, &err) != 0) {
+        free(err);
+        lua_newtable(L);
+        return;
+    }
+    lua_Integer count = (lua_Integer)luaL_len(L, -1), n = 0;
+    lua_createtable(L, (int)count, 0);
+    for (lua_Integer i = 1; i <= count; i++) {
+        size_t len;
+        if (lua_rawgeti(L, -2, i) == LUA_TSTRING) {
+            const char *email = lua_tolstring(L, -1, &len);
+            push_address(L, email, len);
+            lua_rawseti(L, -3, ++n);
+        }
+        lua_pop(L, 1);
+    }
+    lua_remove(L, -2);
+}
+
+static int message_sender(lua_State *L)
+{
+    struct jscan_value raw = envelope_field(message_live(L), "sender");
+    if (!push_raw_address(L, &raw))
+        lua_pushnil(L);
+    return 1;
+}
+
+/* `recipient` is a string for one recipient and an array for several. */
+static int message_recipient_list(lua_State *L)
+{
+    struct jscan_value raw = envelope_field(message_live(L), "recipient");
+    if (raw.raw && raw.raw[0] == '[') {
+        push_raw_address_list(L, &raw);
+        return 1;
+    }
+    lua_createtable(L, 1, 0);
+    if (push_raw_address(L, &raw))
+        lua_rawseti(L, -2, 1);
+    return 1;
+}
+
+static int message_recipient(lua_State *L)
+{
+    struct jscan_value raw = envelope_field(message_live(L), "recipient");
+    if (push_raw_address(L, &raw))
+        return 1;
+    if (raw.raw && raw.raw[0] == '[') {
+        push_raw_address_list(L, &raw);
+        lua_rawgeti(L, -1, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+/* ---- the rest of the methods -------------------------------------------------------- */
+
+static int message_id_method(lua_State *L)
+{
+    struct message *m = message_live(L);
+    char hex[33];
+    message_id(m);
+    snprintf(hex, sizeof(hex), "%016" PRIx64 "%016" PRIx64, m->id[0], m->id[1]);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+static int message_queue_name(lua_State *L)
+{
+    struct message *m = message_live(L);
+    lua_pushliteral(L, "queue");
+    if (meta_get(L, 1, lua_gettop(L)))
+        return 1;
+    if (m->default_queue)
+        lua_pushstring(L, m->default_queue);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int message_num_attempts(lua_State *L)
+{
+    lua_pushinteger(L, message_live(L)->attempts);
+    return 1;
+}
+
+static int message_gc(lua_State *L)
+{
+    struct message *m = message_get(L, 1);
+    free(m->owned);
+    m->owned = NULL;
+    return 0;
+}
+
+/* ---- C API -------------------------------------------------------------------------- */
+
+void lua_message_register(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"get_data", message_get_data},
+        {"set_data", message_set_data},
+        {"get_meta", message_get_meta},
+        {"set_meta", message_set_meta},
+        {"id", message_id_method},
+        {"sender", message_sender},
+        {"recipient", message_recipient},
+        {"recipient_list", message_recipient_list},
+        {"queue_name", message_queue_name},
+        {"num_attempts", message_num_attempts},
+        {NULL, NULL},
+    };
+    if (luaL_newmetatable(L, MESSAGE_METATABLE)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, message_gc);
+        lua_setfield(L, -2, "__gc");
+        /* One metatable serves every message: keep policies from editing it. */
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, ADDRESS_METATABLE)) {
+        lua_pushcfunction(L, address_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+}
+
+void lua_message_push(lua_State *L, const struct message_source *src)
+{
+    struct message *m = lua_newuserdatauv(L, sizeof(*m), UV_COUNT);
+    *m = (struct message){
+        .record = src->data,
+        .record_len = src->len,
+        .segment = src->segment,
+        .relay_id = src->relay_id,
+        .default_queue = src->default_queue,
+        .end = src->end,
+    };
+    luaL_setmetatable(L, MESSAGE_METATABLE);
+}
+
+/* The id is computed first: it is the only reader of segment and relay_id. */
+void lua_message_pin(lua_State *L, int idx)
+{
+    struct message *m = message_get(L, idx);
+    if (m->pinned || m->dead)
+        return;
+    message_id(m);
+    size_t queue_len = m->default_queue ? strlen(m->default_queue) + 1 : 0;
+    m->owned = xmalloc(m->record_len + 1 + queue_len);
+    memcpy(m->owned, m->record, m->record_len);
+    m->owned[m->record_len] = '\0';
+    if (m->default_queue)
+        m->default_queue = memcpy(m->owned + m->record_len + 1, m->default_queue, queue_len);
+    m->record = m->owned;
+    m->segment = m->relay_id = NULL;
+    m->pinned = true;
+}
+
+void lua_message_detach(lua_State *L, int idx)
+{
+    struct message *m = message_get(L, idx);
+    if (!m->pinned)
+        m->dead = true;
+}
+
+/* The pointer stays valid while the message holds the same data (a Lua string anchored in
+ * its user value, or the record). */
+const char *lua_message_data(lua_State *L, int idx, size_t *len)
+{
+    struct message *m = message_get(L, idx);
+    *len = 0;
+    if (m->dead)
+        return NULL;
+    if (lua_getiuservalue(L, idx, UV_DATA) == LUA_TSTRING) {
+        const char *data = lua_tolstring(L, -1, len);
+        lua_pop(L, 1);
+        return data;
+    }
+    lua_pop(L, 1);
+    *len = m->record_len;
+    return m->record;
+}
+
+/* Valid until the policy sets 'queue' again: the meta table anchors the string. */
+const char *lua_message_queue(lua_State *L, int idx)
+{
+    const char *queue = NULL;
+    int top = lua_gettop(L);
+    if (lua_getiuservalue(L, idx, UV_META) == LUA_TTABLE &&
+        lua_getfield(L, -1, "queue") == LUA_TSTRING)
+        queue = lua_tostring(L, -1);
+    lua_settop(L, top);
+    return queue;
+}
+
+void lua_message_set_attempts(lua_State *L, int idx, int attempts)
+{
+    message_get(L, idx)->attempts = attempts;
+}
+
+int lua_message_check(lua_State *L, int idx)
+{
+    return luaL_testudata(L, idx, MESSAGE_METATABLE) != NULL;
+}
