@@ -67,14 +67,28 @@ static void put_escaped(FILE *f, const char *s)
     }
 }
 
+static int hex_digit(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    return -1;
+}
+
+/* s[0..len) is not NUL-terminated (it points into the checkpoint text): look only at
+ * those bytes, which sscanf cannot promise. */
 static char *unescape(const char *s, size_t len)
 {
     char *out = xmalloc(len + 1);
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        if (s[i] == '%' && i + 2 < len && sscanf(s + i + 1, "%2X", &v) == 1) {
-            out[n++] = (char)v;
+        int hi, lo;
+        if (s[i] == '%' && i + 2 < len && (hi = hex_digit(s[i + 1])) >= 0 &&
+            (lo = hex_digit(s[i + 2])) >= 0) {
+            out[n++] = (char)(hi << 4 | lo);
             i += 2;
         } else {
             out[n++] = s[i];
