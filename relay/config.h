@@ -16,13 +16,13 @@ struct config {
     char *state_dir;        /* default /var/lib/kumo-nats-relay */
     char **nats_servers;    /* default { "nats://127.0.0.1:4222" } */
     size_t nats_server_count;
-    char *jetstream_stream;     /* optional: verified at start when set */
-    size_t max_in_flight;       /* default 4096, 1..1000000 */
-    int64_t ack_timeout_ms;     /* default 5s */
-    char *policy_script;        /* optional: Lua policy; NULL = built-in policy */
-    char *policy_subject;       /* default "kumo.log.{type}" */
-    char *policy_queue;         /* default "nats" */
-    char *policy_hook_name;     /* default "nats" */
+    char *jetstream_stream;         /* optional: verified at start when set */
+    size_t max_in_flight;           /* default 4096, 1..1000000 */
+    int64_t ack_timeout_ms;         /* default 5s */
+    char *policy_script;            /* optional: Lua policy; NULL = built-in policy */
+    char *policy_subject;           /* default "kumo.log.{type}" */
+    char *policy_queue;             /* default "nats" */
+    char *policy_hook_name;         /* default "nats" */
     int64_t checkpoint_interval_ms; /* default 200ms */
     int64_t shutdown_timeout_ms;    /* default 30s: how long SIGTERM waits for acks */
     size_t max_record_bytes;        /* default 16 MiB */

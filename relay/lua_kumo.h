@@ -27,9 +27,9 @@ int lua_kumo_duration(lua_State *L, int idx, int64_t *ms);
 
 /* What the relay uses of a queue config (the table kumo.make_queue_config returns). */
 struct queue_config {
-    char *constructor; /* protocol.custom_lua.constructor, NULL if none */
-    size_t batch_size;          /* default 1 */
-    size_t min_batch_size;      /* default 1 */
+    char *constructor;             /* protocol.custom_lua.constructor, NULL if none */
+    size_t batch_size;             /* default 1 */
+    size_t min_batch_size;         /* default 1 */
     int64_t max_batch_latency_ms;  /* default 0 */
     int64_t retry_interval_ms;     /* default 20m */
     int64_t max_retry_interval_ms; /* default 0 = no cap */

@@ -40,7 +40,8 @@ static void usage(FILE *out)
 static int check_config(const struct config *cfg)
 {
     char *err = NULL;
-    struct policy *policy = policy_create(cfg, &err);
+    struct policy_env env = {.check_only = true};
+    struct policy *policy = policy_create(cfg, &env, &err);
     if (!policy) {
         fprintf(stderr, "%s: %s\n", cfg->path, err);
         free(err);

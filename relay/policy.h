@@ -1,34 +1,69 @@
-/* The policy seam: what happens to each record. The built-in policy publishes the line to
- * a subject template; the Lua engine is another policy behind the same interface. */
+/* The policy seam: what happens to each record. Two policies stand behind it: the
+ * built-in one (every record to a subject template, builtin.c) and the operator's Lua
+ * policy (policy_lua.c), which mirrors KumoMTA's log hook and custom_lua queue events. */
 #ifndef RELAY_POLICY_H
 #define RELAY_POLICY_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
+struct loop;
+struct publisher;
+struct publish_ack;
 struct segment_record;
+struct inflight_record;
 
 enum policy_verdict {
-    POLICY_PUBLISHED,  /* it made one or more publishes; complete when all are acked */
+    POLICY_PUBLISHED,  /* its publishes (maybe none) are made; complete when all are acked */
     POLICY_DROPPED,    /* deliberately not relayed (counted) */
-    POLICY_DEADLETTER, /* cannot be relayed; *reason says why */
+    POLICY_DEADLETTER, /* cannot be relayed; the reason says why */
+    POLICY_DEFERRED,   /* kept by the policy (a batch, a retry); it calls resolve later */
 };
 
-/* What a policy may do with the record it is handed. */
-struct policy_sink {
-    /* Publish to JetStream. msg_id NULL means the relay's deterministic id. Returns 0, or
-     * -1 with *err when the message can never be published. */
-    int (*publish)(void *ctx, const char *subject, const char *data, size_t len, const char *msg_id,
-                   char **err);
+/* One publish a policy makes on behalf of a group of records (one, or a batch). */
+struct policy_publish {
+    struct publisher *via; /* NULL: the relay's own connection */
+    const char *subject;
+    const char *data;
+    size_t len;
+    const char *msg_id;         /* NULL: <relay_id>:<segment>:<end>[:<index>] of records[0] */
+    unsigned index;             /* n-th publish for this group in this attempt */
+    const char *const *headers; /* name, value pairs */
+    size_t header_count;
+    uint64_t await_id; /* nonzero: report the ack to policy_acked */
+};
+
+/* What the relay offers a policy. */
+struct policy_env {
+    struct loop *loop;
     void *ctx;
+    /* Publish for records; returns 0, or -1 with *err when it can never be published. */
+    int (*publish)(void *ctx, struct inflight_record *const *records, size_t count,
+                   const struct policy_publish *msg, char **err);
+    /* A deferred record is decided. data is its line, for a dead letter. */
+    void (*resolve)(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
+                    const char *reason, const char *data, size_t len);
+    /* The callback the relay wants for publishers the policy opens itself. */
+    void (*publish_done)(void *ctx, void *cookie, const struct publish_ack *ack);
+    bool check_only; /* --check: load and run init, connect nothing */
 };
 
 struct policy;
 
-struct policy *policy_create(const struct config *cfg, char **err);
-/* reason (malloc'd) is set with POLICY_DEADLETTER. */
-enum policy_verdict policy_handle(struct policy *policy, const struct segment_record *rec,
-                                  const struct policy_sink *sink, char **reason);
+struct policy *policy_create(const struct config *cfg, const struct policy_env *env, char **err);
+/* Handle one record. rec identifies it to the relay; sr has its bytes (valid only during
+ * the call). reason (malloc'd) is set with POLICY_DEADLETTER. */
+enum policy_verdict policy_handle(struct policy *policy, struct inflight_record *rec,
+                                  const struct segment_record *sr, char **reason);
+/* Periodic work: due retries, batches whose latency ran out. */
+void policy_tick(struct policy *policy);
+/* An ack a policy asked to see (policy_publish.await_id). */
+void policy_acked(struct policy *policy, const struct publish_ack *ack);
+/* Shutdown: flush what can be flushed, call each connection's close. */
 void policy_destroy(struct policy *policy);
+/* Does the policy publish through the relay's own connection (so the relay needs one)? */
+bool policy_uses_default_connection(const struct policy *policy);
 
 #endif

@@ -1,18 +1,19 @@
 #include "publish.h"
 
-#include "config.h"
 #include "log.h"
 #include "loop.h"
 #include "xalloc.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <nats/nats.h>
+#include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 enum slot_state { SLOT_FREE, SLOT_SENT, SLOT_RETRY };
@@ -21,11 +22,13 @@ enum slot_state { SLOT_FREE, SLOT_SENT, SLOT_RETRY };
  * sent again as is on a retry, so the Nats-Msg-Id cannot change between attempts. */
 struct slot {
     enum slot_state state;
+    uint32_t index;
     uint32_t generation; /* bumped when freed: a late ack for an old use is ignored */
     uint32_t attempts;
     uint64_t due_ms; /* SENT: ack deadline; RETRY: when to send again */
     natsMsg *msg;
     void *cookie;
+    uint64_t await_id;
     struct slot *prev, *next; /* in the free, sent or retry list */
 };
 
@@ -43,24 +46,34 @@ enum event_kind {
     EVENT_DISCONNECTED,
     EVENT_RECONNECTED,
     EVENT_CLOSED,
-    EVENT_CONNECTED
+    EVENT_CONNECTED,
 };
 
 struct event {
     enum event_kind kind;
     uint32_t slot, generation;
-    char detail[120];
+    uint64_t sequence;
+    char detail[128]; /* the error, or the stream of an ack */
+    char domain[64];
 };
 
 struct event_queue {
     pthread_mutex_t lock;
+    pthread_cond_t done; /* shutdown: nats.c's last callbacks have run */
     struct event *items;
     size_t count, cap;
     int eventfd;
+    bool shutting_down; /* callbacks stop enqueueing */
+    bool connection_closed, subscription_closed;
 };
 
+enum { SLOTS_PER_CHUNK = 1024 };
+
 struct publisher {
-    const struct config *cfg;
+    struct publisher_options options; /* strings owned below */
+    char **servers;
+    char *name;
+    char *user, *password, *token;
     struct loop *loop;
     publish_done_fn done;
     void *ctx;
@@ -69,14 +82,13 @@ struct publisher {
     natsSubscription *sub;
     natsInbox *inbox;
     size_t inbox_len;
-    struct slot *slots;
-    size_t slot_count;
+    struct slot **chunks; /* slots never move: their index is in reply subjects */
+    size_t chunk_count;
     struct slot_list free_list, sent, retry;
     struct event_queue queue;
     struct event *batch; /* events taken from the queue, processed without the lock */
     size_t batch_cap;
     bool connected;
-    bool ever_connected;
     struct publisher_stats stats;
 };
 
@@ -119,12 +131,37 @@ static void move_slot(struct publisher *p, struct slot *s, enum slot_state state
     list_push(list_of(p, s), s);
 }
 
+static struct slot *slot_at(struct publisher *p, uint32_t index)
+{
+    size_t chunk = index / SLOTS_PER_CHUNK;
+    return chunk < p->chunk_count ? &p->chunks[chunk][index % SLOTS_PER_CHUNK] : NULL;
+}
+
+/* The caller bounds the window; slots grow in chunks to whatever it allows. */
+static struct slot *take_slot(struct publisher *p)
+{
+    if (!p->free_list.head) {
+        p->chunks = xrealloc(p->chunks, (p->chunk_count + 1) * sizeof(*p->chunks));
+        struct slot *chunk = xcalloc(SLOTS_PER_CHUNK, sizeof(*chunk));
+        for (uint32_t i = 0; i < SLOTS_PER_CHUNK; i++) {
+            chunk[i].index = (uint32_t)(p->chunk_count * SLOTS_PER_CHUNK + i);
+            list_push(&p->free_list, &chunk[i]);
+        }
+        p->chunks[p->chunk_count++] = chunk;
+    }
+    return p->free_list.head;
+}
+
 /* ---- nats.c threads: only enqueue and wake the loop ---- */
 
 static void enqueue(struct publisher *p, const struct event *ev)
 {
     struct event_queue *q = &p->queue;
     pthread_mutex_lock(&q->lock);
+    if (q->shutting_down) {
+        pthread_mutex_unlock(&q->lock);
+        return;
+    }
     if (q->count == q->cap) {
         q->cap = q->cap ? q->cap * 2 : 256;
         q->items = xrealloc(q->items, q->cap * sizeof(*q->items));
@@ -156,33 +193,46 @@ static bool parse_reply(const char *subject, size_t inbox_len, uint32_t *slot, u
     return true;
 }
 
-/* Classifies a JetStream reply. A success is small and fixed in shape, so a substring test
- * is enough; errors keep their description for the log. */
+/* Copies the JSON string value of "key": from a small reply into out. */
+static void reply_string(const char *data, size_t len, const char *key, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const char *at = memmem(data, len, key, strlen(key));
+    if (!at)
+        return;
+    const char *v = at + strlen(key);
+    const char *q = memchr(v, '"', (size_t)(data + len - v));
+    size_t n = q ? (size_t)(q - v) : 0;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, v, n);
+    out[n] = '\0';
+}
+
+/* Classifies a JetStream reply. A success is small and fixed in shape, so substring tests
+ * are enough; errors keep their description for the log. */
 static void classify_reply(natsMsg *msg, struct event *ev)
 {
     const char *data = natsMsg_GetData(msg);
-    int len = natsMsg_GetDataLength(msg);
+    size_t len = data ? (size_t)natsMsg_GetDataLength(msg) : 0;
     if (natsMsg_IsNoResponders(msg)) {
         ev->kind = EVENT_NO_RESPONDERS;
         snprintf(ev->detail, sizeof(ev->detail), "no stream listens on the subject");
         return;
     }
-    if (len > 0 && data && memmem(data, (size_t)len, "\"error\"", 7)) {
+    if (len > 0 && memmem(data, len, "\"error\"", 7)) {
         ev->kind = EVENT_ERROR;
-        const char *desc = memmem(data, (size_t)len, "\"description\":\"", 15);
-        if (desc) {
-            desc += 15;
-            const char *q = memchr(desc, '"', (size_t)(data + len - desc));
-            int n = q ? (int)(q - desc) : 0;
-            snprintf(ev->detail, sizeof(ev->detail), "%.*s", n, desc);
-        } else {
-            snprintf(ev->detail, sizeof(ev->detail), "%.*s", len > 100 ? 100 : len, data);
-        }
+        reply_string(data, len, "\"description\":\"", ev->detail, sizeof(ev->detail));
+        if (!ev->detail[0])
+            snprintf(ev->detail, sizeof(ev->detail), "%.*s", len > 100 ? 100 : (int)len, data);
         return;
     }
-    ev->kind = (len > 0 && data && memmem(data, (size_t)len, "\"duplicate\":true", 16))
-                   ? EVENT_DUPLICATE
-                   : EVENT_ACK;
+    ev->kind = len > 0 && memmem(data, len, "\"duplicate\":true", 16) ? EVENT_DUPLICATE : EVENT_ACK;
+    reply_string(data, len, "\"stream\":\"", ev->detail, sizeof(ev->detail));
+    reply_string(data, len, "\"domain\":\"", ev->domain, sizeof(ev->domain));
+    const char *seq = len > 0 ? memmem(data, len, "\"seq\":", 6) : NULL;
+    if (seq)
+        ev->sequence = strtoull(seq + 6, NULL, 10);
 }
 
 static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -217,9 +267,32 @@ static void on_reconnected(natsConnection *nc, void *closure)
     on_connection_event(closure, EVENT_RECONNECTED);
 }
 
+/* At shutdown these two are the last callbacks nats.c makes with our closure; the
+ * publisher is freed only after both ran. */
+static void note_final_callback(struct publisher *p, bool *flag)
+{
+    pthread_mutex_lock(&p->queue.lock);
+    *flag = true;
+    pthread_cond_signal(&p->queue.done);
+    pthread_mutex_unlock(&p->queue.lock);
+}
+
 static void on_closed(natsConnection *nc, void *closure)
 {
-    on_connection_event(closure, EVENT_CLOSED);
+    struct publisher *p = closure;
+    pthread_mutex_lock(&p->queue.lock);
+    bool shutting_down = p->queue.shutting_down;
+    pthread_mutex_unlock(&p->queue.lock);
+    if (shutting_down)
+        note_final_callback(p, &p->queue.connection_closed);
+    else
+        on_connection_event(p, EVENT_CLOSED);
+}
+
+static void on_subscription_complete(void *closure)
+{
+    struct publisher *p = closure;
+    note_final_callback(p, &p->queue.subscription_closed);
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -240,19 +313,21 @@ static uint64_t backoff_ms(uint32_t attempts)
     return ms - (uint64_t)(rand() % (int)(ms / 5 + 1));
 }
 
-static void send_slot(struct publisher *p, struct slot *s)
+/* Sends (or re-sends) a slot's message. Returns the nats status. */
+static natsStatus send_slot(struct publisher *p, struct slot *s)
 {
     s->attempts++;
     natsStatus st = natsConnection_PublishMsg(p->conn, s->msg);
     uint64_t now = loop_now_ms();
     if (st == NATS_OK) {
-        move_slot(p, s, SLOT_SENT, now + (uint64_t)p->cfg->ack_timeout_ms);
-        return;
+        move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
+    } else if (st != NATS_MAX_PAYLOAD) {
+        p->stats.errors++;
+        log_warn("publish failed, will retry subject=%s error=\"%s\"", natsMsg_GetSubject(s->msg),
+                 natsStatus_GetText(st));
+        move_slot(p, s, SLOT_RETRY, now + backoff_ms(s->attempts));
     }
-    p->stats.errors++;
-    log_warn("publish failed, will retry subject=%s error=\"%s\"", natsMsg_GetSubject(s->msg),
-             natsStatus_GetText(st));
-    move_slot(p, s, SLOT_RETRY, now + backoff_ms(s->attempts));
+    return st;
 }
 
 static void free_slot(struct publisher *p, struct slot *s)
@@ -261,24 +336,27 @@ static void free_slot(struct publisher *p, struct slot *s)
     s->msg = NULL;
     s->cookie = NULL;
     s->attempts = 0;
+    s->await_id = 0;
     s->generation++;
     move_slot(p, s, SLOT_FREE, 0);
 }
 
 static void handle_reply(struct publisher *p, const struct event *ev)
 {
-    if (ev->slot >= p->slot_count)
-        return;
-    struct slot *s = &p->slots[ev->slot];
-    if (s->state == SLOT_FREE || s->generation != ev->generation)
+    struct slot *s = slot_at(p, ev->slot);
+    if (!s || s->state == SLOT_FREE || s->generation != ev->generation)
         return; /* a second ack for a publish we already resent and completed */
     if (ev->kind == EVENT_ACK || ev->kind == EVENT_DUPLICATE) {
+        struct publish_ack ack = {.duplicate = ev->kind == EVENT_DUPLICATE,
+                                  .sequence = ev->sequence,
+                                  .await_id = s->await_id};
+        memcpy(ack.stream, ev->detail, sizeof(ack.stream) - 1);
+        memcpy(ack.domain, ev->domain, sizeof(ack.domain));
         void *cookie = s->cookie;
-        if (ev->kind == EVENT_DUPLICATE)
-            p->stats.duplicates++;
+        p->stats.duplicates += ack.duplicate;
         p->stats.acked++;
         free_slot(p, s);
-        p->done(p->ctx, cookie, ev->kind == EVENT_ACK ? PUBLISH_ACKED : PUBLISH_DUPLICATE);
+        p->done(p->ctx, cookie, &ack);
         return;
     }
     if (ev->kind == EVENT_NO_RESPONDERS)
@@ -287,65 +365,73 @@ static void handle_reply(struct publisher *p, const struct event *ev)
         p->stats.errors++;
     if (s->state == SLOT_SENT) {
         uint64_t wait = backoff_ms(s->attempts);
-        log_warn("jetstream refused a publish, retrying in %llums subject=%s attempts=%u "
+        log_warn("jetstream refused a publish, retrying in %" PRIu64 "ms subject=%s attempts=%u "
                  "error=\"%s\"",
-                 (unsigned long long)wait, natsMsg_GetSubject(s->msg), s->attempts, ev->detail);
+                 wait, natsMsg_GetSubject(s->msg), s->attempts, ev->detail);
         move_slot(p, s, SLOT_RETRY, loop_now_ms() + wait);
     }
 }
 
-/* After a reconnect every unacknowledged publish is sent again: acks lost with the old
- * connection are never reported, and the copies that did land come back as duplicates. */
+/* After a (re)connect every unacknowledged publish is sent again: acks lost with the old
+ * connection are never reported, and the copies that did land come back as duplicates.
+ * Publishes held back while disconnected go out too. */
 static void resend_all(struct publisher *p)
 {
-    size_t n = p->sent.count;
-    for (size_t i = 0; i < n && p->sent.head; i++) {
+    for (size_t n = p->sent.count; n > 0 && p->sent.head; n--) {
         p->stats.resent++;
         send_slot(p, p->sent.head);
     }
+    struct slot *next;
+    for (struct slot *s = p->retry.head; s; s = next) {
+        next = s->next;
+        if (s->attempts == 0)
+            send_slot(p, s);
+    }
 }
 
-static void rebuild_connection(struct publisher *p);
+static size_t in_flight(const struct publisher *p)
+{
+    return p->sent.count + p->retry.count;
+}
+
+static natsStatus open_connection(struct publisher *p);
+
+static void rebuild_connection(struct publisher *p)
+{
+    log_warn("nats connection closed, opening a new one in_flight=%zu", in_flight(p));
+    natsSubscription_Destroy(p->sub);
+    natsConnection_Destroy(p->conn);
+    p->sub = NULL;
+    p->conn = NULL;
+    natsStatus st = open_connection(p);
+    if (st != NATS_OK)
+        fatalx("cannot open a new nats connection: %s", natsStatus_GetText(st));
+}
 
 static void handle_connection_event(struct publisher *p, enum event_kind kind)
 {
-    switch (kind) {
-    case EVENT_CONNECTED:
-    case EVENT_RECONNECTED: {
+    if (kind == EVENT_CONNECTED || kind == EVENT_RECONNECTED) {
         char url[256] = "";
         natsConnection_GetConnectedUrl(p->conn, url, sizeof(url));
-        if (kind == EVENT_RECONNECTED)
-            p->stats.reconnects++;
+        p->stats.reconnects += kind == EVENT_RECONNECTED;
         log_info("%s to nats server=%s in_flight=%zu",
-                 kind == EVENT_CONNECTED ? "connected" : "reconnected", url,
-                 p->slot_count - p->free_list.count);
-        p->connected = p->ever_connected = true;
+                 kind == EVENT_CONNECTED ? "connected" : "reconnected", url, in_flight(p));
+        p->connected = true;
         resend_all(p);
-        break;
-    }
-    case EVENT_DISCONNECTED:
+    } else if (kind == EVENT_DISCONNECTED) {
         if (p->connected) {
             p->stats.disconnects++;
-            log_warn("disconnected from nats, reconnecting in_flight=%zu",
-                     p->slot_count - p->free_list.count);
+            log_warn("disconnected from nats, reconnecting in_flight=%zu", in_flight(p));
         }
         p->connected = false;
-        break;
-    case EVENT_CLOSED:
+    } else if (kind == EVENT_CLOSED) {
         p->connected = false;
         rebuild_connection(p);
-        break;
-    default:
-        break;
     }
 }
 
-static void drain_events(struct loop *loop, int fd, uint32_t events, void *arg)
+static void process_events(struct publisher *p)
 {
-    struct publisher *p = arg;
-    uint64_t counter;
-    ssize_t n = read(fd, &counter, sizeof(counter));
-    (void)n;
     pthread_mutex_lock(&p->queue.lock);
     size_t count = p->queue.count;
     if (count > p->batch_cap) {
@@ -361,6 +447,21 @@ static void drain_events(struct loop *loop, int fd, uint32_t events, void *arg)
         else
             handle_connection_event(p, p->batch[i].kind);
     }
+}
+
+static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
+{
+    uint64_t counter;
+    ssize_t n = read(fd, &counter, sizeof(counter));
+    (void)n;
+    process_events(arg);
+}
+
+void publisher_poll(struct publisher *p, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = p->queue.eventfd, .events = POLLIN};
+    if (poll(&pfd, 1, timeout_ms) > 0)
+        on_eventfd(p->loop, p->queue.eventfd, EPOLLIN, p);
 }
 
 void publisher_tick(struct publisher *p)
@@ -381,7 +482,7 @@ void publisher_tick(struct publisher *p)
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->due_ms <= now) {
-            p->stats.resent++;
+            p->stats.resent += s->attempts > 0;
             send_slot(p, s);
         }
     }
@@ -389,13 +490,16 @@ void publisher_tick(struct publisher *p)
 
 static natsStatus connect_options(struct publisher *p)
 {
-    const struct config *cfg = p->cfg;
     natsStatus st = natsOptions_Create(&p->opts);
     if (st == NATS_OK)
-        st = natsOptions_SetServers(p->opts, (const char **)cfg->nats_servers,
-                                    (int)cfg->nats_server_count);
+        st = natsOptions_SetServers(p->opts, (const char **)p->servers,
+                                    (int)p->options.server_count);
     if (st == NATS_OK)
-        st = natsOptions_SetName(p->opts, "kumo-nats-relay");
+        st = natsOptions_SetName(p->opts, p->name);
+    if (st == NATS_OK && p->user)
+        st = natsOptions_SetUserInfo(p->opts, p->user, p->password);
+    if (st == NATS_OK && p->token)
+        st = natsOptions_SetToken(p->opts, p->token);
     /* Reconnect forever: the spool is the buffer, and giving up would only stop the relay. */
     if (st == NATS_OK)
         st = natsOptions_SetMaxReconnect(p->opts, -1);
@@ -427,41 +531,43 @@ static natsStatus open_connection(struct publisher *p)
     /* Acks are bounded by the window; never let nats.c drop one as a slow consumer. */
     if (st == NATS_OK)
         st = natsSubscription_SetPendingLimits(p->sub, -1, -1);
+    if (st == NATS_OK)
+        st = natsSubscription_SetOnCompleteCB(p->sub, on_subscription_complete, p);
     free(wildcard);
     if (st == NATS_OK && !pending)
         on_connection_event(p, EVENT_CONNECTED);
     return st;
 }
 
-static void rebuild_connection(struct publisher *p)
+static char *dup_or_null(const char *s)
 {
-    log_warn("nats connection closed, opening a new one in_flight=%zu",
-             p->slot_count - p->free_list.count);
-    natsSubscription_Destroy(p->sub);
-    natsConnection_Destroy(p->conn);
-    p->sub = NULL;
-    p->conn = NULL;
-    natsStatus st = open_connection(p);
-    if (st != NATS_OK)
-        fatalx("cannot open a new nats connection: %s", natsStatus_GetText(st));
+    return s ? xstrdup(s) : NULL;
 }
 
-struct publisher *publisher_create(const struct config *cfg, struct loop *loop,
+static void copy_options(struct publisher *p, const struct publisher_options *o)
+{
+    p->options = *o;
+    p->servers = xcalloc(o->server_count, sizeof(*p->servers));
+    for (size_t i = 0; i < o->server_count; i++)
+        p->servers[i] = xstrdup(o->servers[i]);
+    p->name = xstrdup(o->name ? o->name : "kumo-nats-relay");
+    p->user = dup_or_null(o->user);
+    p->password = dup_or_null(o->password);
+    p->token = dup_or_null(o->token);
+}
+
+struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
                                    publish_done_fn done, void *ctx, char **err)
 {
     struct publisher *p = xcalloc(1, sizeof(*p));
-    p->cfg = cfg;
+    copy_options(p, options);
     p->loop = loop;
     p->done = done;
     p->ctx = ctx;
-    p->slot_count = cfg->max_in_flight;
-    p->slots = xcalloc(p->slot_count, sizeof(*p->slots));
-    for (size_t i = 0; i < p->slot_count; i++)
-        list_push(&p->free_list, &p->slots[i]);
     pthread_mutex_init(&p->queue.lock, NULL);
+    pthread_cond_init(&p->queue.done, NULL);
     p->queue.eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->queue.eventfd < 0 ||
-        loop_add_fd(loop, p->queue.eventfd, EPOLLIN, drain_events, p) != 0) {
+    if (p->queue.eventfd < 0 || loop_add_fd(loop, p->queue.eventfd, EPOLLIN, on_eventfd, p) != 0) {
         *err = xasprintf("cannot set up the ack queue: %s", strerror(errno));
         publisher_destroy(p);
         return NULL;
@@ -481,34 +587,67 @@ struct publisher *publisher_create(const struct config *cfg, struct loop *loop,
     return p;
 }
 
+/* Closes the connection and waits until nats.c has made its last callback with p as the
+ * closure: its threads must never touch a freed publisher. Returns false on timeout. */
+static bool close_and_wait(struct publisher *p)
+{
+    struct event_queue *q = &p->queue;
+    pthread_mutex_lock(&q->lock);
+    q->shutting_down = true;
+    q->subscription_closed = p->sub == NULL;
+    q->connection_closed = p->conn == NULL;
+    pthread_mutex_unlock(&q->lock);
+    if (p->conn && p->connected)
+        natsConnection_FlushTimeout(p->conn, 2000);
+    if (p->conn)
+        natsConnection_Close(p->conn);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    bool done = true;
+    pthread_mutex_lock(&q->lock);
+    while (!(q->connection_closed && q->subscription_closed) && done)
+        done = pthread_cond_timedwait(&q->done, &q->lock, &deadline) == 0;
+    done = q->connection_closed && q->subscription_closed;
+    pthread_mutex_unlock(&q->lock);
+    return done;
+}
+
 void publisher_destroy(struct publisher *p)
 {
     if (!p)
         return;
-    if (p->conn && p->connected)
-        natsConnection_FlushTimeout(p->conn, 2000);
+    if (!close_and_wait(p)) {
+        /* Freeing now could crash a nats.c thread still holding p; exiting is near. */
+        log_warn("nats connection did not close in time, leaving it to the exit");
+        return;
+    }
     natsSubscription_Destroy(p->sub);
-    if (p->conn)
-        natsConnection_Close(p->conn);
     natsConnection_Destroy(p->conn);
     natsOptions_Destroy(p->opts);
     natsInbox_Destroy(p->inbox);
-    for (size_t i = 0; i < p->slot_count; i++)
-        natsMsg_Destroy(p->slots[i].msg);
+    for (size_t c = 0; c < p->chunk_count; c++) {
+        for (size_t i = 0; i < SLOTS_PER_CHUNK; i++)
+            natsMsg_Destroy(p->chunks[c][i].msg);
+        free(p->chunks[c]);
+    }
+    free(p->chunks);
     if (p->queue.eventfd >= 0) {
         loop_del_fd(p->loop, p->queue.eventfd);
         close(p->queue.eventfd);
     }
     pthread_mutex_destroy(&p->queue.lock);
+    pthread_cond_destroy(&p->queue.done);
     free(p->queue.items);
     free(p->batch);
-    free(p->slots);
+    for (size_t i = 0; i < p->options.server_count; i++)
+        free(p->servers[i]);
+    free(p->servers);
+    free(p->name);
+    free(p->user);
+    free(p->password);
+    free(p->token);
     free(p);
-}
-
-bool publisher_can_publish(const struct publisher *p)
-{
-    return p->connected && p->free_list.head != NULL;
 }
 
 bool publisher_connected(const struct publisher *p)
@@ -518,7 +657,7 @@ bool publisher_connected(const struct publisher *p)
 
 size_t publisher_in_flight(const struct publisher *p)
 {
-    return p->slot_count - p->free_list.count;
+    return in_flight(p);
 }
 
 const struct publisher_stats *publisher_stats(const struct publisher *p)
@@ -526,19 +665,25 @@ const struct publisher_stats *publisher_stats(const struct publisher *p)
     return &p->stats;
 }
 
-int publisher_publish(struct publisher *p, void *cookie, const char *subject, const char *msg_id,
-                      const char *data, size_t len, char **err)
+static natsStatus build_message(struct publisher *p, struct slot *s,
+                                const struct publish_request *req, natsMsg **msg)
 {
-    struct slot *s = p->free_list.head;
-    if (!s)
-        fatalx("publisher_publish called with a full window");
-    uint32_t index = (uint32_t)(s - p->slots);
     char reply[160];
-    snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, index, s->generation);
+    snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, s->index, s->generation);
+    natsStatus st = natsMsg_Create(msg, req->subject, reply, req->data, (int)req->len);
+    for (size_t i = 0; st == NATS_OK && i < req->header_count; i++)
+        st = natsMsgHeader_Add(*msg, req->headers[2 * i], req->headers[2 * i + 1]);
+    if (st == NATS_OK && req->msg_id)
+        st = natsMsgHeader_Set(*msg, "Nats-Msg-Id", req->msg_id);
+    return st;
+}
+
+int publisher_publish(struct publisher *p, void *cookie, const struct publish_request *req,
+                      char **err)
+{
+    struct slot *s = take_slot(p);
     natsMsg *msg = NULL;
-    natsStatus st = natsMsg_Create(&msg, subject, reply, data, (int)len);
-    if (st == NATS_OK && msg_id)
-        st = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id);
+    natsStatus st = build_message(p, s, req, &msg);
     if (st != NATS_OK) {
         natsMsg_Destroy(msg);
         *err = xasprintf("cannot build the message: %s", natsStatus_GetText(st));
@@ -546,23 +691,17 @@ int publisher_publish(struct publisher *p, void *cookie, const char *subject, co
     }
     s->msg = msg;
     s->cookie = cookie;
+    s->await_id = req->await_id;
     s->attempts = 0;
     p->stats.published++;
-    /* Pretend-retry state so send_slot's move is uniform; it lands in SENT or RETRY. */
+    /* Held back while disconnected (attempts 0 in RETRY): the connect sends it. */
     move_slot(p, s, SLOT_RETRY, 0);
-    s->attempts = 0;
-    natsStatus sent = natsConnection_PublishMsg(p->conn, msg);
-    s->attempts = 1;
-    if (sent == NATS_MAX_PAYLOAD) {
+    if (!p->connected)
+        return 0;
+    if (send_slot(p, s) == NATS_MAX_PAYLOAD) {
         free_slot(p, s);
-        *err = xasprintf("the record is larger than the server's max_payload");
+        *err = xasprintf("the message is larger than the server's max_payload");
         return -1;
-    }
-    if (sent == NATS_OK) {
-        move_slot(p, s, SLOT_SENT, loop_now_ms() + (uint64_t)p->cfg->ack_timeout_ms);
-    } else {
-        p->stats.errors++;
-        move_slot(p, s, SLOT_RETRY, loop_now_ms() + backoff_ms(1));
     }
     return 0;
 }

@@ -1,6 +1,5 @@
-/* Publishing to JetStream over one nats.c connection, with a window of in-flight
- * publishes, acknowledgements delivered to the loop, and retries with the same
- * Nats-Msg-Id until JetStream has the message.
+/* Publishing to JetStream over one nats.c connection: in-flight publishes, acks delivered
+ * to the loop, and retries with the same Nats-Msg-Id until JetStream has the message.
  *
  * The JetStream publish protocol is a core NATS publish with a reply subject; the stream
  * answers on it with {"stream":..,"seq":..[,"duplicate":true]} or {"error":{..}}. We speak
@@ -8,7 +7,10 @@
  * in-flight slot (<inbox>.<slot>.<generation>), so an ack finds its record without a
  * lookup and without state shared with the nats.c thread, one timer walks the oldest
  * entries for ack timeouts (no per-message timers), and after a reconnect we resend what
- * is unacknowledged ourselves (nats.c never reports acks lost in a server restart). */
+ * is unacknowledged ourselves (nats.c never reports acks lost in a server restart).
+ *
+ * The window (how many publishes may be in flight) is the caller's to enforce: one relay
+ * may publish through several connections (Lua policies), and the limit is for all. */
 #ifndef RELAY_PUBLISH_H
 #define RELAY_PUBLISH_H
 
@@ -16,16 +18,37 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct config;
 struct loop;
 
-enum publish_outcome {
-    PUBLISH_ACKED,     /* stored by JetStream */
-    PUBLISH_DUPLICATE, /* JetStream already had this Nats-Msg-Id: stored earlier */
+struct publisher_options {
+    const char *const *servers;
+    size_t server_count;
+    const char *name;       /* connection name shown by the server */
+    int64_t ack_timeout_ms; /* then the same message is sent again */
+    const char *user, *password, *token;
 };
 
-/* Called on the loop once per successful publish with the cookie given to it. */
-typedef void (*publish_done_fn)(void *ctx, void *cookie, enum publish_outcome outcome);
+/* What JetStream answered for one publish. */
+struct publish_ack {
+    bool duplicate; /* JetStream already had this Nats-Msg-Id */
+    uint64_t sequence;
+    char stream[128];
+    char domain[64];
+    uint64_t await_id; /* as given in the request */
+};
+
+/* Called on the loop once per publish, when JetStream has stored it. */
+typedef void (*publish_done_fn)(void *ctx, void *cookie, const struct publish_ack *ack);
+
+struct publish_request {
+    const char *subject;
+    const char *data;
+    size_t len;
+    const char *msg_id;         /* NULL: no Nats-Msg-Id */
+    const char *const *headers; /* name, value pairs */
+    size_t header_count;        /* pairs */
+    uint64_t await_id;          /* handed back in the ack; 0 if nobody waits */
+};
 
 struct publisher_stats {
     uint64_t published; /* first sends */
@@ -41,23 +64,23 @@ struct publisher_stats {
 
 struct publisher;
 
-struct publisher *publisher_create(const struct config *cfg, struct loop *loop,
+struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
                                    publish_done_fn done, void *ctx, char **err);
 void publisher_destroy(struct publisher *p);
 
-/* True when a publish now would be sent at once: connected and a slot is free. */
-bool publisher_can_publish(const struct publisher *p);
 bool publisher_connected(const struct publisher *p);
 size_t publisher_in_flight(const struct publisher *p);
 const struct publisher_stats *publisher_stats(const struct publisher *p);
 
 /* Queue one message. Returns 0, or -1 with *err (malloc'd) when it can never be
- * published (larger than the server's max_payload): the caller dead-letters it. The
- * window must have room (publisher_can_publish). */
-int publisher_publish(struct publisher *p, void *cookie, const char *subject, const char *msg_id,
-                      const char *data, size_t len, char **err);
+ * published (larger than the server's max_payload): the caller dead-letters it. */
+int publisher_publish(struct publisher *p, void *cookie, const struct publish_request *req,
+                      char **err);
 
 /* Ack timeouts and due retries; call periodically from the loop. */
 void publisher_tick(struct publisher *p);
+/* Process what the nats.c threads queued, waiting up to timeout_ms for something to
+ * arrive (for a policy that must see one ack before it goes on). */
+void publisher_poll(struct publisher *p, int timeout_ms);
 
 #endif

@@ -48,9 +48,8 @@ struct relay {
     struct segment *ready_head, *ready_tail;
     struct inflight_record *records, *free_records;
     size_t record_count, records_in_use;
-    struct inflight_record *current; /* the record the policy is handling */
-    uint32_t current_publishes;
-    bool dirty; /* offsets moved since the last checkpoint */
+    size_t publishes_in_flight; /* through every connection: the window */
+    bool dirty;                 /* offsets moved since the last checkpoint */
     bool draining;
     uint64_t drain_deadline_ms;
     bool started; /* the first scan is done */
@@ -204,51 +203,109 @@ static void record_complete(struct relay *r, struct inflight_record *rec)
     free_segment_if_unused(seg);
 }
 
-static void on_publish_done(void *ctx, void *cookie, enum publish_outcome outcome)
+/* A publish made for several records (a batch) completes all of them; the cookie of a
+ * single record's publish is the record itself, tagged apart by its low bit. */
+struct publish_group {
+    size_t count;
+    struct inflight_record *records[];
+};
+
+static void *make_cookie(struct inflight_record *const *records, size_t count)
 {
-    struct relay *r = ctx;
-    struct inflight_record *rec = cookie;
+    if (count == 1)
+        return records[0];
+    struct publish_group *g = xmalloc(sizeof(*g) + count * sizeof(g->records[0]));
+    g->count = count;
+    memcpy(g->records, records, count * sizeof(g->records[0]));
+    return (void *)((uintptr_t)g | 1);
+}
+
+static void release_hold(struct relay *r, struct inflight_record *rec)
+{
     if (--rec->outstanding == 0)
         record_complete(r, rec);
 }
 
-static int sink_publish(void *ctx, const char *subject, const char *data, size_t len,
-                        const char *msg_id, char **err)
+static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *ack)
 {
     struct relay *r = ctx;
-    struct inflight_record *rec = r->current;
-    struct segment *seg = rec->segment;
+    r->publishes_in_flight--;
+    if (ack->await_id)
+        policy_acked(r->policy, ack);
+    if ((uintptr_t)cookie & 1) {
+        struct publish_group *g = (void *)((uintptr_t)cookie & ~(uintptr_t)1);
+        for (size_t i = 0; i < g->count; i++)
+            release_hold(r, g->records[i]);
+        free(g);
+    } else {
+        release_hold(r, cookie);
+    }
+}
+
+static int env_publish(void *ctx, struct inflight_record *const *records, size_t count,
+                       const struct policy_publish *msg, char **err)
+{
+    struct relay *r = ctx;
+    const struct inflight_record *first = records[0];
+    const struct segment *seg = first->segment;
     char id[512];
+    const char *msg_id = msg->msg_id;
     if (!msg_id) {
         /* <relay_id>:<segment>:<end offset>[:<n>]: the same on every retry and replay. */
-        if (r->current_publishes == 0)
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->name, rec->end);
+        if (msg->index == 0)
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->name, first->end);
         else
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->name, rec->end,
-                     r->current_publishes);
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->name,
+                     first->end, msg->index);
         msg_id = id;
     }
-    if (publisher_publish(r->pub, rec, subject, msg_id, data, len, err) != 0)
+    struct publish_request req = {
+        .subject = msg->subject,
+        .data = msg->data,
+        .len = msg->len,
+        .msg_id = msg_id,
+        .headers = msg->headers,
+        .header_count = msg->header_count,
+        .await_id = msg->await_id,
+    };
+    void *cookie = make_cookie(records, count);
+    if (publisher_publish(msg->via ? msg->via : r->pub, cookie, &req, err) != 0) {
+        if ((uintptr_t)cookie & 1)
+            free((void *)((uintptr_t)cookie & ~(uintptr_t)1));
         return -1;
-    r->current_publishes++;
-    rec->outstanding++;
+    }
+    for (size_t i = 0; i < count; i++)
+        records[i]->outstanding++;
+    r->publishes_in_flight++;
     r->counters.published++;
     return 0;
 }
 
-static void deadletter_record(struct relay *r, struct segment *seg, const struct segment_record *sr,
-                              const char *reason)
+static void deadletter_record(struct relay *r, const struct inflight_record *rec,
+                              const char *reason, const char *data, size_t len)
 {
-    char *err = deadletter_write(r->deadletter, seg->name, sr->start, sr->end, reason, sr->data,
-                                 sr->data ? sr->len : 0);
+    const struct segment *seg = rec->segment;
+    char *err = deadletter_write(r->deadletter, seg->name, rec->start, rec->end, reason, data,
+                                 data ? len : 0);
     /* Moving the offset past a record we could not even write down would lose it; stop
      * and let the operator (or systemd) restart us once the disk is fixed. */
     if (err)
         fatalx("cannot dead-letter a record, stopping segment=%s offset=%" PRIu64 " error=\"%s\"",
-               seg->name, sr->start, err);
+               seg->name, rec->start, err);
     r->counters.deadlettered++;
     log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
-             sr->start, reason);
+             rec->start, reason);
+}
+
+static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
+                        const char *reason, const char *data, size_t len)
+{
+    struct relay *r = ctx;
+    if (verdict == POLICY_DEADLETTER)
+        deadletter_record(r, rec, reason ? reason : "policy error", data, len);
+    else if (verdict == POLICY_DROPPED)
+        r->counters.dropped++;
+    release_hold(r, rec); /* the hold taken when the policy deferred it */
 }
 
 static void handle_record(struct relay *r, struct segment *seg, const struct segment_record *sr)
@@ -266,21 +323,18 @@ static void handle_record(struct relay *r, struct segment *seg, const struct seg
     r->counters.records_read++;
     offsets_watermark_push(&seg->wm, rec);
 
-    struct policy_sink sink = {sink_publish, r};
+    /* Hold the record while the policy runs: an ack processed meanwhile (a policy that
+     * waits for one) must not complete it before the policy has decided. */
+    rec->outstanding = 1;
     char *reason = NULL;
-    r->current = rec;
-    r->current_publishes = 0;
-    enum policy_verdict verdict = policy_handle(r->policy, sr, &sink, &reason);
-    r->current = NULL;
+    enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
     if (verdict == POLICY_DEADLETTER)
-        deadletter_record(r, seg, sr, reason ? reason : "policy error");
+        deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
     else if (verdict == POLICY_DROPPED)
         r->counters.dropped++;
     free(reason);
-    /* Dropped, dead-lettered, or a policy that published nothing: complete now. Records
-     * whose publishes failed to queue are dead-lettered above, so none is left hanging. */
-    if (rec->outstanding == 0)
-        record_complete(r, rec);
+    if (verdict != POLICY_DEFERRED)
+        release_hold(r, rec);
 }
 
 /* ---- reading ---- */
@@ -332,7 +386,8 @@ static void segment_failed(struct relay *r, struct segment *seg)
 
 static bool window_open(const struct relay *r)
 {
-    return r->free_records && publisher_can_publish(r->pub) && !r->draining;
+    return r->free_records && r->publishes_in_flight < r->cfg->max_in_flight && !r->draining &&
+           (!r->pub || publisher_connected(r->pub));
 }
 
 /* Reads up to RECORDS_PER_TURN records. Returns true if the segment should get another
@@ -442,12 +497,12 @@ static void begin_drain(struct relay *r, const char *why)
         return;
     r->draining = true;
     r->drain_deadline_ms = loop_now_ms() + (uint64_t)r->cfg->shutdown_timeout_ms;
-    log_info("%s, draining in_flight=%zu", why, publisher_in_flight(r->pub));
+    log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
 }
 
 static void finish_drain(struct relay *r)
 {
-    size_t left = publisher_in_flight(r->pub);
+    size_t left = r->publishes_in_flight;
     if (left > 0)
         log_warn("shutdown timeout: %zu publishes unacknowledged; they will be sent again at "
                  "the next start",
@@ -466,7 +521,7 @@ static void before_sleep(struct loop *loop, void *arg)
     struct relay *r = arg;
     if (!r->draining)
         pump(r);
-    if (r->options->once && !r->draining && all_relayed(r) && publisher_connected(r->pub)) {
+    if (r->options->once && !r->draining && all_relayed(r)) {
         log_info("spool relayed records=%" PRIu64 " published=%" PRIu64 " dropped=%" PRIu64
                  " deadlettered=%" PRIu64,
                  r->counters.records_read, r->counters.published, r->counters.dropped,
@@ -476,14 +531,17 @@ static void before_sleep(struct loop *loop, void *arg)
         return;
     }
     if (r->draining) {
-        if (publisher_in_flight(r->pub) == 0 || loop_now_ms() >= r->drain_deadline_ms)
+        if (r->publishes_in_flight == 0 || loop_now_ms() >= r->drain_deadline_ms)
             finish_drain(r);
     }
 }
 
 static void on_tick(struct loop *loop, void *arg)
 {
-    publisher_tick(((struct relay *)arg)->pub);
+    struct relay *r = arg;
+    if (r->pub)
+        publisher_tick(r->pub);
+    policy_tick(r->policy);
 }
 
 static void on_rescan(struct loop *loop, void *arg)
@@ -567,12 +625,26 @@ static char *relay_start(struct relay *r)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
-    if (!(r->policy = policy_create(r->cfg, &err)))
+    struct policy_env env = {
+        .loop = r->loop,
+        .ctx = r,
+        .publish = env_publish,
+        .resolve = env_resolve,
+        .publish_done = on_publish_done,
+    };
+    if (!(r->policy = policy_create(r->cfg, &env, &err)))
         return err;
     struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
     if (!(r->spool = spool_open(r->cfg->spool_dir, r->cfg->spool_pattern, r->loop, &events, &err)))
         return err;
-    if (!(r->pub = publisher_create(r->cfg, r->loop, on_publish_done, r, &err)))
+    struct publisher_options po = {
+        .servers = (const char *const *)r->cfg->nats_servers,
+        .server_count = r->cfg->nats_server_count,
+        .name = "kumo-nats-relay",
+        .ack_timeout_ms = r->cfg->ack_timeout_ms,
+    };
+    if (policy_uses_default_connection(r->policy) &&
+        !(r->pub = publisher_create(&po, r->loop, on_publish_done, r, &err)))
         return err;
     spool_scan(r->spool);
     r->started = true;
@@ -589,9 +661,9 @@ static char *relay_start(struct relay *r)
 
 static void relay_stop(struct relay *r)
 {
+    policy_destroy(r->policy); /* calls the connections' close, which may still publish */
     publisher_destroy(r->pub);
     spool_close(r->spool);
-    policy_destroy(r->policy);
     deadletter_close(r->deadletter);
     if (r->loop)
         loop_destroy(r->loop);

@@ -1,0 +1,103 @@
+#include "builtin.h"
+
+#include "config.h"
+#include "jscan.h"
+#include "segment.h"
+#include "subject.h"
+#include "xalloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct builtin {
+    struct subject_template subject;
+    char *relay_id;
+    struct policy_env env;
+};
+
+enum { KEY_TYPE, KEY_QUEUE, KEY_NODEID, KEY_COUNT };
+static const char *const record_keys[KEY_COUNT] = {"type", "queue", "nodeid"};
+
+struct builtin *builtin_create(const struct config *cfg, const struct policy_env *env, char **err)
+{
+    struct builtin *b = xcalloc(1, sizeof(*b));
+    b->env = *env;
+    char *why = subject_compile(cfg->policy_subject, &b->subject);
+    if (why) {
+        *err = xasprintf("policy.subject: %s", why);
+        free(why);
+        free(b);
+        return NULL;
+    }
+    b->relay_id = xstrdup(cfg->relay_id);
+    return b;
+}
+
+void builtin_destroy(struct builtin *b)
+{
+    if (!b)
+        return;
+    subject_free(&b->subject);
+    free(b->relay_id);
+    free(b);
+}
+
+/* Decoded top-level string fields of one record, each bounded: subjects are short. */
+struct record_fields {
+    char type[128], queue[512], nodeid[128];
+    char queue_parts_buf[520];
+};
+
+static bool read_fields(const struct segment_record *rec, struct record_fields *f)
+{
+    struct jscan_value values[KEY_COUNT];
+    if (!jscan_object(rec->data, rec->len, record_keys, KEY_COUNT, values))
+        return false;
+    /* A missing or non-string field renders as "_". */
+    if (jscan_string(&values[KEY_TYPE], f->type, sizeof(f->type)) < 0)
+        f->type[0] = '\0';
+    if (jscan_string(&values[KEY_QUEUE], f->queue, sizeof(f->queue)) < 0)
+        f->queue[0] = '\0';
+    if (jscan_string(&values[KEY_NODEID], f->nodeid, sizeof(f->nodeid)) < 0)
+        f->nodeid[0] = '\0';
+    return true;
+}
+
+enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *record,
+                                   const struct segment_record *rec, char **reason)
+{
+    if (rec->oversize) {
+        *reason = xasprintf("record of %zu bytes is larger than max_record_bytes", rec->len);
+        return POLICY_DEADLETTER;
+    }
+    struct subject_values values = {0};
+    values.field[SUBJECT_FIELD_RELAY_ID] = b->relay_id;
+    struct record_fields fields;
+    if (b->subject.needs_record) {
+        if (!read_fields(rec, &fields)) {
+            *reason = xstrdup("not JSON");
+            return POLICY_DEADLETTER;
+        }
+        struct queue_parts q;
+        subject_parse_queue(fields.queue, fields.queue_parts_buf, &q);
+        values.field[SUBJECT_FIELD_TYPE] = fields.type;
+        values.field[SUBJECT_FIELD_QUEUE] = fields.queue;
+        values.field[SUBJECT_FIELD_DOMAIN] = q.domain;
+        values.field[SUBJECT_FIELD_TENANT] = q.tenant;
+        values.field[SUBJECT_FIELD_CAMPAIGN] = q.campaign;
+        values.field[SUBJECT_FIELD_ROUTING_DOMAIN] = q.routing_domain;
+        values.field[SUBJECT_FIELD_NODEID] = fields.nodeid;
+    }
+    char subject[1024];
+    if (subject_render(&b->subject, &values, subject, sizeof(subject)) < 0) {
+        *reason = xstrdup("subject longer than 1023 bytes");
+        return POLICY_DEADLETTER;
+    }
+    char *err = NULL;
+    struct policy_publish msg = {.subject = subject, .data = rec->data, .len = rec->len};
+    if (b->env.publish(b->env.ctx, &record, 1, &msg, &err) != 0) {
+        *reason = err;
+        return POLICY_DEADLETTER;
+    }
+    return POLICY_PUBLISHED;
+}

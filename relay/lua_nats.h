@@ -1,0 +1,39 @@
+/* kumo.nats for Lua policies: connect, publish, close — publishing through the relay's
+ * pipelined publisher, so a publish does not block and a record completes when every
+ * publish it made is acknowledged. */
+#ifndef RELAY_LUA_NATS_H
+#define RELAY_LUA_NATS_H
+
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct inflight_record;
+struct policy_env;
+struct publish_ack;
+
+/* Shared with policy_lua.c: who the publishes made right now are for. */
+struct lua_nats {
+    const struct config *cfg;
+    const struct policy_env *env;
+    struct inflight_record **records; /* the record (or batch) whose hook is running */
+    size_t record_count;
+    unsigned publish_index; /* publishes made in this attempt: the Nats-Msg-Id suffix */
+    uint64_t next_await_id;
+    struct lua_nats_client **clients; /* one per distinct connect configuration */
+    size_t client_count;
+};
+
+/* Set kumo.nats on the table at the top of the stack. */
+void lua_nats_open(lua_State *L, struct lua_nats *nats);
+/* Ack timeouts and retries of every connection. */
+void lua_nats_tick(struct lua_nats *nats);
+/* Fill the ack table a publish with await_ack returned. */
+void lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack);
+/* In flight through all connections. */
+size_t lua_nats_in_flight(const struct lua_nats *nats);
+void lua_nats_close_all(struct lua_nats *nats);
+
+#endif

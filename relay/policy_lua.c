@@ -1,0 +1,815 @@
+#include "policy_lua.h"
+
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+#include "lua_kumo.h"
+#include "lua_message.h"
+#include "lua_nats.h"
+#include "offsets.h"
+#include "segment.h"
+#include "spool.h"
+#include "subject.h"
+#include "xalloc.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EVENTS_KEY    "kumo-nats-relay.events"    /* event name -> { handlers... } */
+#define LOCATIONS_KEY "kumo-nats-relay.locations" /* event name -> "file:line" */
+
+enum {
+    INSTRUCTION_BUDGET = 100 * 1000 * 1000, /* per hook call: a runaway loop becomes an error */
+    HOOK_EVERY = 10000,                     /* instructions between budget checks */
+    MEMORY_CEILING = 512 * 1024 * 1024,     /* bytes for the whole Lua state */
+    SEEN_ERRORS = 256,                      /* distinct error messages logged at warn */
+};
+
+/* A record the policy holds: in a batch, or waiting to be sent again. */
+struct held_record {
+    struct inflight_record *rec;
+    int message_ref; /* the pinned Message, in the registry */
+};
+
+struct queue_state;
+
+/* One record or one batch waiting for its next attempt. */
+struct retry {
+    struct queue_state *queue; /* NULL: run the whole policy again (the error came early) */
+    struct held_record *members;
+    size_t count;
+    uint32_t attempts;
+    uint64_t due_ms;
+    uint64_t first_ms; /* when the oldest member was read, for max_age */
+    struct retry *next;
+};
+
+struct queue_state {
+    char *name;
+    char *parts_buf;
+    struct queue_parts parts;
+    struct queue_config qc;
+    bool constructed;
+    bool per_record;    /* the seed shape: the constructor publishes for each record */
+    int connection_ref; /* the connection table (LUA_NOREF for the seed shape) */
+    struct held_record *batch;
+    size_t batch_count;
+    uint64_t batch_started_ms;
+    struct queue_state *next;
+};
+
+struct policy_lua {
+    const struct config *cfg;
+    struct policy_env env;
+    lua_State *L;
+    size_t memory_used;
+    long budget;
+    const char *current_event;
+    struct lua_nats nats;
+    struct queue_state *queues;
+    struct retry *retries;
+    bool has_should_enqueue;
+    uint64_t seen_errors[SEEN_ERRORS];
+    size_t seen_error_count;
+};
+
+enum outcome_kind { OUTCOME_OK, OUTCOME_TRANSIENT, OUTCOME_PERMANENT };
+
+struct outcome {
+    enum outcome_kind kind;
+    char *reason; /* malloc'd for TRANSIENT and PERMANENT */
+};
+
+/* ---- the Lua state: allocator with a ceiling, instruction budget ---- */
+
+static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct policy_lua *p = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        p->memory_used -= old;
+        return NULL;
+    }
+    if (nsize > old && p->memory_used + (nsize - old) > MEMORY_CEILING)
+        return NULL; /* Lua raises "not enough memory" in the policy */
+    void *q = realloc(ptr, nsize);
+    if (q)
+        p->memory_used = p->memory_used - old + nsize;
+    return q;
+}
+
+static struct policy_lua *policy_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    struct policy_lua *p = policy_of(L);
+    p->budget -= HOOK_EVERY;
+    if (p->budget < 0) {
+        p->budget = INSTRUCTION_BUDGET; /* room for the error handling itself */
+        luaL_error(L, "instruction budget of %d exceeded in the '%s' event", INSTRUCTION_BUDGET,
+                   p->current_event ? p->current_event : "?");
+    }
+}
+
+/* Calls the function below nargs arguments, protected, under a fresh budget. Leaves
+ * nresults results, or the error value, on the stack. */
+static int call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
+{
+    p->budget = INSTRUCTION_BUDGET;
+    p->current_event = event;
+    int rc = lua_pcall(p->L, nargs, nresults, 0);
+    p->current_event = NULL;
+    return rc;
+}
+
+/* ---- kumo.on ---- */
+
+static bool takes_several_handlers(const char *event)
+{
+    return strcmp(event, "get_queue_config") == 0 ||
+           strcmp(event, "should_enqueue_log_record") == 0;
+}
+
+static int kumo_on(lua_State *L)
+{
+    const char *event = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_getfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOCATIONS_KEY);
+    if (lua_getfield(L, -2, event) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -4, event);
+        luaL_where(L, 1);
+        lua_setfield(L, -3, event);
+    } else if (!takes_several_handlers(event)) {
+        lua_getfield(L, -2, event);
+        /* luaL_error prefixes the place of this second registration. */
+        return luaL_error(L, "%s event already has a handler defined at %s", event,
+                          lua_tostring(L, -1));
+    }
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
+/* Pushes the handler list of event and returns its length; pushes nothing when the event
+ * has no handler. */
+static lua_Integer push_handlers(lua_State *L, const char *event)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
+    lua_Integer n = 0;
+    if (lua_getfield(L, -1, event) == LUA_TTABLE)
+        n = (lua_Integer)lua_rawlen(L, -1);
+    if (n == 0) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_remove(L, -2);
+    return n;
+}
+
+/* ---- errors and outcomes ---- */
+
+static bool first_time_seen(struct policy_lua *p, const char *text)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *c = text; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    for (size_t i = 0; i < p->seen_error_count; i++)
+        if (p->seen_errors[i] == h)
+            return false;
+    if (p->seen_error_count < SEEN_ERRORS)
+        p->seen_errors[p->seen_error_count++] = h;
+    return true;
+}
+
+/* Turns the error value on top of the stack into an outcome, and pops it. */
+static struct outcome error_outcome(struct policy_lua *p, const char *event)
+{
+    struct outcome o;
+    int code;
+    const char *message;
+    if (lua_kumo_is_reject(p->L, -1, &code, &message)) {
+        o.kind = code >= 400 && code <= 499 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT;
+        o.reason = xasprintf("rejected: %d %s", code, message ? message : "");
+    } else {
+        const char *text = luaL_tolstring(p->L, -1, NULL);
+        o.kind = OUTCOME_TRANSIENT;
+        o.reason = xasprintf("%s", text);
+        lua_pop(p->L, 1);
+        if (first_time_seen(p, o.reason))
+            log_warn("lua error in the '%s' event, the record will be retried error=\"%s\"", event,
+                     o.reason);
+        else
+            log_debug("lua error in the '%s' event error=\"%s\"", event, o.reason);
+    }
+    lua_pop(p->L, 1);
+    return o;
+}
+
+/* ---- queues: get_queue_config and the constructor ---- */
+
+static struct queue_state *find_queue(struct policy_lua *p, const char *name)
+{
+    for (struct queue_state *q = p->queues; q; q = q->next)
+        if (strcmp(q->name, name) == 0)
+            return q;
+    return NULL;
+}
+
+/* Runs get_queue_config's handlers until one returns a value. */
+static struct outcome resolve_queue(struct policy_lua *p, struct queue_state *q)
+{
+    lua_State *L = p->L;
+    lua_Integer n = push_handlers(L, "get_queue_config");
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, -1, i);
+        lua_pushstring(L, q->parts.domain);
+        q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
+        q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
+        q->parts.routing_domain[0] ? lua_pushstring(L, q->parts.routing_domain) : lua_pushnil(L);
+        if (call_hook(p, "get_queue_config", 4, 1) != LUA_OK) {
+            struct outcome o = error_outcome(p, "get_queue_config");
+            lua_pop(L, 1);
+            return o;
+        }
+        if (!lua_isnil(L, -1)) {
+            char *err = lua_kumo_queue_config(L, -1, &q->qc);
+            lua_pop(L, 2);
+            if (err)
+                return (struct outcome){OUTCOME_PERMANENT, err};
+            return (struct outcome){OUTCOME_OK, NULL};
+        }
+        lua_pop(L, 1);
+    }
+    if (n > 0)
+        lua_pop(L, 1);
+    memset(&q->qc, 0, sizeof(q->qc)); /* no config: no custom_lua protocol */
+    return (struct outcome){OUTCOME_OK, NULL};
+}
+
+static struct queue_state *new_queue(struct policy_lua *p, const char *name)
+{
+    struct queue_state *q = xcalloc(1, sizeof(*q));
+    q->name = xstrdup(name);
+    q->parts_buf = xmalloc(strlen(name) + 4);
+    subject_parse_queue(name, q->parts_buf, &q->parts);
+    q->connection_ref = LUA_NOREF;
+    q->qc.batch_size = 0; /* 0 = not resolved yet */
+    q->next = p->queues;
+    p->queues = q;
+    return q;
+}
+
+/* ---- sending ---- */
+
+static void bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count)
+{
+    p->nats.records = recs;
+    p->nats.record_count = count;
+    p->nats.publish_index = 0;
+}
+
+/* Calls the constructor (domain, tenant, campaign) with the global `message` bound to
+ * the message at msg_idx (0: none). Leaves its result on the stack on success. */
+static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg_idx,
+                            struct outcome *o)
+{
+    lua_State *L = p->L;
+    const char *event = q->qc.constructor;
+    if (push_handlers(L, event) == 0) {
+        *o = (struct outcome){
+            OUTCOME_PERMANENT,
+            xasprintf("constructor event '%s' of queue %s has no handler", event, q->name)};
+        return -1;
+    }
+    lua_geti(L, -1, 1);
+    lua_remove(L, -2);
+    if (msg_idx)
+        lua_pushvalue(L, msg_idx);
+    else
+        lua_pushnil(L);
+    lua_setglobal(L, "message");
+    lua_pushstring(L, q->parts.domain);
+    q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
+    q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
+    int rc = call_hook(p, event, 3, 1);
+    lua_pushnil(L);
+    lua_setglobal(L, "message");
+    if (rc != LUA_OK) {
+        *o = error_outcome(p, event);
+        return -1;
+    }
+    *o = (struct outcome){OUTCOME_OK, NULL};
+    return 0;
+}
+
+/* conn:method(arg) where arg is at arg_idx. */
+static struct outcome call_connection(struct policy_lua *p, struct queue_state *q,
+                                      const char *method, int arg_idx)
+{
+    lua_State *L = p->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
+    if (lua_getfield(L, -1, method) != LUA_TFUNCTION) {
+        lua_pop(L, 2);
+        return (struct outcome){
+            OUTCOME_PERMANENT,
+            xasprintf("the connection of queue %s has no %s method", q->name, method)};
+    }
+    lua_insert(L, -2); /* fn, conn */
+    lua_pushvalue(L, arg_idx);
+    if (call_hook(p, method, 2, 0) != LUA_OK)
+        return error_outcome(p, method);
+    return (struct outcome){OUTCOME_OK, NULL};
+}
+
+/* Delivers one message (at msg_idx) through queue q. */
+static struct outcome send_one(struct policy_lua *p, struct queue_state *q, int msg_idx)
+{
+    lua_State *L = p->L;
+    struct outcome o;
+    if (q->constructed && !q->per_record)
+        return call_connection(p, q, "send", msg_idx);
+    if (call_constructor(p, q, msg_idx, &o) != 0)
+        return o;
+    if (!q->constructed && lua_istable(L, -1)) {
+        q->connection_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        q->constructed = true;
+        return call_connection(p, q, "send", msg_idx);
+    }
+    /* Returned nothing: the seed document's shape, which published with `message`. */
+    lua_pop(L, 1);
+    q->constructed = q->per_record = true;
+    return o;
+}
+
+/* ---- holding records: retries and batches ---- */
+
+static void hold(struct policy_lua *p, struct held_record *h, struct inflight_record *rec,
+                 int msg_idx)
+{
+    lua_message_pin(p->L, msg_idx);
+    lua_pushvalue(p->L, msg_idx);
+    h->rec = rec;
+    h->message_ref = luaL_ref(p->L, LUA_REGISTRYINDEX);
+}
+
+static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verdict verdict,
+                   const char *reason)
+{
+    size_t len = 0;
+    const char *data = NULL;
+    lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->message_ref);
+    if (verdict == POLICY_DEADLETTER)
+        data = lua_message_data(p->L, -1, &len);
+    p->env.resolve(p->env.ctx, h->rec, verdict, reason, data, len);
+    lua_pop(p->L, 1);
+    luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
+}
+
+static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
+{
+    double ms = (double)(qc->retry_interval_ms > 0 ? qc->retry_interval_ms : 1000);
+    for (uint32_t i = 1; i < attempts && ms < 1e12; i++)
+        ms *= 2;
+    if (qc->max_retry_interval_ms > 0 && ms > (double)qc->max_retry_interval_ms)
+        ms = (double)qc->max_retry_interval_ms;
+    return (uint64_t)(ms * (0.9 + 0.2 * (double)rand() / RAND_MAX)); /* jitter ±10 % */
+}
+
+static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
+{
+    r->attempts++;
+    const struct queue_config *qc = r->queue ? &r->queue->qc : NULL;
+    struct queue_config defaults = {.retry_interval_ms = 1000, .max_retry_interval_ms = 60000};
+    r->due_ms = loop_now_ms() + retry_delay_ms(qc ? qc : &defaults, r->attempts);
+    log_debug("record will be retried attempts=%u in_ms=%llu reason=\"%s\"", r->attempts,
+              (unsigned long long)(r->due_ms - loop_now_ms()), reason);
+    r->next = p->retries;
+    p->retries = r;
+}
+
+static void retry_new(struct policy_lua *p, struct queue_state *q, struct held_record *members,
+                      size_t count, const char *reason)
+{
+    struct retry *r = xcalloc(1, sizeof(*r));
+    r->queue = q;
+    r->members = members;
+    r->count = count;
+    r->first_ms = loop_now_ms();
+    for (size_t i = 0; i < count; i++)
+        if (members[i].rec->read_at_ms < r->first_ms)
+            r->first_ms = members[i].rec->read_at_ms;
+    schedule_retry(p, r, reason);
+}
+
+static void resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
+                        const struct outcome *o)
+{
+    enum policy_verdict v = o->kind == OUTCOME_OK ? POLICY_PUBLISHED : POLICY_DEADLETTER;
+    for (size_t i = 0; i < count; i++)
+        let_go(p, &members[i], v, o->reason);
+}
+
+/* A batch needs the connection object before there is a message to bind: call the
+ * constructor without one. */
+static struct outcome ensure_connection(struct policy_lua *p, struct queue_state *q)
+{
+    struct outcome o = {OUTCOME_OK, NULL};
+    if (q->constructed || call_constructor(p, q, 0, &o) != 0)
+        return o;
+    if (lua_istable(p->L, -1)) {
+        q->connection_ref = luaL_ref(p->L, LUA_REGISTRYINDEX);
+    } else {
+        lua_pop(p->L, 1);
+        q->per_record = true;
+    }
+    q->constructed = true;
+    return o;
+}
+
+/* Delivers held records: send_batch(self, messages) for a batch, send or the seed shape's
+ * constructor for one. */
+static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
+                                   struct held_record *members, size_t count)
+{
+    lua_State *L = p->L;
+    struct inflight_record **recs = xcalloc(count, sizeof(*recs));
+    lua_createtable(L, (int)count, 0);
+    for (size_t i = 0; i < count; i++) {
+        recs[i] = members[i].rec;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, members[i].message_ref);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bind_records(p, recs, count);
+    struct outcome o = {OUTCOME_OK, NULL};
+    if (q->qc.batch_size > 1)
+        o = ensure_connection(p, q);
+    if (o.kind == OUTCOME_OK && q->qc.batch_size > 1 && !q->per_record) {
+        o = call_connection(p, q, "send_batch", lua_gettop(L));
+    } else {
+        for (size_t i = 0; i < count && o.kind == OUTCOME_OK; i++) {
+            bind_records(p, &recs[i], 1);
+            lua_rawgeti(L, -1, (lua_Integer)i + 1);
+            o = send_one(p, q, lua_gettop(L));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    bind_records(p, NULL, 0);
+    free(recs);
+    return o;
+}
+
+static void flush_batch(struct policy_lua *p, struct queue_state *q)
+{
+    struct held_record *members = q->batch;
+    size_t count = q->batch_count;
+    q->batch = NULL;
+    q->batch_count = 0;
+    struct outcome o = send_members(p, q, members, count);
+    if (o.kind == OUTCOME_TRANSIENT) {
+        retry_new(p, q, members, count, o.reason);
+    } else {
+        resolve_all(p, members, count, &o);
+        free(members);
+    }
+    free(o.reason);
+}
+
+/* ---- per record ---- */
+
+static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *relay)
+{
+    lua_State *L = p->L;
+    lua_Integer n = push_handlers(L, "should_enqueue_log_record");
+    *relay = n == 0; /* none registered: relay every record */
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, -1, i);
+        lua_pushvalue(L, msg_idx);
+        lua_pushstring(L, p->cfg->policy_hook_name);
+        if (call_hook(p, "should_enqueue_log_record", 2, 1) != LUA_OK) {
+            struct outcome o = error_outcome(p, "should_enqueue_log_record");
+            lua_pop(L, 1);
+            return o;
+        }
+        bool answered = !lua_isnil(L, -1);
+        *relay = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (answered)
+            break;
+    }
+    if (n > 0)
+        lua_pop(L, 1);
+    return (struct outcome){OUTCOME_OK, NULL};
+}
+
+static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_state **queue)
+{
+    const char *name = lua_message_queue(p->L, msg_idx);
+    if (!name)
+        name = p->cfg->policy_queue;
+    struct queue_state *q = find_queue(p, name);
+    if (!q)
+        q = new_queue(p, name);
+    *queue = q;
+    if (q->qc.batch_size == 0) {
+        struct outcome o = resolve_queue(p, q);
+        if (o.kind != OUTCOME_OK)
+            return o;
+        if (q->qc.batch_size == 0)
+            q->qc.batch_size = 1;
+    }
+    if (!q->qc.constructor)
+        return (struct outcome){OUTCOME_PERMANENT,
+                                xasprintf("queue %s has no custom_lua protocol", q->name)};
+    return (struct outcome){OUTCOME_OK, NULL};
+}
+
+/* Runs the policy for the message at msg_idx. Returns the verdict, or DEFERRED when the
+ * record is now held (batch or retry). */
+static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_record *rec,
+                                      int msg_idx, char **reason)
+{
+    bool relay;
+    struct queue_state *q = NULL;
+    struct outcome o = should_enqueue(p, msg_idx, &relay);
+    if (o.kind == OUTCOME_OK && !relay)
+        return POLICY_DROPPED;
+    if (o.kind == OUTCOME_OK)
+        o = route(p, msg_idx, &q);
+    if (o.kind == OUTCOME_OK && q->qc.batch_size > 1 && !q->per_record) {
+        if (q->batch_count == 0)
+            q->batch_started_ms = loop_now_ms();
+        q->batch = xrealloc(q->batch, (q->batch_count + 1) * sizeof(*q->batch));
+        hold(p, &q->batch[q->batch_count++], rec, msg_idx);
+        if (q->batch_count >= q->qc.batch_size)
+            flush_batch(p, q);
+        return POLICY_DEFERRED;
+    }
+    if (o.kind == OUTCOME_OK) {
+        bind_records(p, &rec, 1);
+        o = send_one(p, q, msg_idx);
+        bind_records(p, NULL, 0);
+    }
+    if (o.kind == OUTCOME_OK)
+        return POLICY_PUBLISHED;
+    if (o.kind == OUTCOME_PERMANENT) {
+        *reason = o.reason;
+        return POLICY_DEADLETTER;
+    }
+    struct held_record *h = xmalloc(sizeof(*h));
+    hold(p, h, rec, msg_idx);
+    retry_new(p, q && q->constructed ? q : NULL, h, 1, o.reason);
+    free(o.reason);
+    return POLICY_DEFERRED;
+}
+
+enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_record *rec,
+                                      const struct segment_record *sr, char **reason)
+{
+    lua_State *L = p->L;
+    struct segment *seg = rec->segment;
+    struct message_source src = {
+        .data = sr->data,
+        .len = sr->len,
+        .segment = seg->name,
+        .start = sr->start,
+        .end = sr->end,
+        .ordinal = sr->ordinal,
+        .relay_id = p->cfg->relay_id,
+        .default_queue = p->cfg->policy_queue,
+    };
+    if (sr->oversize) {
+        *reason = xasprintf("record of %zu bytes is larger than max_record_bytes", sr->len);
+        return POLICY_DEADLETTER;
+    }
+    int top = lua_gettop(L);
+    lua_message_push(L, &src);
+    enum policy_verdict v = run_policy(p, rec, top + 1, reason);
+    lua_message_detach(L, top + 1); /* unless pinned: its data was borrowed */
+    lua_settop(L, top);
+    return v;
+}
+
+/* ---- periodic: retries and batches ---- */
+
+static void run_retry(struct policy_lua *p, struct retry *r)
+{
+    lua_State *L = p->L;
+    uint64_t max_age = r->queue ? (uint64_t)r->queue->qc.max_age_ms : 0;
+    if (max_age > 0 && loop_now_ms() - r->first_ms > max_age) {
+        struct outcome o = {OUTCOME_PERMANENT, xstrdup("max_age exceeded")};
+        resolve_all(p, r->members, r->count, &o);
+        free(o.reason);
+        free(r->members);
+        free(r);
+        return;
+    }
+    struct outcome o;
+    if (r->queue) {
+        for (size_t i = 0; i < r->count; i++) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[i].message_ref);
+            lua_message_set_attempts(L, -1, (int)r->attempts);
+            lua_pop(L, 1);
+        }
+        o = send_members(p, r->queue, r->members, r->count);
+    } else {
+        /* The error came before a queue was known: run the whole policy again. */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
+        char *reason = NULL;
+        enum policy_verdict v = run_policy(p, r->members[0].rec, lua_gettop(L), &reason);
+        lua_pop(L, 1);
+        if (v != POLICY_DEFERRED)
+            let_go(p, &r->members[0], v, reason);
+        else
+            luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
+        free(reason);
+        free(r->members);
+        free(r);
+        return;
+    }
+    if (o.kind == OUTCOME_TRANSIENT) {
+        schedule_retry(p, r, o.reason);
+    } else {
+        resolve_all(p, r->members, r->count, &o);
+        free(r->members);
+        free(r);
+    }
+    free(o.reason);
+}
+
+void policy_lua_tick(struct policy_lua *p)
+{
+    lua_nats_tick(&p->nats);
+    uint64_t now = loop_now_ms();
+    struct retry *due = NULL;
+    for (struct retry **r = &p->retries; *r;) {
+        if ((*r)->due_ms <= now) {
+            struct retry *take = *r;
+            *r = take->next;
+            take->next = due;
+            due = take;
+        } else {
+            r = &(*r)->next;
+        }
+    }
+    while (due) {
+        struct retry *r = due;
+        due = r->next;
+        run_retry(p, r);
+    }
+    for (struct queue_state *q = p->queues; q; q = q->next) {
+        if (q->batch_count > 0 &&
+            (q->batch_count >= q->qc.min_batch_size ||
+             now - q->batch_started_ms >= (uint64_t)q->qc.max_batch_latency_ms))
+            flush_batch(p, q);
+    }
+}
+
+void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
+{
+    lua_nats_acked(p->L, &p->nats, ack);
+}
+
+/* ---- loading ---- */
+
+static void set_package_path(lua_State *L, const char *script)
+{
+    const char *slash = strrchr(script, '/');
+    char *dir = slash ? xstrndup(script, (size_t)(slash - script)) : xstrdup(".");
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    free(dir);
+}
+
+static void open_kumo(struct policy_lua *p)
+{
+    lua_State *L = p->L;
+    lua_kumo_open(L);
+    lua_pushcfunction(L, kumo_on);
+    lua_setfield(L, -2, "on");
+    lua_nats_open(L, &p->nats);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "kumo");
+    lua_pop(L, 2);
+    lua_setglobal(L, "kumo"); /* the seed document uses it without require */
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOCATIONS_KEY);
+    lua_message_register(L);
+}
+
+static char *load_script(struct policy_lua *p)
+{
+    lua_State *L = p->L;
+    if (luaL_loadfilex(L, p->cfg->policy_script, "t") != LUA_OK ||
+        call_hook(p, "load", 0, 0) != LUA_OK) {
+        char *err = xasprintf("%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return err;
+    }
+    if (push_handlers(L, "init") > 0) {
+        lua_geti(L, -1, 1);
+        lua_remove(L, -2);
+        if (call_hook(p, "init", 0, 0) != LUA_OK) {
+            char *err = xasprintf("init: %s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+            return err;
+        }
+    }
+    return NULL;
+}
+
+struct policy_lua *policy_lua_create(const struct config *cfg, const struct policy_env *env,
+                                     char **err)
+{
+    struct policy_lua *p = xcalloc(1, sizeof(*p));
+    p->cfg = cfg;
+    p->env = *env;
+    p->nats.cfg = cfg;
+    p->nats.env = &p->env;
+    p->L = lua_newstate(lua_alloc, p);
+    if (!p->L) {
+        *err = xstrdup("cannot create a Lua state");
+        free(p);
+        return NULL;
+    }
+    luaL_openlibs(p->L);
+    lua_sethook(p->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    set_package_path(p->L, cfg->policy_script);
+    open_kumo(p);
+    *err = load_script(p);
+    if (*err) {
+        policy_lua_destroy(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void close_connections(struct policy_lua *p)
+{
+    lua_State *L = p->L;
+    for (struct queue_state *q = p->queues; q; q = q->next) {
+        if (q->connection_ref == LUA_NOREF)
+            continue;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
+        if (lua_getfield(L, -1, "close") == LUA_TFUNCTION) {
+            lua_insert(L, -2);
+            if (call_hook(p, "close", 1, 0) != LUA_OK) {
+                log_warn("lua error in close queue=%s error=\"%s\"", q->name, lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        } else {
+            lua_pop(L, 2);
+        }
+    }
+}
+
+static void free_queues(struct policy_lua *p)
+{
+    while (p->queues) {
+        struct queue_state *q = p->queues;
+        p->queues = q->next;
+        lua_kumo_queue_config_free(&q->qc);
+        free(q->batch);
+        free(q->name);
+        free(q->parts_buf);
+        free(q);
+    }
+    while (p->retries) {
+        struct retry *r = p->retries;
+        p->retries = r->next;
+        free(r->members);
+        free(r);
+    }
+}
+
+void policy_lua_destroy(struct policy_lua *p)
+{
+    if (!p)
+        return;
+    if (p->L)
+        close_connections(p);
+    lua_nats_close_all(&p->nats);
+    if (p->L)
+        lua_close(p->L);
+    free_queues(p);
+    free(p);
+}

@@ -1,0 +1,19 @@
+/* The operator's Lua policy, mirroring KumoMTA: kumo.on events, should_enqueue_log_record,
+ * get_queue_config, custom_lua constructors (connection objects with send/send_batch, or
+ * the seed document's shape that publishes with the global `message` bound). */
+#ifndef RELAY_POLICY_LUA_H
+#define RELAY_POLICY_LUA_H
+
+#include "policy.h"
+
+struct policy_lua;
+
+struct policy_lua *policy_lua_create(const struct config *cfg, const struct policy_env *env,
+                                     char **err);
+enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_record *rec,
+                                      const struct segment_record *sr, char **reason);
+void policy_lua_tick(struct policy_lua *p);
+void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack);
+void policy_lua_destroy(struct policy_lua *p);
+
+#endif
