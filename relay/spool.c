@@ -156,6 +156,11 @@ static void note_name(struct spool *spool, const char *name)
     spool->events.changed(spool->events.ctx, seg);
 }
 
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 void spool_scan(struct spool *spool)
 {
     DIR *d = opendir(spool->dir);
@@ -164,10 +169,24 @@ void spool_scan(struct spool *spool)
         return;
     }
     spool->scan_generation++;
+    /* Noted in name order, so the oldest segments get the first turns to be read. */
+    char **names = NULL;
+    size_t count = 0, cap = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        note_name(spool, de->d_name);
+    while ((de = readdir(d)) != NULL) {
+        if (!spool_name_matches(spool, de->d_name))
+            continue;
+        if (count == cap)
+            names = xrealloc(names, (cap = cap ? cap * 2 : 64) * sizeof(*names));
+        names[count++] = xstrdup(de->d_name);
+    }
     closedir(d);
+    qsort(names, count, sizeof(*names), compare_names);
+    for (size_t i = 0; i < count; i++) {
+        note_name(spool, names[i]);
+        free(names[i]);
+    }
+    free(names);
     /* What the scan did not see is gone. Walk backwards: removal shifts later entries. */
     for (size_t i = spool->count; i-- > 0;) {
         struct segment *seg = spool->segments[i];

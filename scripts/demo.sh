@@ -40,10 +40,10 @@ for i in range(first, first + n):
 }
 
 echo "demo: writing three done zstd segments and one live one into $work/spool"
-records 4000 0 | "$spoolwrite" "$work/spool/20260101-000000"
-records 4000 4000 | "$spoolwrite" "$work/spool/20260101-001000.123"
-records 4000 8000 | "$spoolwrite" "$work/spool/20260101-002000.123456789_recv"
-coproc LIVE { "$spoolwrite" "$work/spool/20260101-003000.500"; }
+records 4000 0 | "$spoolwrite" "$work/spool/20260101-000000" >/dev/null
+records 4000 4000 | "$spoolwrite" "$work/spool/20260101-001000.123" >/dev/null
+records 4000 8000 | "$spoolwrite" "$work/spool/20260101-002000.123456789_recv" >/dev/null
+coproc LIVE { "$spoolwrite" "$work/spool/20260101-003000.500" >/dev/null; }
 records 3000 12000 >&"${LIVE[1]}"
 
 cat >"$work/relay.yaml" <<YAML
@@ -66,7 +66,7 @@ exec {LIVE[1]}>&-          # kumod closes the live segment: frame finished, chmo
 wait "$LIVE_PID" 2>/dev/null || true
 
 total=18000
-"$streamtool" -s "$url" wait-count KUMO_LOGS "$total" 60
+"$streamtool" -s "$url" wait-count KUMO_LOGS "$total" 60 >/dev/null
 kill -TERM "$relay_pid"; wait "$relay_pid"
 
 dump="$work/stream.jsonl"
