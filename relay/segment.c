@@ -91,18 +91,19 @@ static ssize_t read_input(struct segment_reader *r)
     return n;
 }
 
-/* Decides zstd or plain from the first four bytes. Returns false while fewer than four
- * bytes exist (a live segment may still be empty). */
+/* Decides zstd or plain from the first four bytes. Returns false while the bytes so far
+ * could still begin the magic (a live segment may still be empty); a short file that
+ * cannot ("{}\n") is plain now, or its records would never come out. */
 static bool sniff_kind(struct segment_reader *r, bool *failed)
 {
-    while (r->in_len < sizeof(zstd_magic)) {
+    while (r->in_len < sizeof(zstd_magic) && memcmp(r->in, zstd_magic, r->in_len) == 0) {
         ssize_t n = read_input(r);
         if (n < 0)
             *failed = true;
         if (n <= 0)
             return false;
     }
-    if (memcmp(r->in, zstd_magic, sizeof(zstd_magic)) == 0) {
+    if (r->in_len >= sizeof(zstd_magic) && memcmp(r->in, zstd_magic, sizeof(zstd_magic)) == 0) {
         r->kind = SEGMENT_KIND_ZSTD;
         r->dctx = ZSTD_createDCtx();
         if (!r->dctx)
