@@ -28,8 +28,8 @@ struct policy_publish {
     const char *subject;
     const char *data;
     size_t len;
-    const char *msg_id;         /* NULL: <relay_id>:<segment>:<end>[:<index>] of records[0] */
-    unsigned index;             /* n-th publish for this group in this attempt */
+    const char *msg_id; /* NULL: the relay's id: of records[index], or records[0] + ":<index>" */
+    unsigned index;     /* n-th publish for this group in this attempt */
     const char *const *headers; /* name, value pairs */
     size_t header_count;
     uint64_t await_id; /* nonzero: report the ack to policy_acked */

@@ -14,6 +14,8 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,7 +151,11 @@ static int kumo_on(lua_State *L)
         lua_newtable(L);
         lua_pushvalue(L, -1);
         lua_setfield(L, -4, event);
-        luaL_where(L, 1);
+        luaL_where(L, 1); /* "file:line: " */
+        size_t len;
+        const char *where = lua_tolstring(L, -1, &len);
+        lua_pushlstring(L, where, len >= 2 ? len - 2 : len);
+        lua_remove(L, -2);
         lua_setfield(L, -3, event);
     } else if (!takes_several_handlers(event)) {
         lua_getfield(L, -2, event);
@@ -716,12 +722,44 @@ static void open_kumo(struct policy_lua *p)
     lua_message_register(L);
 }
 
+/* Loads the policy file under its base name, so every error and kumo.log_* line says
+ * "policy.lua:12:" whole instead of a long path cut short by Lua's 60-byte source ids. */
+static int load_chunk(lua_State *L, const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
+        return LUA_ERRFILE;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        luaL_addlstring(&b, chunk, n);
+    bool failed = ferror(f);
+    fclose(f);
+    luaL_pushresult(&b);
+    if (failed) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "cannot read %s: %s", path, strerror(errno));
+        return LUA_ERRFILE;
+    }
+    const char *slash = strrchr(path, '/');
+    lua_pushfstring(L, "@%s", slash ? slash + 1 : path);
+    size_t len;
+    const char *text = lua_tolstring(L, -2, &len);
+    int rc = luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t");
+    lua_remove(L, -2); /* the chunk name */
+    lua_remove(L, -2); /* the text */
+    return rc;
+}
+
 static char *load_script(struct policy_lua *p)
 {
     lua_State *L = p->L;
-    if (luaL_loadfilex(L, p->cfg->policy_script, "t") != LUA_OK ||
-        call_hook(p, "load", 0, 0) != LUA_OK) {
-        char *err = xasprintf("%s", lua_tostring(L, -1));
+    if (load_chunk(L, p->cfg->policy_script) != LUA_OK || call_hook(p, "load", 0, 0) != LUA_OK) {
+        char *err = xasprintf("policy.script %s: %s", p->cfg->policy_script, lua_tostring(L, -1));
         lua_pop(L, 1);
         return err;
     }

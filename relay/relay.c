@@ -246,17 +246,22 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
                        const struct policy_publish *msg, char **err)
 {
     struct relay *r = ctx;
-    const struct inflight_record *first = records[0];
-    const struct segment *seg = first->segment;
     char id[512];
     const char *msg_id = msg->msg_id;
     if (!msg_id) {
-        /* <relay_id>:<segment>:<end offset>[:<n>]: the same on every retry and replay. */
-        if (msg->index == 0)
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->name, first->end);
+        /* <relay_id>:<segment>:<end offset>: the same on every retry and replay. The n-th
+         * publish of a batch gets the n-th record's id (a policy that publishes each
+         * message of the batch in order thus gives each its own record's id, whatever
+         * batch it lands in after a restart); extra publishes get ":<n>". */
+        const struct inflight_record *rec = msg->index < count ? records[msg->index] : records[0];
+        const struct segment *seg = rec->segment;
+        if (count > 1 || msg->index == 0)
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->name, rec->end);
         else
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->name,
-                     first->end, msg->index);
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->name, rec->end,
+                     msg->index);
+        if (count > 1 && msg->index >= count)
+            snprintf(id + strlen(id), sizeof(id) - strlen(id), ":%u", msg->index);
         msg_id = id;
     }
     struct publish_request req = {
