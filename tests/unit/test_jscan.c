@@ -1,0 +1,371 @@
+/* jscan: the top-level scanner the built-in policy uses instead of a full JSON parse. */
+#include "jscan.h"
+
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const record_keys[] = {"type", "queue", "nodeid"};
+enum { K_TYPE, K_QUEUE, K_NODEID, K_COUNT };
+
+static bool scan(const char *line, const char *const *keys, size_t n, struct jscan_value *v)
+{
+    return jscan_object(line, strlen(line), keys, n, v);
+}
+
+/* The decoded string value, or "<absent>" / "<not a string>". */
+static const char *str(const struct jscan_value *v, char *buf, size_t cap)
+{
+    if (!v->raw)
+        return "<absent>";
+    if (jscan_string(v, buf, cap) < 0)
+        return "<not a string>";
+    return buf;
+}
+
+static void expect_raw(const struct jscan_value *v, const char *raw)
+{
+    cr_assert_not_null(v->raw, "expected raw %s, got absent", raw);
+    cr_assert_eq(v->len, strlen(raw), "raw length %zu, want %zu (%.*s)", v->len, strlen(raw),
+                 (int)v->len, v->raw);
+    cr_assert(memcmp(v->raw, raw, v->len) == 0, "raw %.*s, want %s", (int)v->len, v->raw, raw);
+}
+
+Test(jscan, kumomta_samples)
+{
+    static const struct {
+        const char *type, *queue, *nodeid;
+    } want[] = {
+        {"Reception", "example.com", "d8e014c7-eaeb-4683-a56e-61324e91b1fc"},
+        {"Reception", "example.com.org", "4eb22880-dc03-44dc-a4d1-4d0e68ac7845"},
+        {"Reception", "example.com", "<absent>"},
+        {"Reception", "default@gmail.com", "dd2b41fd-78f0-4105-8cd9-01ac7114cada"},
+        {"Delivery", "campaign:tenant@domain", "557f3ad4-2c8c-11ee-976e-782d7e12e173"},
+        {"Delivery", "campaign:tenant@domain", "557f3ad4-2c8c-11ee-976e-782d7e12e173"},
+        {"Feedback", "<absent>", "<absent>"},
+    };
+    FILE *f = fopen(SHARED_DIR "/kumomta/samples.jsonl", "r");
+    cr_assert_not_null(f, "cannot open " SHARED_DIR "/kumomta/samples.jsonl");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    size_t n = 0;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        cr_assert_lt(n, sizeof(want) / sizeof(want[0]), "more sample lines than expected");
+        cr_assert_eq(line[len - 1], '\n');
+        struct jscan_value v[K_COUNT];
+        cr_assert(jscan_object(line, (size_t)len, record_keys, K_COUNT, v), "sample %zu rejected",
+                  n);
+        char b1[128], b2[128], b3[128];
+        cr_assert_str_eq(str(&v[K_TYPE], b1, sizeof(b1)), want[n].type, "sample %zu type", n);
+        cr_assert_str_eq(str(&v[K_QUEUE], b2, sizeof(b2)), want[n].queue, "sample %zu queue", n);
+        cr_assert_str_eq(str(&v[K_NODEID], b3, sizeof(b3)), want[n].nodeid, "sample %zu nodeid", n);
+        /* Without the trailing newline as well. */
+        cr_assert(jscan_object(line, (size_t)len - 1, record_keys, K_COUNT, v));
+        n++;
+    }
+    cr_assert_eq(n, 7, "read %zu sample lines", n);
+    free(line);
+    fclose(f);
+}
+
+Test(jscan, sample_values_raw)
+{
+    /* Non-string and nested values are handed back as their exact JSON text. */
+    FILE *f = fopen(SHARED_DIR "/kumomta/samples.jsonl", "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < 5; i++)
+        cr_assert_gt(getline(&line, &cap, f), 0);
+    fclose(f);
+    /* Line 5: a Delivery with nested response/peer_address, a null and an array. */
+    static const char *const keys[] = {
+        "size",       "response",    "feedback_report", "meta", "tls_peer_subject_name",
+        "session_id", "peer_address"};
+    struct jscan_value v[7];
+    cr_assert(scan(line, keys, 7, v));
+    expect_raw(&v[0], "1047");
+    expect_raw(&v[1], "{\"code\":250,\"enhanced_code\":{\"class\":2,\"subject\":0,\"detail\":0},"
+                      "\"content\":\"OK ids=8a5475ccbbc611eda12250ebf67f93bd\",\"command\":\".\"}");
+    expect_raw(&v[2], "null");
+    expect_raw(&v[3], "{}");
+    expect_raw(&v[4], "[\"C=US\",\"ST=CA\",\"L=SanFrancisco\",\"O=Fort-Funston\","
+                      "\"OU=MyOrganizationalUnit\",\"CN=do.havedane.net\",\"name=EasyRSA\","
+                      "\"emailAddress=me@myhost.mydomain\"]");
+    expect_raw(&v[5], "\"9bcd689e-23d9-41b7-a015-63a1382f8b57\"");
+    expect_raw(&v[6], "{\"name\":\"gmail-smtp-in.l.google.com.\",\"addr\":\"142.251.2.27\"}");
+    char buf[8];
+    cr_assert_eq(jscan_string(&v[0], buf, sizeof(buf)), -1, "a number is not a string");
+    cr_assert_eq(jscan_string(&v[2], buf, sizeof(buf)), -1, "null is not a string");
+    free(line);
+}
+
+Test(jscan, nested_key_is_not_top_level)
+{
+    /* The Feedback sample has "recipient" only inside feedback_report.supplemental_trace. */
+    FILE *f = fopen(SHARED_DIR "/kumomta/samples.jsonl", "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < 7; i++)
+        cr_assert_gt(getline(&line, &cap, f), 0);
+    fclose(f);
+    cr_assert_not_null(strstr(line, "\"recipient\":\"test@example.com\""));
+    static const char *const keys[] = {"recipient", "type", "name", "code"};
+    struct jscan_value v[4];
+    cr_assert(scan(line, keys, 4, v));
+    cr_assert_null(v[0].raw, "nested recipient reported at top level");
+    expect_raw(&v[1], "\"Feedback\"");
+    cr_assert_null(v[2].raw);
+    cr_assert_null(v[3].raw);
+    free(line);
+
+    const char *crafted = "{\"a\":{\"type\":\"inner\",\"b\":[{\"type\":\"deeper\"}]},"
+                          "\"c\":[\"type\",{\"queue\":1}],\"type\":\"outer\"}";
+    struct jscan_value w[K_COUNT];
+    cr_assert(scan(crafted, record_keys, K_COUNT, w));
+    expect_raw(&w[K_TYPE], "\"outer\"");
+    cr_assert_null(w[K_QUEUE].raw);
+    cr_assert_null(w[K_NODEID].raw);
+
+    /* A string value that looks like a key, and a key inside a string. */
+    const char *tricky = "{\"x\":\"\\\"type\\\":\\\"fake\\\"\",\"y\":\"{\\\"queue\\\":2}\"}";
+    cr_assert(scan(tricky, record_keys, K_COUNT, w));
+    cr_assert_null(w[K_TYPE].raw);
+    cr_assert_null(w[K_QUEUE].raw);
+}
+
+Test(jscan, nested_and_escapes_skipped)
+{
+    const char *line = "{ \"a\" : [1, -2.5e+3, 0.0, true, false, null, \"]}\\\"\", {\"k\": [[]]}],"
+                       "\t\"b\\n\\\"q\\\\\":{\"x\":{}},\r\n\"type\" :\"T\\/1\" , \"queue\": []}\n";
+    struct jscan_value v[K_COUNT];
+    cr_assert(scan(line, record_keys, K_COUNT, v));
+    expect_raw(&v[K_TYPE], "\"T\\/1\"");
+    expect_raw(&v[K_QUEUE], "[]");
+    char buf[16];
+    cr_assert_eq(jscan_string(&v[K_TYPE], buf, sizeof(buf)), 3);
+    cr_assert_str_eq(buf, "T/1");
+}
+
+Test(jscan, first_duplicate_wins)
+{
+    struct jscan_value v[K_COUNT];
+    cr_assert(scan("{\"type\":\"first\",\"type\":\"second\"}", record_keys, K_COUNT, v));
+    expect_raw(&v[K_TYPE], "\"first\"");
+}
+
+Test(jscan, escaped_key_does_not_match)
+{
+    struct jscan_value v[K_COUNT];
+    cr_assert(scan("{\"typ\\u0065\":\"x\"}", record_keys, K_COUNT, v));
+    cr_assert_null(v[K_TYPE].raw);
+}
+
+Test(jscan, empty_object_and_no_keys)
+{
+    struct jscan_value v[K_COUNT];
+    v[0].raw = "stale";
+    cr_assert(scan("{}", record_keys, K_COUNT, v));
+    cr_assert_null(v[0].raw, "values are reset");
+    cr_assert(scan("  {  }  \n", record_keys, K_COUNT, v));
+    cr_assert(scan("{\"a\":1}", NULL, 0, NULL));
+}
+
+static void expect_decoded(const char *raw, const char *want, size_t want_len)
+{
+    struct jscan_value v = {raw, strlen(raw)};
+    char buf[64];
+    memset(buf, 'X', sizeof(buf));
+    long n = jscan_string(&v, buf, sizeof(buf));
+    cr_assert_eq(n, (long)want_len, "%s decoded to %ld bytes, want %zu", raw, n, want_len);
+    cr_assert(memcmp(buf, want, want_len) == 0, "%s decoded wrongly", raw);
+    cr_assert_eq(buf[want_len], '\0');
+}
+
+Test(jscan, string_escapes)
+{
+    expect_decoded("\"\"", "", 0);
+    expect_decoded("\"plain\"", "plain", 5);
+    expect_decoded("\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"", "\"\\/\b\f\n\r\t", 8);
+    expect_decoded("\"\\u0041\\u00e9\\u00E9\"", "A\xC3\xA9\xC3\xA9", 5);
+    expect_decoded("\"\\u20ac\"", "\xE2\x82\xAC", 3);
+    expect_decoded("\"\\u07ff\\u0800\\uffff\"", "\xDF\xBF\xE0\xA0\x80\xEF\xBF\xBF", 8);
+    /* Surrogate pairs: U+1F600 and U+10FFFF. */
+    expect_decoded("\"\\ud83d\\ude00\"", "\xF0\x9F\x98\x80", 4);
+    expect_decoded("\"a\\uDBFF\\uDFFFb\"",
+                   "a\xF4\x8F\xBF\xBF"
+                   "b",
+                   6);
+    /* Raw UTF-8 passes through unchanged. */
+    expect_decoded("\"\xC3\xA9\xF0\x9F\x98\x80\"", "\xC3\xA9\xF0\x9F\x98\x80", 6);
+}
+
+Test(jscan, lone_surrogates_become_replacement_character)
+{
+    /* A surrogate without its partner is not a character: U+FFFD, never CESU bytes. */
+    expect_decoded("\"\\ud83d\"", "\xEF\xBF\xBD", 3);
+    expect_decoded("\"\\ude00x\"",
+                   "\xEF\xBF\xBD"
+                   "x",
+                   4);
+    expect_decoded("\"\\ud83d\\u0041\"",
+                   "\xEF\xBF\xBD"
+                   "A",
+                   4);
+    expect_decoded("\"\\ud83d\\ud83d\\ude00\"", "\xEF\xBF\xBD\xF0\x9F\x98\x80", 7);
+}
+
+Test(jscan, string_scanned_then_decoded)
+{
+    const char *line = "{\"type\":\"Bounce \\u00e9\\ud83d\\ude00\\n\"}";
+    struct jscan_value v[K_COUNT];
+    cr_assert(scan(line, record_keys, K_COUNT, v));
+    char buf[64];
+    cr_assert_eq(jscan_string(&v[K_TYPE], buf, sizeof(buf)), 14);
+    cr_assert_str_eq(buf, "Bounce \xC3\xA9\xF0\x9F\x98\x80\n");
+}
+
+Test(jscan, string_truncated_to_capacity)
+{
+    struct jscan_value v = {"\"abcdef\"", 8};
+    char buf[4];
+    cr_assert_eq(jscan_string(&v, buf, sizeof(buf)), 3);
+    cr_assert_str_eq(buf, "abc");
+    cr_assert_eq(jscan_string(&v, buf, 0), -1);
+    struct jscan_value absent = {NULL, 0};
+    cr_assert_eq(jscan_string(&absent, buf, sizeof(buf)), -1);
+}
+
+static void expect_rejected(const char *line, size_t len)
+{
+    struct jscan_value v[K_COUNT];
+    cr_assert_not(jscan_object(line, len, record_keys, K_COUNT, v), "accepted: %.*s", (int)len,
+                  line);
+}
+
+#define REJECT(s) expect_rejected(s, sizeof(s) - 1)
+
+Test(jscan, malformed_rejected)
+{
+    REJECT("");
+    REJECT("   \n");
+    REJECT("{");
+    REJECT("{\"type\"");
+    REJECT("{\"type\":");
+    REJECT("{\"type\":\"Delivery");
+    REJECT("{\"type\":\"Delivery\"");
+    REJECT("{\"type\":\"Delivery\",");
+    REJECT("{\"type\":\"Delivery\",}");
+    REJECT("{\"type\":\"x\"}}");
+    REJECT("{\"type\":\"x\"} {}");
+    REJECT("{\"type\":\"x\"}garbage");
+    REJECT("{\"type\":\"x\"}\n{\"type\":\"y\"}\n");
+    /* Bare values. */
+    REJECT("\"Delivery\"");
+    REJECT("42");
+    REJECT("null");
+    REJECT("true");
+    REJECT("[{\"type\":\"x\"}]");
+    /* A CSV line, as a per-record template might write. */
+    REJECT("Delivery,d7ef132b5d7711eea8c8000c29c33806,test@example.com,250\n");
+    /* Structure errors. */
+    REJECT("{type:\"x\"}");
+    REJECT("{\"type\" \"x\"}");
+    REJECT("{\"a\":1 \"b\":2}");
+    REJECT("{\"a\":[1,2}");
+    REJECT("{\"a\":[1,]}");
+    REJECT("{\"a\":{\"b\"}}");
+    REJECT("{\"a\":tru}");
+    REJECT("{\"a\":nul}");
+    REJECT("{\"a\":-}");
+    REJECT("{\"a\":1.}");
+    REJECT("{\"a\":1e}");
+    REJECT("{\"a\":.5}");
+    REJECT("{\"a\":'x'}");
+    /* String errors. */
+    REJECT("{\"a\":\"\\x\"}");
+    REJECT("{\"a\":\"\\u12\"}");
+    REJECT("{\"a\":\"\\u12g4\"}");
+    REJECT("{\"a\":\"tab\there\"}");
+    REJECT("{\"a\":\"new\nline\"}");
+    REJECT("{\"a\":\"ends in backslash\\");
+    /* A NUL byte inside a string or after the object. */
+    expect_rejected("{\"a\":\"x\0y\"}", 11);
+    expect_rejected("{\"a\":1}\0", 8);
+}
+
+Test(jscan, truncated_sample_prefixes_rejected)
+{
+    /* Every proper prefix of a record (cut where kumod's block ended) is rejected. */
+    FILE *f = fopen(SHARED_DIR "/kumomta/samples.jsonl", "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        size_t full = (size_t)len - 1; /* without the newline */
+        for (size_t cut = 0; cut < full; cut++)
+            expect_rejected(line, cut);
+    }
+    free(line);
+    fclose(f);
+}
+
+static char *nested(size_t depth, char open, char close, const char *inner)
+{
+    size_t inner_len = strlen(inner);
+    char *s = malloc(2 * depth + inner_len + 32);
+    size_t n = 0;
+    n += (size_t)sprintf(s, "{\"type\":\"x\",\"deep\":");
+    for (size_t i = 0; i < depth; i++)
+        s[n++] = open;
+    memcpy(s + n, inner, inner_len);
+    n += inner_len;
+    for (size_t i = 0; i < depth; i++)
+        s[n++] = close;
+    s[n++] = '}';
+    s[n] = '\0';
+    return s;
+}
+
+Test(jscan, deep_nesting_bounded)
+{
+    /* 1000 levels (and far more) are refused, not recursed into. */
+    char *arrays = nested(1000, '[', ']', "");
+    expect_rejected(arrays, strlen(arrays));
+    free(arrays);
+    char *huge = nested(200000, '[', ']', "");
+    expect_rejected(huge, strlen(huge));
+    free(huge);
+    /* Objects: {"a":{"a":...}} */
+    size_t depth = 1000;
+    char *objs = malloc(depth * 6 + 64);
+    size_t n = 0;
+    for (size_t i = 0; i < depth; i++)
+        n += (size_t)sprintf(objs + n, "{\"a\":");
+    n += (size_t)sprintf(objs + n, "1");
+    for (size_t i = 0; i < depth; i++)
+        objs[n++] = '}';
+    objs[n] = '\0';
+    expect_rejected(objs, n);
+    free(objs);
+    /* An unterminated deep prefix is rejected too. */
+    char *open_only = malloc(5001);
+    memset(open_only, '[', 5000);
+    open_only[5000] = '\0';
+    char *line = malloc(5100);
+    sprintf(line, "{\"a\":%s", open_only);
+    expect_rejected(line, strlen(line));
+    free(line);
+    free(open_only);
+    /* Modest nesting, as real records have, is fine. */
+    char *ok = nested(50, '[', ']', "1");
+    struct jscan_value v[K_COUNT];
+    cr_assert(jscan_object(ok, strlen(ok), record_keys, K_COUNT, v));
+    expect_raw(&v[K_TYPE], "\"x\"");
+    free(ok);
+}
