@@ -107,6 +107,11 @@ static const struct key checkpoint_keys[] = {
     {.name = NULL},
 };
 
+static const struct key metrics_keys[] = {
+    {"listen", KEY_STRING, FIELD(metrics_listen), .help = "host:port of /metrics and /healthz"},
+    {.name = NULL},
+};
+
 static const struct key log_keys[] = {
     {"level", KEY_ENUM, FIELD(log_level), .words = log_level_words, .value = LOG_LEVEL_INFO,
      .help = "least severe level logged"},
@@ -128,6 +133,9 @@ static const struct key top_keys[] = {
     {"max_record_bytes", KEY_BYTES, FIELD(max_record_bytes), .min = KIB, .max = GIB,
      .value = 16 * MIB, .help = "longest log record the relay reads"},
     {"log", KEY_SECTION, .section = log_keys},
+    {"metrics", KEY_SECTION, .section = metrics_keys},
+    {"expected_max_downtime", KEY_DURATION, FIELD(expected_max_downtime_ms), .max = 365 * DAY,
+     .value = 10 * MINUTE, .help = "warn when a stream's duplicate_window is shorter"},
     {.name = NULL},
 };
 
@@ -806,5 +814,6 @@ void config_free(struct config *cfg)
     free(cfg->policy_subject);
     free(cfg->policy_queue);
     free(cfg->policy_hook_name);
+    free(cfg->metrics_listen);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -4,12 +4,15 @@
 #define RELAY_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 
 /* Parse "debug", "info", "warn", "error"; returns -1 when unknown. */
 int log_level_parse(const char *name);
 void log_set_level(enum log_level level);
+/* One JSON object per line instead of text: {"time":..,"level":..,"msg":..,key:value..}. */
+void log_set_json(bool json);
 int log_enabled(enum log_level level);
 
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

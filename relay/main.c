@@ -3,6 +3,7 @@
 #include "log.h"
 #include "policy.h"
 #include "relay.h"
+#include "status.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: kumo-nats-relay [OPTIONS]\n"
+            "       kumo-nats-relay status [--json] [-c FILE]\n"
             "\n"
             "Tails KumoMTA's log spool and publishes every record to NATS JetStream, exactly\n"
             "once: offsets advance only on JetStream's acknowledgement.\n"
@@ -29,11 +31,21 @@ static void usage(FILE *out)
             "                       and relay the spool from the start (or from the end with\n"
             "                       spool.start_at: end)\n"
             "  -l, --log-level LVL  override log.level: debug, info, warn, error\n"
+            "      --log-format FMT text (default: one line per event, key=value fields)\n"
+            "                       or json (one JSON object per line)\n"
+            "      --json           with status: print JSON instead of a table\n"
             "  -V, --version        print the version and exit\n"
             "  -h, --help           print this help and exit\n"
             "\n"
+            "Commands:\n"
+            "  status               from the checkpoint and the spool: each segment's state,\n"
+            "                       records and bytes committed, and how much is behind\n"
+            "\n"
             "Signals: SIGTERM and SIGINT stop reading, wait for in-flight acks (up to\n"
-            "shutdown_timeout), write the checkpoint and exit 0.\n");
+            "shutdown_timeout), write the checkpoint and exit 0. SIGHUP reloads the\n"
+            "configuration and the policy; if they fail to load, the running ones stay.\n"
+            "\n"
+            "Exit status: 0 success, 1 configuration or startup error, 2 bad usage.\n");
 }
 
 /* --check: everything that can be validated without connecting or reading the spool. */
@@ -60,13 +72,15 @@ int main(int argc, char **argv)
         {"once", no_argument, NULL, 'o'},
         {"reset-offsets", no_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
+        {"log-format", required_argument, NULL, 'f'},
+        {"json", no_argument, NULL, 'j'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = DEFAULT_CONFIG;
     const char *log_level = NULL;
-    bool check = false;
+    bool check = false, json = false;
     struct relay_options options = {0};
     int opt;
     while ((opt = getopt_long(argc, argv, "c:l:Vh", long_options, NULL)) != -1) {
@@ -86,6 +100,17 @@ int main(int argc, char **argv)
         case 'l':
             log_level = optarg;
             break;
+        case 'f':
+            if (strcmp(optarg, "json") == 0) {
+                log_set_json(true);
+            } else if (strcmp(optarg, "text") != 0) {
+                fprintf(stderr, "kumo-nats-relay: --log-format is text or json\n");
+                return 2;
+            }
+            break;
+        case 'j':
+            json = true;
+            break;
         case 'V':
             printf("kumo-nats-relay %s\n", RELAY_VERSION);
             return 0;
@@ -97,6 +122,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    bool status = optind < argc && strcmp(argv[optind], "status") == 0;
+    if (status)
+        optind++;
     if (optind < argc) {
         fprintf(stderr, "kumo-nats-relay: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
@@ -116,7 +144,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)level);
-    int status = check ? check_config(&cfg) : relay_run(&cfg, &options);
+    int rc = status  ? status_run(&cfg, json)
+             : check ? check_config(&cfg)
+                     : relay_run(&cfg, &options);
     config_free(&cfg);
-    return status;
+    return rc;
 }

@@ -13,7 +13,8 @@ struct inflight_record {
     struct inflight_record *next; /* in its segment's watermark, in read order */
     void *segment;                /* owner (struct segment) */
     uint64_t start, end, ordinal;
-    uint32_t outstanding; /* publishes made for it and not yet acknowledged */
+    uint32_t outstanding; /* publishes not yet acknowledged, plus holds of the policy */
+    uint32_t publishes;   /* publishes made for it */
     bool complete;
     uint64_t read_at_ms; /* for the age of the oldest unacknowledged record */
 };

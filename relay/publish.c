@@ -1,6 +1,7 @@
 #include "publish.h"
 
 #include "log.h"
+#include "metrics.h"
 #include "loop.h"
 #include "xalloc.h"
 
@@ -91,6 +92,41 @@ struct publisher {
     bool connected;
     struct publisher_stats stats;
 };
+
+/* Every publisher of the process (the relay's, the Lua policy's connections), for the
+ * connection-state gauge and health. Loop thread only. */
+static struct publisher **registry;
+static size_t registry_count;
+
+static void registry_add(struct publisher *p)
+{
+    registry = xrealloc(registry, (registry_count + 1) * sizeof(*registry));
+    registry[registry_count++] = p;
+}
+
+static void registry_remove(struct publisher *p)
+{
+    for (size_t i = 0; i < registry_count; i++) {
+        if (registry[i] == p) {
+            registry[i] = registry[--registry_count];
+            break;
+        }
+    }
+    if (registry_count == 0) {
+        free(registry);
+        registry = NULL;
+    }
+}
+
+size_t publisher_disconnected_count(size_t *total)
+{
+    size_t down = 0;
+    for (size_t i = 0; i < registry_count; i++)
+        down += !registry[i]->connected;
+    if (total)
+        *total = registry_count;
+    return down;
+}
 
 static void list_push(struct slot_list *l, struct slot *s)
 {
@@ -354,15 +390,20 @@ static void handle_reply(struct publisher *p, const struct event *ev)
         memcpy(ack.domain, ev->domain, sizeof(ack.domain));
         void *cookie = s->cookie;
         p->stats.duplicates += ack.duplicate;
+        METRIC_ADD(publish_duplicates, ack.duplicate);
+        METRIC_ADD(publishes_acked, 1);
         p->stats.acked++;
         free_slot(p, s);
         p->done(p->ctx, cookie, &ack);
         return;
     }
-    if (ev->kind == EVENT_NO_RESPONDERS)
+    if (ev->kind == EVENT_NO_RESPONDERS) {
         p->stats.no_responders++;
-    else
+        METRIC_ADD(publish_no_responders, 1);
+    } else {
         p->stats.errors++;
+        METRIC_ADD(publish_errors, 1);
+    }
     if (s->state == SLOT_SENT) {
         uint64_t wait = backoff_ms(s->attempts);
         log_warn("jetstream refused a publish, retrying in %" PRIu64 "ms subject=%s attempts=%u "
@@ -379,6 +420,7 @@ static void resend_all(struct publisher *p)
 {
     for (size_t n = p->sent.count; n > 0 && p->sent.head; n--) {
         p->stats.resent++;
+        METRIC_ADD(publish_resends, 1);
         send_slot(p, p->sent.head);
     }
     struct slot *next;
@@ -414,6 +456,7 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         char url[256] = "";
         natsConnection_GetConnectedUrl(p->conn, url, sizeof(url));
         p->stats.reconnects += kind == EVENT_RECONNECTED;
+        METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
         log_info("%s to nats server=%s in_flight=%zu",
                  kind == EVENT_CONNECTED ? "connected" : "reconnected", url, in_flight(p));
         p->connected = true;
@@ -421,6 +464,7 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
     } else if (kind == EVENT_DISCONNECTED) {
         if (p->connected) {
             p->stats.disconnects++;
+            METRIC_ADD(nats_disconnects, 1);
             log_warn("disconnected from nats, reconnecting in_flight=%zu", in_flight(p));
         }
         p->connected = false;
@@ -473,7 +517,9 @@ void publisher_tick(struct publisher *p)
     while (p->sent.head && p->sent.head->due_ms <= now) {
         struct slot *s = p->sent.head;
         p->stats.timeouts++;
+        METRIC_ADD(publish_timeouts, 1);
         p->stats.resent++;
+        METRIC_ADD(publish_resends, 1);
         log_debug("ack timeout, resending subject=%s attempts=%u", natsMsg_GetSubject(s->msg),
                   s->attempts);
         send_slot(p, s);
@@ -483,6 +529,7 @@ void publisher_tick(struct publisher *p)
         next = s->next;
         if (s->due_ms <= now) {
             p->stats.resent += s->attempts > 0;
+            METRIC_ADD(publish_resends, s->attempts > 0);
             send_slot(p, s);
         }
     }
@@ -561,6 +608,7 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
 {
     struct publisher *p = xcalloc(1, sizeof(*p));
     copy_options(p, options);
+    registry_add(p);
     p->loop = loop;
     p->done = done;
     p->ctx = ctx;
@@ -617,6 +665,7 @@ void publisher_destroy(struct publisher *p)
 {
     if (!p)
         return;
+    registry_remove(p);
     if (!close_and_wait(p)) {
         /* Freeing now could crash a nats.c thread still holding p; exiting is near. */
         log_warn("nats connection did not close in time, leaving it to the exit");
@@ -694,6 +743,7 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
     s->await_id = req->await_id;
     s->attempts = 0;
     p->stats.published++;
+    METRIC_ADD(publishes, 1);
     /* Held back while disconnected (attempts 0 in RETRY): the connect sends it. */
     move_slot(p, s, SLOT_RETRY, 0);
     if (!p->connected)

@@ -77,6 +77,9 @@ const struct publisher_stats *publisher_stats(const struct publisher *p);
 int publisher_publish(struct publisher *p, void *cookie, const struct publish_request *req,
                       char **err);
 
+/* How many publishers of the process are not connected now (and how many exist). */
+size_t publisher_disconnected_count(size_t *total);
+
 /* Ack timeouts and due retries; call periodically from the loop. */
 void publisher_tick(struct publisher *p);
 /* Process what the nats.c threads queued, waiting up to timeout_ms for something to

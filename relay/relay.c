@@ -3,6 +3,8 @@
 #include "config.h"
 #include "deadletter.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "loop.h"
 #include "offsets.h"
 #include "policy.h"
@@ -29,12 +31,6 @@ enum {
     RESCAN_MS = 30000,      /* the safety-net scan, in case inotify missed something */
 };
 
-struct relay_counters {
-    uint64_t records_read, published, dropped, deadlettered;
-    uint64_t truncated_segments, corrupt_segments, lost_segments;
-    uint64_t checkpoint_writes, checkpoint_failures;
-};
-
 struct relay {
     const struct config *cfg;
     const struct relay_options *options;
@@ -55,7 +51,10 @@ struct relay {
     bool started; /* the first scan is done */
     int exit_status;
     int signal_fd;
-    struct relay_counters counters;
+    uint64_t checkpoint_failures; /* in a row; 0 after a success */
+    bool ready_notified;
+    uint64_t last_acked, last_progress_ms; /* for the stall check */
+    struct progress *progress;
 };
 
 /* ---- the ready queue: segments that may have records to read ---- */
@@ -151,7 +150,7 @@ static void on_segment_removed(void *ctx, struct segment *seg)
 {
     struct relay *r = ctx;
     if (seg->state != SEGMENT_STATE_FINISHED) {
-        r->counters.lost_segments++;
+        METRIC_ADD(segments_lost, 1);
         log_warn("segment deleted before it was relayed completely, forgetting it segment=%s "
                  "records_read=%" PRIu64 " committed_offset=%" PRIu64,
                  seg->name, seg->records_read, seg->wm.committed_offset);
@@ -180,6 +179,7 @@ static void record_release(void *arg, struct inflight_record *rec)
     struct relay *r = arg;
     struct segment *seg = rec->segment;
     seg->in_flight_records--;
+    METRIC_ADD(records_committed, 1);
     rec->next = r->free_records;
     r->free_records = rec;
     r->records_in_use--;
@@ -222,8 +222,11 @@ static void *make_cookie(struct inflight_record *const *records, size_t count)
 
 static void release_hold(struct relay *r, struct inflight_record *rec)
 {
-    if (--rec->outstanding == 0)
-        record_complete(r, rec);
+    if (--rec->outstanding > 0)
+        return;
+    if (rec->publishes > 0)
+        metrics_observe_ack_latency((loop_now_ms() - rec->read_at_ms) * 1000);
+    record_complete(r, rec);
 }
 
 static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *ack)
@@ -279,10 +282,11 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
             free((void *)((uintptr_t)cookie & ~(uintptr_t)1));
         return -1;
     }
-    for (size_t i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++) {
         records[i]->outstanding++;
+        records[i]->publishes++;
+    }
     r->publishes_in_flight++;
-    r->counters.published++;
     return 0;
 }
 
@@ -297,7 +301,7 @@ static void deadletter_record(struct relay *r, const struct inflight_record *rec
     if (err)
         fatalx("cannot dead-letter a record, stopping segment=%s offset=%" PRIu64 " error=\"%s\"",
                seg->name, rec->start, err);
-    r->counters.deadlettered++;
+    METRIC_ADD(deadlettered[metrics_deadletter_reason(reason)], 1);
     log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
              rec->start, reason);
 }
@@ -309,8 +313,26 @@ static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verd
     if (verdict == POLICY_DEADLETTER)
         deadletter_record(r, rec, reason ? reason : "policy error", data, len);
     else if (verdict == POLICY_DROPPED)
-        r->counters.dropped++;
+        METRIC_ADD(records_dropped, 1);
     release_hold(r, rec); /* the hold taken when the policy deferred it */
+}
+
+/* Runs the policy on a record. The record is held while the policy runs: an ack
+ * processed meanwhile (a policy that waits for one) must not complete it before the
+ * policy has decided. */
+static void apply_policy(struct relay *r, struct inflight_record *rec,
+                         const struct segment_record *sr)
+{
+    rec->outstanding++;
+    char *reason = NULL;
+    enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
+    if (verdict == POLICY_DEADLETTER)
+        deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
+    else if (verdict == POLICY_DROPPED)
+        METRIC_ADD(records_dropped, 1);
+    free(reason);
+    if (verdict != POLICY_DEFERRED)
+        release_hold(r, rec);
 }
 
 static void handle_record(struct relay *r, struct segment *seg, const struct segment_record *sr)
@@ -321,25 +343,15 @@ static void handle_record(struct relay *r, struct segment *seg, const struct seg
     rec->end = sr->end;
     rec->ordinal = sr->ordinal;
     rec->outstanding = 0;
+    rec->publishes = 0;
     rec->complete = false;
     rec->read_at_ms = loop_now_ms();
     seg->in_flight_records++;
     seg->records_read++;
-    r->counters.records_read++;
+    METRIC_ADD(records_read, 1);
     offsets_watermark_push(&seg->wm, rec);
 
-    /* Hold the record while the policy runs: an ack processed meanwhile (a policy that
-     * waits for one) must not complete it before the policy has decided. */
-    rec->outstanding = 1;
-    char *reason = NULL;
-    enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
-    if (verdict == POLICY_DEADLETTER)
-        deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
-    else if (verdict == POLICY_DROPPED)
-        r->counters.dropped++;
-    free(reason);
-    if (verdict != POLICY_DEFERRED)
-        release_hold(r, rec);
+    apply_policy(r, rec, sr);
 }
 
 /* ---- reading ---- */
@@ -364,7 +376,7 @@ static void end_of_segment(struct relay *r, struct segment *seg)
     struct segment_tail tail;
     segment_reader_tail(seg->reader, &tail);
     if (tail.frame_truncated || tail.partial_bytes > 0) {
-        r->counters.truncated_segments++;
+        METRIC_ADD(segments_truncated, 1);
         log_warn("segment ends mid-record (kumod stopped without finishing it); its tail is "
                  "dropped segment=%s dropped_bytes=%zu frame_truncated=%s",
                  seg->name, tail.partial_bytes, tail.frame_truncated ? "yes" : "no");
@@ -378,7 +390,7 @@ static void end_of_segment(struct relay *r, struct segment *seg)
 
 static void segment_failed(struct relay *r, struct segment *seg)
 {
-    r->counters.corrupt_segments++;
+    METRIC_ADD(segments_corrupt, 1);
     log_error("segment cannot be decoded past this point, skipping the rest of it segment=%s "
               "offset=%" PRIu64 " error=\"%s\"",
               seg->name, segment_reader_offset(seg->reader), segment_reader_error(seg->reader));
@@ -470,16 +482,18 @@ static void write_checkpoint(struct relay *r)
     if (!err)
         err = offsets_checkpoint_write(r->cfg->state_dir, &cp);
     if (err) {
-        r->counters.checkpoint_failures++;
-        if (r->counters.checkpoint_failures == 1 || r->counters.checkpoint_failures % 100 == 0)
+        r->checkpoint_failures++;
+        METRIC_ADD(checkpoint_failures, 1);
+        if (r->checkpoint_failures == 1 || r->checkpoint_failures % 100 == 0)
             log_error("cannot write the checkpoint, offsets are not saved failures=%" PRIu64
                       " error=\"%s\"",
-                      r->counters.checkpoint_failures, err);
+                      r->checkpoint_failures, err);
         free(err);
     } else {
-        if (r->counters.checkpoint_failures > 0 && r->dirty)
-            log_info("checkpoint written again after failures");
-        r->counters.checkpoint_writes++;
+        if (r->checkpoint_failures > 0)
+            log_info("checkpoint written again after failures=%" PRIu64, r->checkpoint_failures);
+        r->checkpoint_failures = 0;
+        METRIC_ADD(checkpoint_writes, 1);
         r->dirty = false;
     }
     for (size_t i = 0; i < cp.count; i++)
@@ -494,6 +508,25 @@ static void on_checkpoint_timer(struct loop *loop, void *arg)
         write_checkpoint(r);
 }
 
+#define LOADM(field)                                                                               \
+    ((unsigned long long)atomic_load_explicit(&metrics.field, memory_order_relaxed))
+
+static unsigned long long deadlettered_total(void)
+{
+    unsigned long long n = 0;
+    for (int i = 0; i < DEADLETTER_REASON_COUNT; i++)
+        n += LOADM(deadlettered[i]);
+    return n;
+}
+
+static void log_totals(const char *what)
+{
+    log_info("%s records=%llu published=%llu acked=%llu duplicates=%llu dropped=%llu "
+             "deadlettered=%llu",
+             what, LOADM(records_read), LOADM(publishes), LOADM(publishes_acked),
+             LOADM(publish_duplicates), LOADM(records_dropped), deadlettered_total());
+}
+
 /* ---- the loop's hooks ---- */
 
 static void begin_drain(struct relay *r, const char *why)
@@ -501,6 +534,7 @@ static void begin_drain(struct relay *r, const char *why)
     if (r->draining)
         return;
     r->draining = true;
+    notify_stopping();
     r->drain_deadline_ms = loop_now_ms() + (uint64_t)r->cfg->shutdown_timeout_ms;
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
 }
@@ -527,10 +561,7 @@ static void before_sleep(struct loop *loop, void *arg)
     if (!r->draining)
         pump(r);
     if (r->options->once && !r->draining && all_relayed(r)) {
-        log_info("spool relayed records=%" PRIu64 " published=%" PRIu64 " dropped=%" PRIu64
-                 " deadlettered=%" PRIu64,
-                 r->counters.records_read, r->counters.published, r->counters.dropped,
-                 r->counters.deadlettered);
+        log_totals("spool relayed");
         r->draining = true;
         finish_drain(r);
         return;
@@ -564,6 +595,93 @@ static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
         else
             begin_drain(r, si.ssi_signo == SIGTERM ? "SIGTERM received" : "SIGINT received");
     }
+}
+
+/* ---- what an operator sees: totals, gauges, health, systemd ---- */
+
+/* A stall: records wait and no ack came for this long. */
+static uint64_t stall_after_ms(const struct config *cfg)
+{
+    uint64_t ms = (uint64_t)cfg->ack_timeout_ms * 3;
+    return ms < 30000 ? 30000 : ms;
+}
+
+static enum health_state judge_health(struct relay *r, size_t disconnected, size_t total)
+{
+    uint64_t now = loop_now_ms();
+    uint64_t acked = LOADM(publishes_acked);
+    if (acked != r->last_acked || r->publishes_in_flight == 0) {
+        r->last_acked = acked;
+        r->last_progress_ms = now;
+    }
+    if (!r->ready_notified)
+        return HEALTH_STARTING;
+    if (disconnected > 0 || (total == 0 && policy_uses_default_connection(r->policy)))
+        return HEALTH_DISCONNECTED;
+    if (r->checkpoint_failures > 0)
+        return HEALTH_CHECKPOINT_FAILING;
+    if (r->publishes_in_flight > 0 && now - r->last_progress_ms > stall_after_ms(r->cfg))
+        return HEALTH_STALLED;
+    return HEALTH_OK;
+}
+
+/* READY=1 once the configuration, policy, first scan and (for the built-in policy) the
+ * connection are there. */
+static void maybe_ready(struct relay *r, size_t disconnected)
+{
+    if (r->ready_notified || !r->started || disconnected > 0)
+        return;
+    r->ready_notified = true;
+    notify_ready();
+}
+
+static void update_gauges(struct relay *r)
+{
+    struct spool_stats st;
+    spool_stats(r->spool, &st);
+    METRIC_SET(in_flight, r->publishes_in_flight);
+    METRIC_SET(segments_live, st.live);
+    METRIC_SET(segments_done_pending, st.done_pending);
+    METRIC_SET(segments_finished, st.finished);
+    METRIC_SET(lag_bytes, st.lag_bytes);
+    METRIC_SET(lag_segments, st.live + st.done_pending);
+    METRIC_SET(oldest_unacked_ms, st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0);
+    size_t total = 0, disconnected = publisher_disconnected_count(&total);
+    METRIC_SET(nats_connected, disconnected == 0 && total > 0);
+    maybe_ready(r, disconnected);
+    atomic_store(&metrics.health, judge_health(r, disconnected, total));
+}
+
+/* STATUS= for systemctl status, and the --once progress line on a terminal. */
+static void report_rates(struct relay *r)
+{
+    static unsigned long long last_read;
+    static uint64_t last_ms;
+    uint64_t now = loop_now_ms();
+    unsigned long long read = LOADM(records_read);
+    double secs = last_ms ? (double)(now - last_ms) / 1000.0 : 0;
+    double rate = secs > 0 ? (double)(read - last_read) / secs : 0;
+    last_read = read;
+    last_ms = now;
+    unsigned long long lag = LOADM(lag_bytes);
+    notify_status("%.0f records/s, %llu records relayed, %llu in flight, %llu bytes behind in "
+                  "%llu segments",
+                  rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
+    if (r->options->once && isatty(STDERR_FILENO))
+        fprintf(stderr, "\r%llu records relayed  %.0f records/s  %.1f MB behind   ",
+                LOADM(records_committed), rate, (double)lag / 1e6);
+}
+
+static void on_second(struct loop *loop, void *arg)
+{
+    struct relay *r = arg;
+    update_gauges(r);
+    report_rates(r);
+}
+
+static void on_watchdog(struct loop *loop, void *arg)
+{
+    notify_watchdog();
 }
 
 /* ---- start and stop ---- */
@@ -612,6 +730,30 @@ static int setup_signals(struct relay *r)
     return loop_add_fd(r->loop, r->signal_fd, EPOLLIN, on_signal, r);
 }
 
+/* The relay's own connection, for the built-in policy (a Lua policy opens its own). */
+static struct publisher *open_default_publisher(struct relay *r, const struct config *cfg,
+                                                char **err)
+{
+    struct publisher_options po = {
+        .servers = (const char *const *)cfg->nats_servers,
+        .server_count = cfg->nats_server_count,
+        .name = "kumo-nats-relay",
+        .ack_timeout_ms = cfg->ack_timeout_ms,
+    };
+    return publisher_create(&po, r->loop, on_publish_done, r, err);
+}
+
+static struct policy_env policy_env(struct relay *r)
+{
+    return (struct policy_env){
+        .loop = r->loop,
+        .ctx = r,
+        .publish = env_publish,
+        .resolve = env_resolve,
+        .publish_done = on_publish_done,
+    };
+}
+
 static char *relay_start(struct relay *r)
 {
     char *err = prepare_state_dir(r->cfg);
@@ -630,34 +772,29 @@ static char *relay_start(struct relay *r)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
-    struct policy_env env = {
-        .loop = r->loop,
-        .ctx = r,
-        .publish = env_publish,
-        .resolve = env_resolve,
-        .publish_done = on_publish_done,
-    };
+    struct policy_env env = policy_env(r);
     if (!(r->policy = policy_create(r->cfg, &env, &err)))
         return err;
     struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
     if (!(r->spool = spool_open(r->cfg->spool_dir, r->cfg->spool_pattern, r->loop, &events, &err)))
         return err;
-    struct publisher_options po = {
-        .servers = (const char *const *)r->cfg->nats_servers,
-        .server_count = r->cfg->nats_server_count,
-        .name = "kumo-nats-relay",
-        .ack_timeout_ms = r->cfg->ack_timeout_ms,
-    };
     if (policy_uses_default_connection(r->policy) &&
-        !(r->pub = publisher_create(&po, r->loop, on_publish_done, r, &err)))
+        !(r->pub = open_default_publisher(r, r->cfg, &err)))
         return err;
     spool_scan(r->spool);
     r->started = true;
     /* Prove at once that the state directory takes a checkpoint, not at the first ack. */
     write_checkpoint(r);
-    if (r->counters.checkpoint_failures)
+    if (r->checkpoint_failures)
         return xasprintf("state_dir %s is not usable for checkpoints", r->cfg->state_dir);
     loop_add_timer(r->loop, TICK_MS, on_tick, r);
+    loop_add_timer(r->loop, 1000, on_second, r);
+    uint64_t watchdog_ms = notify_watchdog_interval_ms();
+    if (watchdog_ms > 0)
+        loop_add_timer(r->loop, watchdog_ms, on_watchdog, r);
+    if (r->cfg->metrics_listen && (err = metrics_start(r->cfg->metrics_listen)) != NULL)
+        return err;
+    update_gauges(r);
     loop_add_timer(r->loop, RESCAN_MS, on_rescan, r);
     loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, on_checkpoint_timer, r);
     loop_set_before_sleep(r->loop, before_sleep, r);
@@ -666,6 +803,7 @@ static char *relay_start(struct relay *r)
 
 static void relay_stop(struct relay *r)
 {
+    metrics_stop();
     policy_destroy(r->policy); /* calls the connections' close, which may still publish */
     publisher_destroy(r->pub);
     spool_close(r->spool);
@@ -691,10 +829,7 @@ int relay_run(const struct config *cfg, const struct relay_options *options)
     log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
              spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);
     loop_run(r.loop);
-    log_info("stopped records=%" PRIu64 " published=%" PRIu64 " dropped=%" PRIu64
-             " deadlettered=%" PRIu64,
-             r.counters.records_read, r.counters.published, r.counters.dropped,
-             r.counters.deadlettered);
+    log_totals("stopped");
     relay_stop(&r);
     return r.exit_status;
 }

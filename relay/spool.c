@@ -81,6 +81,40 @@ bool spool_refresh_mode(struct segment *seg)
     return true;
 }
 
+/* Bytes of the file not read yet: from the reader's position when it is open. */
+static uint64_t unread_bytes(const struct segment *seg)
+{
+    struct stat st;
+    if (!seg->reader)
+        return stat(seg->path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    int fd = segment_reader_fd(seg->reader);
+    off_t pos = lseek(fd, 0, SEEK_CUR);
+    if (fstat(fd, &st) != 0 || pos < 0 || st.st_size < pos)
+        return 0;
+    return (uint64_t)(st.st_size - pos);
+}
+
+void spool_stats(const struct spool *spool, struct spool_stats *stats)
+{
+    memset(stats, 0, sizeof(*stats));
+    for (size_t i = 0; i < spool->count; i++) {
+        const struct segment *seg = spool->segments[i];
+        if (seg->state == SEGMENT_STATE_FINISHED) {
+            stats->finished++;
+            continue;
+        }
+        if (seg->state == SEGMENT_STATE_READING && !seg->done)
+            stats->live++;
+        else
+            stats->done_pending++;
+        if (seg->state == SEGMENT_STATE_READING)
+            stats->lag_bytes += unread_bytes(seg);
+        if (seg->wm.head &&
+            (stats->oldest_read_ms == 0 || seg->wm.head->read_at_ms < stats->oldest_read_ms))
+            stats->oldest_read_ms = seg->wm.head->read_at_ms;
+    }
+}
+
 static struct segment *add_segment(struct spool *spool, const char *name, const struct stat *st)
 {
     bool found;

@@ -63,6 +63,16 @@ struct segment *spool_find(const struct spool *spool, const char *name);
 bool spool_name_matches(const struct spool *spool, const char *name);
 /* Free a segment the spool has already forgotten (after removed()). */
 void spool_segment_free(struct segment *seg);
+/* What the metrics and health need, computed on demand (once a second). */
+struct spool_stats {
+    size_t live;         /* still written by kumod */
+    size_t done_pending; /* done, not every record committed yet */
+    size_t finished;
+    uint64_t lag_bytes;      /* bytes of segment files not read yet */
+    uint64_t oldest_read_ms; /* loop_now_ms() when the oldest incomplete record was read; 0 */
+};
+void spool_stats(const struct spool *spool, struct spool_stats *stats);
+
 /* stat the segment: sets seg->done from the write bits. Returns false if it is gone. */
 bool spool_refresh_mode(struct segment *seg);
 

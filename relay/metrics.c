@@ -1,0 +1,270 @@
+#include "metrics.h"
+
+#include "log.h"
+#include "xalloc.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct metrics metrics;
+
+static struct MHD_Daemon *daemon_handle;
+
+/* Upper bounds in microseconds: 1 ms to 10 s. */
+static const uint64_t bucket_us[ACK_LATENCY_BUCKETS] = {
+    1000,   2500,   5000,    10000,   25000,   50000,   100000,
+    250000, 500000, 1000000, 2500000, 5000000, 7500000, 10000000,
+};
+
+static const char *const deadletter_names[DEADLETTER_REASON_COUNT] = {
+    "not_json", "oversize", "rejected", "max_age", "no_custom_lua", "publish_refused", "policy",
+};
+
+void metrics_observe_ack_latency(uint64_t us)
+{
+    int i = 0;
+    while (i < ACK_LATENCY_BUCKETS && us > bucket_us[i])
+        i++;
+    METRIC_ADD(ack_latency_bucket[i], 1);
+    METRIC_ADD(ack_latency_sum_us, us);
+    METRIC_ADD(ack_latency_count, 1);
+}
+
+enum deadletter_reason metrics_deadletter_reason(const char *reason)
+{
+    static const struct {
+        const char *prefix;
+        enum deadletter_reason kind;
+    } kinds[] = {
+        {"not JSON", DEADLETTER_NOT_JSON},  {"record of ", DEADLETTER_OVERSIZE},
+        {"rejected:", DEADLETTER_REJECTED}, {"max_age", DEADLETTER_MAX_AGE},
+        {"queue ", DEADLETTER_NO_PROTOCOL}, {"the message is larger", DEADLETTER_PUBLISH},
+    };
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        if (strncmp(reason, kinds[i].prefix, strlen(kinds[i].prefix)) == 0)
+            return kinds[i].kind;
+    return DEADLETTER_POLICY;
+}
+
+const char *metrics_health_text(enum health_state state)
+{
+    switch (state) {
+    case HEALTH_OK:
+        return "ok";
+    case HEALTH_STARTING:
+        return "starting: not connected to nats yet";
+    case HEALTH_DISCONNECTED:
+        return "disconnected from nats";
+    case HEALTH_STALLED:
+        return "stalled: records are waiting and no acknowledgement came for a while";
+    case HEALTH_CHECKPOINT_FAILING:
+        return "checkpoint writes are failing";
+    }
+    return "unknown";
+}
+
+#define LOAD(field) ((unsigned long long)atomic_load_explicit(&metrics.field, memory_order_relaxed))
+
+static void put_metric(FILE *f, const char *name, const char *type, const char *help,
+                       unsigned long long value)
+{
+    fprintf(f, "# HELP kumo_nats_relay_%s %s\n# TYPE kumo_nats_relay_%s %s\n", name, help, name,
+            type);
+    fprintf(f, "kumo_nats_relay_%s %llu\n", name, value);
+}
+
+static void put_counters(FILE *f)
+{
+    put_metric(f, "records_read_total", "counter", "Records read from the spool.",
+               LOAD(records_read));
+    put_metric(f, "records_committed_total", "counter",
+               "Records complete (acknowledged, dropped or dead-lettered).",
+               LOAD(records_committed));
+    put_metric(f, "records_dropped_total", "counter", "Records the policy chose not to relay.",
+               LOAD(records_dropped));
+    fputs("# HELP kumo_nats_relay_records_deadlettered_total Records written to the dead-letter "
+          "file, by reason.\n# TYPE kumo_nats_relay_records_deadlettered_total counter\n",
+          f);
+    for (int i = 0; i < DEADLETTER_REASON_COUNT; i++)
+        fprintf(f, "kumo_nats_relay_records_deadlettered_total{reason=\"%s\"} %llu\n",
+                deadletter_names[i], LOAD(deadlettered[i]));
+    put_metric(f, "publishes_total", "counter", "Messages published (first sends).",
+               LOAD(publishes));
+    put_metric(f, "publishes_acked_total", "counter", "Publishes acknowledged by JetStream.",
+               LOAD(publishes_acked));
+    put_metric(f, "publish_duplicates_total", "counter",
+               "Acks with duplicate set: JetStream already had the Nats-Msg-Id.",
+               LOAD(publish_duplicates));
+    put_metric(f, "publish_resends_total", "counter",
+               "Messages sent again after a timeout, an error or a reconnect.",
+               LOAD(publish_resends));
+    fputs("# HELP kumo_nats_relay_publish_errors_total Failed publish attempts, by kind.\n"
+          "# TYPE kumo_nats_relay_publish_errors_total counter\n",
+          f);
+    fprintf(f, "kumo_nats_relay_publish_errors_total{kind=\"ack_timeout\"} %llu\n",
+            LOAD(publish_timeouts));
+    fprintf(f, "kumo_nats_relay_publish_errors_total{kind=\"jetstream_error\"} %llu\n",
+            LOAD(publish_errors));
+    fprintf(f, "kumo_nats_relay_publish_errors_total{kind=\"no_responders\"} %llu\n",
+            LOAD(publish_no_responders));
+    put_metric(f, "nats_reconnects_total", "counter", "Reconnections to NATS.",
+               LOAD(nats_reconnects));
+    put_metric(f, "nats_disconnects_total", "counter", "Losses of the NATS connection.",
+               LOAD(nats_disconnects));
+    put_metric(f, "policy_errors_total", "counter", "Lua errors raised by the policy.",
+               LOAD(policy_errors));
+    put_metric(f, "checkpoint_writes_total", "counter", "Checkpoints written.",
+               LOAD(checkpoint_writes));
+    put_metric(f, "checkpoint_failures_total", "counter", "Checkpoint writes that failed.",
+               LOAD(checkpoint_failures));
+    put_metric(f, "segments_truncated_total", "counter",
+               "Done segments that ended mid-record (kumod crashed).", LOAD(segments_truncated));
+    put_metric(f, "segments_corrupt_total", "counter", "Segments that could not be decoded.",
+               LOAD(segments_corrupt));
+    put_metric(f, "segments_lost_total", "counter",
+               "Segments deleted before they were relayed completely.", LOAD(segments_lost));
+}
+
+static void put_gauges(FILE *f)
+{
+    put_metric(f, "in_flight", "gauge", "Publishes awaiting an ack.", LOAD(in_flight));
+    put_metric(f, "nats_connected", "gauge", "1 while every NATS connection is up.",
+               LOAD(nats_connected));
+    fputs("# HELP kumo_nats_relay_segments Segments known, by state.\n"
+          "# TYPE kumo_nats_relay_segments gauge\n",
+          f);
+    fprintf(f, "kumo_nats_relay_segments{state=\"live\"} %llu\n", LOAD(segments_live));
+    fprintf(f, "kumo_nats_relay_segments{state=\"done_pending\"} %llu\n",
+            LOAD(segments_done_pending));
+    fprintf(f, "kumo_nats_relay_segments{state=\"finished\"} %llu\n", LOAD(segments_finished));
+    put_metric(f, "lag_bytes", "gauge", "Bytes of segment files not yet read.", LOAD(lag_bytes));
+    put_metric(f, "lag_segments", "gauge", "Segments not yet completely relayed.",
+               LOAD(lag_segments));
+    fprintf(f,
+            "# HELP kumo_nats_relay_oldest_unacked_age_seconds Age of the oldest record read "
+            "and not yet complete.\n# TYPE kumo_nats_relay_oldest_unacked_age_seconds gauge\n"
+            "kumo_nats_relay_oldest_unacked_age_seconds %.3f\n",
+            (double)LOAD(oldest_unacked_ms) / 1000.0);
+}
+
+static void put_histogram(FILE *f)
+{
+    fputs("# HELP kumo_nats_relay_ack_latency_seconds From reading a record to its last ack.\n"
+          "# TYPE kumo_nats_relay_ack_latency_seconds histogram\n",
+          f);
+    unsigned long long cumulative = 0;
+    for (int i = 0; i < ACK_LATENCY_BUCKETS; i++) {
+        cumulative += LOAD(ack_latency_bucket[i]);
+        fprintf(f, "kumo_nats_relay_ack_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                (double)bucket_us[i] / 1e6, cumulative);
+    }
+    cumulative += LOAD(ack_latency_bucket[ACK_LATENCY_BUCKETS]);
+    fprintf(f, "kumo_nats_relay_ack_latency_seconds_bucket{le=\"+Inf\"} %llu\n", cumulative);
+    fprintf(f, "kumo_nats_relay_ack_latency_seconds_sum %.6f\n",
+            (double)LOAD(ack_latency_sum_us) / 1e6);
+    fprintf(f, "kumo_nats_relay_ack_latency_seconds_count %llu\n", cumulative);
+}
+
+char *metrics_render(void)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f)
+        return NULL;
+    fprintf(f,
+            "# HELP kumo_nats_relay_build_info The relay's version.\n"
+            "# TYPE kumo_nats_relay_build_info gauge\n"
+            "kumo_nats_relay_build_info{version=\"%s\"} 1\n",
+            RELAY_VERSION);
+    put_counters(f);
+    put_gauges(f);
+    put_histogram(f);
+    int health = atomic_load(&metrics.health);
+    fprintf(f,
+            "# HELP kumo_nats_relay_healthy 1 when /healthz answers 200.\n"
+            "# TYPE kumo_nats_relay_healthy gauge\nkumo_nats_relay_healthy %d\n",
+            health == HEALTH_OK);
+    fclose(f);
+    return text;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body,
+                             const char *type)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header(resp, "Content-Type", type);
+    enum MHD_Result rc = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls)
+{
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return reply(conn, 405, xstrdup("method not allowed\n"), "text/plain");
+    if (strcmp(url, "/metrics") == 0) {
+        char *text = metrics_render();
+        return text ? reply(conn, 200, text, "text/plain; version=0.0.4")
+                    : reply(conn, 500, xstrdup("out of memory\n"), "text/plain");
+    }
+    if (strcmp(url, "/healthz") == 0) {
+        enum health_state state = (enum health_state)atomic_load(&metrics.health);
+        return reply(conn, state == HEALTH_OK ? 200 : 503,
+                     xasprintf("%s\n", metrics_health_text(state)), "text/plain");
+    }
+    return reply(conn, 404, xstrdup("not found: try /metrics or /healthz\n"), "text/plain");
+}
+
+/* Parses "host:port" (IPv4 literal, "localhost" or "*"). */
+static char *parse_listen(const char *listen, struct sockaddr_in *addr)
+{
+    const char *colon = strrchr(listen, ':');
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || !end || *end || port <= 0 || port > 65535)
+        return xasprintf("metrics.listen \"%s\": expected host:port", listen);
+    addr->sin_port = htons((uint16_t)port);
+    char host[64];
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - listen), listen);
+    if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0)
+        addr->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (strcmp(host, "localhost") == 0)
+        addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &addr->sin_addr) != 1)
+        return xasprintf("metrics.listen \"%s\": %s is not an IPv4 address", listen, host);
+    return NULL;
+}
+
+char *metrics_start(const char *listen)
+{
+    struct sockaddr_in addr;
+    char *err = parse_listen(listen, &addr);
+    if (err)
+        return err;
+    daemon_handle =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, ntohs(addr.sin_port),
+                         NULL, NULL, handle_request, NULL, MHD_OPTION_SOCK_ADDR,
+                         (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, 16, MHD_OPTION_END);
+    if (!daemon_handle)
+        return xasprintf("cannot serve metrics on %s: %s", listen, strerror(errno));
+    log_info("serving /metrics and /healthz listen=%s", listen);
+    return NULL;
+}
+
+void metrics_stop(void)
+{
+    if (daemon_handle)
+        MHD_stop_daemon(daemon_handle);
+    daemon_handle = NULL;
+}

@@ -1,0 +1,65 @@
+/* Prometheus metrics and /healthz. The loop writes these atomics; the HTTP thread of
+ * libmicrohttpd only reads them, so no lock is shared with the hot path. */
+#ifndef RELAY_METRICS_H
+#define RELAY_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+enum deadletter_reason {
+    DEADLETTER_NOT_JSON,
+    DEADLETTER_OVERSIZE,
+    DEADLETTER_REJECTED,
+    DEADLETTER_MAX_AGE,
+    DEADLETTER_NO_PROTOCOL,
+    DEADLETTER_PUBLISH,
+    DEADLETTER_POLICY,
+    DEADLETTER_REASON_COUNT
+};
+
+enum health_state {
+    HEALTH_STARTING,
+    HEALTH_OK,
+    HEALTH_DISCONNECTED,
+    HEALTH_STALLED,
+    HEALTH_CHECKPOINT_FAILING,
+};
+
+enum { ACK_LATENCY_BUCKETS = 14 };
+
+struct metrics {
+    /* counters */
+    atomic_uint_fast64_t records_read, records_committed, records_dropped;
+    atomic_uint_fast64_t deadlettered[DEADLETTER_REASON_COUNT];
+    atomic_uint_fast64_t publishes, publishes_acked, publish_duplicates, publish_resends;
+    atomic_uint_fast64_t publish_timeouts, publish_errors, publish_no_responders;
+    atomic_uint_fast64_t nats_reconnects, nats_disconnects;
+    atomic_uint_fast64_t policy_errors;
+    atomic_uint_fast64_t checkpoint_writes, checkpoint_failures;
+    atomic_uint_fast64_t segments_truncated, segments_corrupt, segments_lost;
+    /* gauges */
+    atomic_uint_fast64_t in_flight, nats_connected;
+    atomic_uint_fast64_t segments_live, segments_done_pending, segments_finished;
+    atomic_uint_fast64_t lag_bytes, lag_segments, oldest_unacked_ms;
+    /* ack latency: from reading a record to its last ack */
+    atomic_uint_fast64_t ack_latency_bucket[ACK_LATENCY_BUCKETS + 1];
+    atomic_uint_fast64_t ack_latency_sum_us, ack_latency_count;
+    /* health, as judged by the loop */
+    atomic_int health;
+};
+
+extern struct metrics metrics;
+
+#define METRIC_ADD(field, n) atomic_fetch_add_explicit(&metrics.field, (n), memory_order_relaxed)
+#define METRIC_SET(field, v) atomic_store_explicit(&metrics.field, (v), memory_order_relaxed)
+
+/* Serve /metrics and /healthz on "host:port". NULL or a malloc'd error. */
+char *metrics_start(const char *listen);
+void metrics_stop(void);
+void metrics_observe_ack_latency(uint64_t us);
+enum deadletter_reason metrics_deadletter_reason(const char *reason);
+/* The text of /metrics and of /healthz's body (malloc'd); exposed for tests. */
+char *metrics_render(void);
+const char *metrics_health_text(enum health_state state);
+
+#endif
