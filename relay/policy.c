@@ -47,6 +47,20 @@ void policy_acked(struct policy *policy, const struct publish_ack *ack)
         policy_lua_acked(policy->lua, ack);
 }
 
+size_t policy_in_flight(const struct policy *policy)
+{
+    return policy->lua ? policy_lua_in_flight(policy->lua) : 0;
+}
+
+void policy_release_held(struct policy *policy,
+                         void (*fn)(void *ctx, struct inflight_record *rec, const char *data,
+                                    size_t len),
+                         void *ctx)
+{
+    if (policy->lua)
+        policy_lua_release_held(policy->lua, fn, ctx);
+}
+
 bool policy_uses_default_connection(const struct policy *policy)
 {
     return policy->builtin != NULL;

@@ -63,6 +63,14 @@ void policy_tick(struct policy *policy);
 void policy_acked(struct policy *policy, const struct publish_ack *ack);
 /* Shutdown: flush what can be flushed, call each connection's close. */
 void policy_destroy(struct policy *policy);
+/* Publishes in flight through the policy's own connections. */
+size_t policy_in_flight(const struct policy *policy);
+/* Hand every record the policy holds (batches, retries) to fn, with its line, and forget
+ * them (a reload gives them to the new policy). */
+void policy_release_held(struct policy *policy,
+                         void (*fn)(void *ctx, struct inflight_record *rec, const char *data,
+                                    size_t len),
+                         void *ctx);
 /* Does the policy publish through the relay's own connection (so the relay needs one)? */
 bool policy_uses_default_connection(const struct policy *policy);
 

@@ -688,6 +688,45 @@ void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
     lua_nats_acked(p->L, &p->nats, ack);
 }
 
+size_t policy_lua_in_flight(const struct policy_lua *p)
+{
+    return lua_nats_in_flight(&p->nats);
+}
+
+static void release_members(struct policy_lua *p, struct held_record *members, size_t count,
+                            void (*fn)(void *, struct inflight_record *, const char *, size_t),
+                            void *ctx)
+{
+    for (size_t i = 0; i < count; i++) {
+        size_t len = 0;
+        lua_rawgeti(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
+        const char *data = lua_message_data(p->L, -1, &len);
+        fn(ctx, members[i].rec, data, len);
+        lua_pop(p->L, 1);
+        luaL_unref(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
+    }
+}
+
+void policy_lua_release_held(struct policy_lua *p,
+                             void (*fn)(void *ctx, struct inflight_record *rec, const char *data,
+                                        size_t len),
+                             void *ctx)
+{
+    for (struct queue_state *q = p->queues; q; q = q->next) {
+        release_members(p, q->batch, q->batch_count, fn, ctx);
+        free(q->batch);
+        q->batch = NULL;
+        q->batch_count = 0;
+    }
+    while (p->retries) {
+        struct retry *r = p->retries;
+        p->retries = r->next;
+        release_members(p, r->members, r->count, fn, ctx);
+        free(r->members);
+        free(r);
+    }
+}
+
 /* ---- loading ---- */
 
 static void set_package_path(lua_State *L, const char *script)

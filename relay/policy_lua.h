@@ -14,6 +14,11 @@ enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_reco
                                       const struct segment_record *sr, char **reason);
 void policy_lua_tick(struct policy_lua *p);
 void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack);
+size_t policy_lua_in_flight(const struct policy_lua *p);
+void policy_lua_release_held(struct policy_lua *p,
+                             void (*fn)(void *ctx, struct inflight_record *rec, const char *data,
+                                        size_t len),
+                             void *ctx);
 void policy_lua_destroy(struct policy_lua *p);
 
 #endif

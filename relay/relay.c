@@ -1,4 +1,5 @@
 #include "relay.h"
+#include "relay_internal.h"
 
 #include "config.h"
 #include "deadletter.h"
@@ -29,32 +30,6 @@ enum {
     RECORDS_PER_TURN = 256, /* records read from one segment before the next gets a turn */
     TICK_MS = 100,          /* ack timeouts and retries */
     RESCAN_MS = 30000,      /* the safety-net scan, in case inotify missed something */
-};
-
-struct relay {
-    const struct config *cfg;
-    const struct relay_options *options;
-    struct loop *loop;
-    struct spool *spool;
-    struct publisher *pub;
-    struct policy *policy;
-    struct deadletter *deadletter;
-    struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
-    bool have_checkpoint;
-    struct segment *ready_head, *ready_tail;
-    struct inflight_record *records, *free_records;
-    size_t record_count, records_in_use;
-    size_t publishes_in_flight; /* through every connection: the window */
-    bool dirty;                 /* offsets moved since the last checkpoint */
-    bool draining;
-    uint64_t drain_deadline_ms;
-    bool started; /* the first scan is done */
-    int exit_status;
-    int signal_fd;
-    uint64_t checkpoint_failures; /* in a row; 0 after a success */
-    bool ready_notified;
-    uint64_t last_acked, last_progress_ms; /* for the stall check */
-    struct progress *progress;
 };
 
 /* ---- the ready queue: segments that may have records to read ---- */
@@ -220,7 +195,7 @@ static void *make_cookie(struct inflight_record *const *records, size_t count)
     return (void *)((uintptr_t)g | 1);
 }
 
-static void release_hold(struct relay *r, struct inflight_record *rec)
+void relay_release_hold(struct relay *r, struct inflight_record *rec)
 {
     if (--rec->outstanding > 0)
         return;
@@ -238,10 +213,10 @@ static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *a
     if ((uintptr_t)cookie & 1) {
         struct publish_group *g = (void *)((uintptr_t)cookie & ~(uintptr_t)1);
         for (size_t i = 0; i < g->count; i++)
-            release_hold(r, g->records[i]);
+            relay_release_hold(r, g->records[i]);
         free(g);
     } else {
-        release_hold(r, cookie);
+        relay_release_hold(r, cookie);
     }
 }
 
@@ -314,14 +289,14 @@ static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verd
         deadletter_record(r, rec, reason ? reason : "policy error", data, len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
-    release_hold(r, rec); /* the hold taken when the policy deferred it */
+    relay_release_hold(r, rec); /* the hold taken when the policy deferred it */
 }
 
 /* Runs the policy on a record. The record is held while the policy runs: an ack
  * processed meanwhile (a policy that waits for one) must not complete it before the
  * policy has decided. */
-static void apply_policy(struct relay *r, struct inflight_record *rec,
-                         const struct segment_record *sr)
+void relay_apply_policy(struct relay *r, struct inflight_record *rec,
+                        const struct segment_record *sr)
 {
     rec->outstanding++;
     char *reason = NULL;
@@ -332,7 +307,7 @@ static void apply_policy(struct relay *r, struct inflight_record *rec,
         METRIC_ADD(records_dropped, 1);
     free(reason);
     if (verdict != POLICY_DEFERRED)
-        release_hold(r, rec);
+        relay_release_hold(r, rec);
 }
 
 static void handle_record(struct relay *r, struct segment *seg, const struct segment_record *sr)
@@ -351,7 +326,7 @@ static void handle_record(struct relay *r, struct segment *seg, const struct seg
     METRIC_ADD(records_read, 1);
     offsets_watermark_push(&seg->wm, rec);
 
-    apply_policy(r, rec, sr);
+    relay_apply_policy(r, rec, sr);
 }
 
 /* ---- reading ---- */
@@ -508,25 +483,6 @@ static void on_checkpoint_timer(struct loop *loop, void *arg)
         write_checkpoint(r);
 }
 
-#define LOADM(field)                                                                               \
-    ((unsigned long long)atomic_load_explicit(&metrics.field, memory_order_relaxed))
-
-static unsigned long long deadlettered_total(void)
-{
-    unsigned long long n = 0;
-    for (int i = 0; i < DEADLETTER_REASON_COUNT; i++)
-        n += LOADM(deadlettered[i]);
-    return n;
-}
-
-static void log_totals(const char *what)
-{
-    log_info("%s records=%llu published=%llu acked=%llu duplicates=%llu dropped=%llu "
-             "deadlettered=%llu",
-             what, LOADM(records_read), LOADM(publishes), LOADM(publishes_acked),
-             LOADM(publish_duplicates), LOADM(records_dropped), deadlettered_total());
-}
-
 /* ---- the loop's hooks ---- */
 
 static void begin_drain(struct relay *r, const char *why)
@@ -561,7 +517,7 @@ static void before_sleep(struct loop *loop, void *arg)
     if (!r->draining)
         pump(r);
     if (r->options->once && !r->draining && all_relayed(r)) {
-        log_totals("spool relayed");
+        health_log_totals("spool relayed");
         r->draining = true;
         finish_drain(r);
         return;
@@ -578,6 +534,7 @@ static void on_tick(struct loop *loop, void *arg)
     if (r->pub)
         publisher_tick(r->pub);
     policy_tick(r->policy);
+    reload_tick(r);
 }
 
 static void on_rescan(struct loop *loop, void *arg)
@@ -591,7 +548,7 @@ static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
     struct signalfd_siginfo si;
     while (read(fd, &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGHUP)
-            log_warn("SIGHUP: reloading is not supported yet, ignoring");
+            reload_run(r);
         else
             begin_drain(r, si.ssi_signo == SIGTERM ? "SIGTERM received" : "SIGINT received");
     }
@@ -599,84 +556,11 @@ static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
 
 /* ---- what an operator sees: totals, gauges, health, systemd ---- */
 
-/* A stall: records wait and no ack came for this long. */
-static uint64_t stall_after_ms(const struct config *cfg)
-{
-    uint64_t ms = (uint64_t)cfg->ack_timeout_ms * 3;
-    return ms < 30000 ? 30000 : ms;
-}
-
-static enum health_state judge_health(struct relay *r, size_t disconnected, size_t total)
-{
-    uint64_t now = loop_now_ms();
-    uint64_t acked = LOADM(publishes_acked);
-    if (acked != r->last_acked || r->publishes_in_flight == 0) {
-        r->last_acked = acked;
-        r->last_progress_ms = now;
-    }
-    if (!r->ready_notified)
-        return HEALTH_STARTING;
-    if (disconnected > 0 || (total == 0 && policy_uses_default_connection(r->policy)))
-        return HEALTH_DISCONNECTED;
-    if (r->checkpoint_failures > 0)
-        return HEALTH_CHECKPOINT_FAILING;
-    if (r->publishes_in_flight > 0 && now - r->last_progress_ms > stall_after_ms(r->cfg))
-        return HEALTH_STALLED;
-    return HEALTH_OK;
-}
-
-/* READY=1 once the configuration, policy, first scan and (for the built-in policy) the
- * connection are there. */
-static void maybe_ready(struct relay *r, size_t disconnected)
-{
-    if (r->ready_notified || !r->started || disconnected > 0)
-        return;
-    r->ready_notified = true;
-    notify_ready();
-}
-
-static void update_gauges(struct relay *r)
-{
-    struct spool_stats st;
-    spool_stats(r->spool, &st);
-    METRIC_SET(in_flight, r->publishes_in_flight);
-    METRIC_SET(segments_live, st.live);
-    METRIC_SET(segments_done_pending, st.done_pending);
-    METRIC_SET(segments_finished, st.finished);
-    METRIC_SET(lag_bytes, st.lag_bytes);
-    METRIC_SET(lag_segments, st.live + st.done_pending);
-    METRIC_SET(oldest_unacked_ms, st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0);
-    size_t total = 0, disconnected = publisher_disconnected_count(&total);
-    METRIC_SET(nats_connected, disconnected == 0 && total > 0);
-    maybe_ready(r, disconnected);
-    atomic_store(&metrics.health, judge_health(r, disconnected, total));
-}
-
-/* STATUS= for systemctl status, and the --once progress line on a terminal. */
-static void report_rates(struct relay *r)
-{
-    static unsigned long long last_read;
-    static uint64_t last_ms;
-    uint64_t now = loop_now_ms();
-    unsigned long long read = LOADM(records_read);
-    double secs = last_ms ? (double)(now - last_ms) / 1000.0 : 0;
-    double rate = secs > 0 ? (double)(read - last_read) / secs : 0;
-    last_read = read;
-    last_ms = now;
-    unsigned long long lag = LOADM(lag_bytes);
-    notify_status("%.0f records/s, %llu records relayed, %llu in flight, %llu bytes behind in "
-                  "%llu segments",
-                  rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
-    if (r->options->once && isatty(STDERR_FILENO))
-        fprintf(stderr, "\r%llu records relayed  %.0f records/s  %.1f MB behind   ",
-                LOADM(records_committed), rate, (double)lag / 1e6);
-}
-
 static void on_second(struct loop *loop, void *arg)
 {
     struct relay *r = arg;
-    update_gauges(r);
-    report_rates(r);
+    health_update(r);
+    health_report(r);
 }
 
 static void on_watchdog(struct loop *loop, void *arg)
@@ -707,6 +591,10 @@ static char *load_checkpoint(struct relay *r)
     char *err = offsets_checkpoint_load(r->cfg->state_dir, &r->checkpoint, &r->have_checkpoint);
     if (err)
         return err;
+    if (r->have_checkpoint && !r->checkpoint.spool_dir)
+        return xasprintf("checkpoint %s/checkpoint names no spool; refusing to apply its offsets "
+                         "(use --reset-offsets to start over)",
+                         r->cfg->state_dir);
     if (r->have_checkpoint && strcmp(r->checkpoint.spool_dir, r->cfg->spool_dir) != 0)
         return xasprintf("checkpoint %s/checkpoint belongs to spool %s, not %s; refusing to "
                          "apply its offsets (use --reset-offsets to start over)",
@@ -731,8 +619,8 @@ static int setup_signals(struct relay *r)
 }
 
 /* The relay's own connection, for the built-in policy (a Lua policy opens its own). */
-static struct publisher *open_default_publisher(struct relay *r, const struct config *cfg,
-                                                char **err)
+struct publisher *relay_open_default_publisher(struct relay *r, const struct config *cfg,
+                                               char **err)
 {
     struct publisher_options po = {
         .servers = (const char *const *)cfg->nats_servers,
@@ -743,7 +631,7 @@ static struct publisher *open_default_publisher(struct relay *r, const struct co
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }
 
-static struct policy_env policy_env(struct relay *r)
+struct policy_env relay_policy_env(struct relay *r)
 {
     return (struct policy_env){
         .loop = r->loop,
@@ -772,14 +660,14 @@ static char *relay_start(struct relay *r)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
-    struct policy_env env = policy_env(r);
+    struct policy_env env = relay_policy_env(r);
     if (!(r->policy = policy_create(r->cfg, &env, &err)))
         return err;
     struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
     if (!(r->spool = spool_open(r->cfg->spool_dir, r->cfg->spool_pattern, r->loop, &events, &err)))
         return err;
     if (policy_uses_default_connection(r->policy) &&
-        !(r->pub = open_default_publisher(r, r->cfg, &err)))
+        !(r->pub = relay_open_default_publisher(r, r->cfg, &err)))
         return err;
     spool_scan(r->spool);
     r->started = true;
@@ -794,7 +682,7 @@ static char *relay_start(struct relay *r)
         loop_add_timer(r->loop, watchdog_ms, on_watchdog, r);
     if (r->cfg->metrics_listen && (err = metrics_start(r->cfg->metrics_listen)) != NULL)
         return err;
-    update_gauges(r);
+    health_update(r);
     loop_add_timer(r->loop, RESCAN_MS, on_rescan, r);
     loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, on_checkpoint_timer, r);
     loop_set_before_sleep(r->loop, before_sleep, r);
@@ -805,6 +693,7 @@ static void relay_stop(struct relay *r)
 {
     metrics_stop();
     policy_destroy(r->policy); /* calls the connections' close, which may still publish */
+    reload_release_all(r);
     publisher_destroy(r->pub);
     spool_close(r->spool);
     deadletter_close(r->deadletter);
@@ -829,7 +718,7 @@ int relay_run(const struct config *cfg, const struct relay_options *options)
     log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
              spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);
     loop_run(r.loop);
-    log_totals("stopped");
+    health_log_totals("stopped");
     relay_stop(&r);
     return r.exit_status;
 }

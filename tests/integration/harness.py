@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -694,6 +695,24 @@ def make_records(n, seed=0, prefix="r"):
     return out
 
 
+def many_records(n, seed=0, prefix="m", base=5000):
+    """n distinct record lines, fast: make_records(base) variants whose id and
+    meta.knr_seq carry the copy number (so every line is unique). For the tests that need
+    10^5 records; make_records costs ~0.17 ms a record."""
+    pool = make_records(min(n, base), seed=seed, prefix=prefix)
+    out = []
+    for i in range(n):
+        copy, rec = divmod(i, len(pool))
+        line = pool[rec]
+        if copy:
+            tag = f"{prefix}~{copy}~".encode()
+            line = line.replace(b'"knr_seq":"' + prefix.encode(),
+                                b'"knr_seq":"' + tag, 1)
+            line = line.replace(b'"id":"' + prefix.encode(), b'"id":"' + tag, 1)
+        out.append(line)
+    return out
+
+
 def expected_messages(relay_id, segment, lines, start_offset=0):
     """[(data, msgid)] the relay should publish for `lines` of `segment` (a name or path):
     msgid = <relay_id>:<segment name>:<decompressed end offset of the record>."""
@@ -747,6 +766,90 @@ def assert_exactly_once(dump, expected, examples=5):
     for (d, mid) in [k for k in unexpected if k[0] not in by_data][:examples]:
         lines.append(f"  unexpected seqs={seqs[(d, mid)][:5]} msgid={mid} data={_short(d)}")
     raise AssertionError("\n".join(lines))
+
+
+def exactly_once_counts(dump, expected):
+    """dict: expected, stored, missing, duplicated (extra copies), unexpected."""
+    want = set(expected)
+    got = collections.Counter((m["data"], m["msgid"]) for m in dump)
+    return {
+        "expected": len(expected),
+        "stored": len(dump),
+        "missing": sum(1 for k in want if got[k] == 0),
+        "duplicated": sum(c - 1 for k, c in got.items() if k in want and c > 1),
+        "unexpected": sum(c for k, c in got.items() if k not in want),
+    }
+
+
+def count_line(dump, expected, what=""):
+    """The one-line summary every fault test prints: what it checked and the counts."""
+    c = exactly_once_counts(dump, expected)
+    return (f"{what + ': ' if what else ''}expected {c['expected']}, stored {c['stored']}, "
+            f"missing {c['missing']}, duplicated {c['duplicated']}, "
+            f"unexpected {c['unexpected']}")
+
+
+def check_exactly_once(dump, expected, what=""):
+    """Print count_line, then assert_exactly_once."""
+    print(count_line(dump, expected, what), flush=True)
+    assert_exactly_once(dump, expected)
+
+
+def proc_status_kb(pid, key="VmRSS"):
+    """A kB value of /proc/PID/status (VmRSS: resident now, VmHWM: peak resident)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(f"{key} not in /proc/{pid}/status")
+
+
+def read_checkpoint(path):
+    """The checkpoint file as {"spool": dir, "segments": {name: (inode, offset, ordinal,
+    finished)}} (names unescaped). Raises ValueError when it is not complete."""
+    text = Path(path).read_bytes()
+    lines = text.split(b"\n")
+    if lines[0] != b"kumo-nats-relay checkpoint 1" or not lines[-2].startswith(b"end "):
+        raise ValueError(f"checkpoint {path} is not complete")
+
+    def unescape(b):
+        return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                      b).decode(errors="surrogateescape")
+    out = {"spool": None, "segments": {}}
+    for line in lines[1:-2]:
+        kind, _, rest = line.partition(b" ")
+        if kind == b"spool":
+            out["spool"] = unescape(rest)
+        elif kind == b"segment":
+            name, inode, offset, ordinal, fin = rest.split(b" ")
+            out["segments"][unescape(name)] = (int(inode), int(offset), int(ordinal),
+                                               fin == b"1")
+        else:
+            raise ValueError(f"checkpoint {path}: unknown line {line!r}")
+    return out
+
+
+def assert_checkpoint_covered(checkpoint, dump, relay_id="test", deadlettered=()):
+    """No committed offset of `checkpoint` (read_checkpoint) is past a record that is not
+    in the stream (or in `deadlettered`, a set of msgids): every msgid
+    <relay_id>:<segment>:<end> that the stream or the dead letters hold, and the offset of
+    each segment is either 0 or the end of such a record, with every record before it also
+    there. Checked from the stream's msgids only: needs records whose ids were published."""
+    held = collections.defaultdict(set)
+    for m in dump:
+        if m["msgid"] and m["msgid"].startswith(relay_id + ":"):
+            _, seg, end = m["msgid"].rsplit(":", 2)
+            held[seg].add(int(end))
+    for mid in deadlettered:
+        _, seg, end = mid.rsplit(":", 2)
+        held[seg].add(int(end))
+    for name, (_, offset, ordinal, _) in checkpoint["segments"].items():
+        ends = sorted(e for e in held[name] if e <= offset)
+        if offset and (not ends or ends[-1] != offset or len(ends) != ordinal):
+            raise AssertionError(
+                f"checkpoint moved past unacknowledged records: segment {name} offset "
+                f"{offset} ordinal {ordinal}, but the stream holds {len(ends)} records up to "
+                f"it (last end {ends[-1] if ends else None})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -862,6 +965,10 @@ class Relay:
             log.flush()
             return _spawn(args, stdout=log, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, env=self.env)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def running(self):
@@ -1010,3 +1117,13 @@ class RelayTestCase(unittest.TestCase):
         r = Relay(config, self.tmp, start=start, **kwargs)
         self._procs.append(r)
         return r
+
+
+def run_command(args, timeout=60):
+    """Run a command to completion; returns its stdout (text). Raises with its output when
+    it exits non-zero."""
+    proc = subprocess.run([str(a) for a in args], capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout.decode()}"
+                             f"\n{proc.stderr.decode()}")
+    return proc.stdout.decode()

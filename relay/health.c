@@ -1,0 +1,104 @@
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "notify.h"
+#include "publish.h"
+#include "relay.h"
+#include "relay_internal.h"
+#include "spool.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+#define LOADM(field)                                                                               \
+    ((unsigned long long)atomic_load_explicit(&metrics.field, memory_order_relaxed))
+
+static unsigned long long deadlettered_total(void)
+{
+    unsigned long long n = 0;
+    for (int i = 0; i < DEADLETTER_REASON_COUNT; i++)
+        n += LOADM(deadlettered[i]);
+    return n;
+}
+
+void health_log_totals(const char *what)
+{
+    log_info("%s records=%llu published=%llu acked=%llu duplicates=%llu dropped=%llu "
+             "deadlettered=%llu",
+             what, LOADM(records_read), LOADM(publishes), LOADM(publishes_acked),
+             LOADM(publish_duplicates), LOADM(records_dropped), deadlettered_total());
+}
+
+/* A stall: records wait and no ack came for this long. */
+static uint64_t stall_after_ms(const struct config *cfg)
+{
+    uint64_t ms = (uint64_t)cfg->ack_timeout_ms * 3;
+    return ms < 30000 ? 30000 : ms;
+}
+
+static enum health_state judge_health(struct relay *r, size_t disconnected, size_t total)
+{
+    uint64_t now = loop_now_ms();
+    uint64_t acked = LOADM(publishes_acked);
+    if (acked != r->last_acked || r->publishes_in_flight == 0) {
+        r->last_acked = acked;
+        r->last_progress_ms = now;
+    }
+    if (!r->ready_notified)
+        return HEALTH_STARTING;
+    if (disconnected > 0 || (total == 0 && policy_uses_default_connection(r->policy)))
+        return HEALTH_DISCONNECTED;
+    if (r->checkpoint_failures > 0)
+        return HEALTH_CHECKPOINT_FAILING;
+    if (r->publishes_in_flight > 0 && now - r->last_progress_ms > stall_after_ms(r->cfg))
+        return HEALTH_STALLED;
+    return HEALTH_OK;
+}
+
+/* READY=1 once the configuration, policy, first scan and (for the built-in policy) the
+ * connection are there. */
+static void maybe_ready(struct relay *r, size_t disconnected)
+{
+    if (r->ready_notified || !r->started || disconnected > 0)
+        return;
+    r->ready_notified = true;
+    notify_ready();
+}
+
+void health_update(struct relay *r)
+{
+    struct spool_stats st;
+    spool_stats(r->spool, &st);
+    METRIC_SET(in_flight, r->publishes_in_flight);
+    METRIC_SET(segments_live, st.live);
+    METRIC_SET(segments_done_pending, st.done_pending);
+    METRIC_SET(segments_finished, st.finished);
+    METRIC_SET(lag_bytes, st.lag_bytes);
+    METRIC_SET(lag_segments, st.live + st.done_pending);
+    METRIC_SET(oldest_unacked_ms, st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0);
+    size_t total = 0, disconnected = publisher_disconnected_count(&total);
+    METRIC_SET(nats_connected, disconnected == 0 && total > 0);
+    maybe_ready(r, disconnected);
+    atomic_store(&metrics.health, judge_health(r, disconnected, total));
+}
+
+/* STATUS= for systemctl status, and the --once progress line on a terminal. */
+void health_report(struct relay *r)
+{
+    static unsigned long long last_read;
+    static uint64_t last_ms;
+    uint64_t now = loop_now_ms();
+    unsigned long long read = LOADM(records_read);
+    double secs = last_ms ? (double)(now - last_ms) / 1000.0 : 0;
+    double rate = secs > 0 ? (double)(read - last_read) / secs : 0;
+    last_read = read;
+    last_ms = now;
+    unsigned long long lag = LOADM(lag_bytes);
+    notify_status("%.0f records/s, %llu records relayed, %llu in flight, %llu bytes behind in "
+                  "%llu segments",
+                  rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
+    if (r->options->once && isatty(STDERR_FILENO))
+        fprintf(stderr, "\r%llu records relayed  %.0f records/s  %.1f MB behind   ",
+                LOADM(records_committed), rate, (double)lag / 1e6);
+}

@@ -1,0 +1,76 @@
+/* The relay's state, shared by the files that make up the relay: relay.c (the record
+ * pipeline on the loop), health.c (metrics gauges, health, systemd status) and reload.c
+ * (SIGHUP). Nothing outside them includes this. */
+#ifndef RELAY_RELAY_INTERNAL_H
+#define RELAY_RELAY_INTERNAL_H
+
+#include "offsets.h"
+#include "policy.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct deadletter;
+struct loop;
+struct publisher;
+struct relay_options;
+struct segment;
+struct segment_record;
+struct spool;
+
+/* A policy (and its connection, and the configuration it was made from) replaced by a
+ * reload, kept until its in-flight publishes are acknowledged. */
+struct retired {
+    struct policy *policy;
+    struct publisher *pub;
+    struct config *cfg; /* owned, or NULL */
+    struct retired *next;
+};
+
+struct relay {
+    const struct config *cfg;
+    struct config *owned_cfg; /* cfg when a reload made it (else main owns cfg) */
+    struct retired *retired;
+    const struct relay_options *options;
+    struct loop *loop;
+    struct spool *spool;
+    struct publisher *pub;
+    struct policy *policy;
+    struct deadletter *deadletter;
+    struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
+    bool have_checkpoint;
+    struct segment *ready_head, *ready_tail;
+    struct inflight_record *records, *free_records;
+    size_t record_count, records_in_use;
+    size_t publishes_in_flight; /* through every connection: the window */
+    bool dirty;                 /* offsets moved since the last checkpoint */
+    bool draining;
+    uint64_t drain_deadline_ms;
+    bool started; /* the first scan is done */
+    int exit_status;
+    int signal_fd;
+    uint64_t checkpoint_failures; /* in a row; 0 after a success */
+    bool ready_notified;
+    uint64_t last_acked, last_progress_ms; /* for the stall check */
+};
+
+void relay_apply_policy(struct relay *r, struct inflight_record *rec,
+                        const struct segment_record *sr);
+void relay_release_hold(struct relay *r, struct inflight_record *rec);
+struct publisher *relay_open_default_publisher(struct relay *r, const struct config *cfg,
+                                               char **err);
+struct policy_env relay_policy_env(struct relay *r);
+
+/* health.c */
+void health_update(struct relay *r);
+void health_report(struct relay *r);
+void health_log_totals(const char *what);
+
+/* reload.c */
+void reload_run(struct relay *r);
+void reload_tick(struct relay *r);
+void reload_release_all(struct relay *r);
+
+#endif

@@ -1,0 +1,211 @@
+"""Operating the relay: /metrics against the stream, /healthz through an outage, SIGHUP
+reloads (a broken policy keeps the old one), status against the checkpoint, sd_notify
+through a NOTIFY_SOCKET the test owns, JSON logs."""
+
+import json
+import os
+import re
+import signal
+import socket
+import urllib.error
+import urllib.request
+
+import harness as h
+
+STREAM = "KUMO"
+
+
+def http_get(url):
+    """(status, body) of a GET; 5xx answers are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def metric(text, name, labels=""):
+    m = re.search(rf"^kumo_nats_relay_{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    if not m:
+        raise AssertionError(f"metric {name}{labels} not found")
+    return float(m.group(1))
+
+
+class OpsTest(h.RelayTestCase):
+    def setUp(self):
+        super().setUp()
+        self.server = self.nats()
+        h.create_stream(self.server.url, STREAM, ["kumo.>"], dup_window=600)
+        self.metrics_port = h.free_port()
+        self.base = f"http://127.0.0.1:{self.metrics_port}"
+
+    def config(self, **overrides):
+        return self.relay_config(self.server.url,
+                                 metrics={"listen": f"127.0.0.1:{self.metrics_port}"},
+                                 **overrides)
+
+    def test_metrics_match_the_stream(self):
+        names = h.segment_names(3)
+        expected = []
+        for i, name in enumerate(names):
+            lines = h.make_records(2000, seed=i, prefix=f"m{i}")
+            h.write_segment(self.spool / name, lines)
+            expected += h.expected_messages("test", name, lines)
+        bad = b"not json\n"
+        h.write_segment(self.spool / (h.segment_name() + "_x"), [bad])
+        relay = self.relay(self.config())
+        h.wait_count(self.server.url, STREAM, 6000, timeout=60)
+
+        def settled():
+            status, text = http_get(self.base + "/metrics")
+            # Counters move at once; gauges are refreshed every second.
+            return (status == 200 and metric(text, "records_committed_total") == 6001
+                    and metric(text, "segments", '{state="finished"}') == 4 and text)
+        text = h.poll(settled, 30, "metrics to count every record", ignore=(OSError,))
+        self.assertEqual(6001, metric(text, "records_read_total"))
+        self.assertEqual(6000, metric(text, "publishes_total"))
+        self.assertEqual(6000, metric(text, "publishes_acked_total"))
+        self.assertEqual(1, metric(text, "records_deadlettered_total", '{reason="not_json"}'))
+        self.assertEqual(0, metric(text, "in_flight"))
+        self.assertEqual(4, metric(text, "segments", '{state="finished"}'))
+        self.assertEqual(0, metric(text, "lag_segments"))
+        self.assertEqual(6000, metric(text, "ack_latency_seconds_count"))
+        self.assertEqual(1, metric(text, "nats_connected"))
+        self.assertIn('kumo_nats_relay_build_info{version="', text)
+        self.assertEqual(6000, h.stream_count(self.server.url, STREAM))
+        self.assertEqual((200, "ok\n"), http_get(self.base + "/healthz"))
+        self.assertEqual(0, relay.stop())
+        h.assert_exactly_once(h.dump_stream(self.server.url, STREAM), expected)
+
+    def test_healthz_follows_the_connection(self):
+        relay = self.relay(self.config())
+        h.poll(lambda: http_get(self.base + "/healthz") == (200, "ok\n"), 30,
+               "healthz 200", ignore=(OSError,))
+        self.server.stop()
+        h.poll(lambda: http_get(self.base + "/healthz") == (503, "disconnected from nats\n"),
+               30, "healthz 503 while nats-server is down")
+        self.server.start()
+        h.poll(lambda: http_get(self.base + "/healthz") == (200, "ok\n"), 60,
+               "healthz 200 after the server is back")
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertEqual(1, log.count("disconnected from nats, reconnecting"))
+        self.assertEqual(1, log.count("reconnected to nats"))
+
+    def write_policy(self, subject):
+        (self.tmp / "policy.lua").write_text(f"""
+local kumo = require 'kumo'
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{ protocol = {{ custom_lua = {{ constructor = 'make.q' }} }} }}
+end)
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect {{ servers = {{ '127.0.0.1:{self.server.port}' }} }}
+  return {{ send = function(self, message)
+    client:publish {{ subject = '{subject}', payload = message:get_data() }}
+  end }}
+end)
+""")
+
+    def test_sighup_with_a_broken_policy_keeps_the_old_one(self):
+        self.write_policy("kumo.first")
+        cfg = self.config(policy={"script": str(self.tmp / "policy.lua"), "subject": None})
+        relay = self.relay(cfg)
+        live = self.segment(h.segment_name(), plain=True)
+        first = h.make_records(100, seed=1, prefix="a")
+        live.write(first)
+        h.wait_count(self.server.url, STREAM, 100, timeout=60)
+
+        (self.tmp / "policy.lua").write_text("local kumo = require 'kumo'\nkumo.on('init',\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        h.poll(lambda: "reload failed, still running the previous" in relay.log_text(), 30,
+               "the failed reload to be logged")
+        self.assertRegex(relay.log_text(), r'reload failed, still running the previous '
+                         r'configuration and policy error="policy.script [^ ]+: policy.lua:3: ')
+        second = h.make_records(100, seed=2, prefix="b")
+        live.write(second)
+        h.wait_count(self.server.url, STREAM, 200, timeout=60)
+
+        self.write_policy("kumo.second")
+        relay.proc.send_signal(signal.SIGHUP)
+        h.poll(lambda: "reloaded configuration and policy" in relay.log_text(), 30,
+               "the reload to be logged")
+        third = h.make_records(100, seed=3, prefix="c")
+        live.write(third)
+        h.wait_count(self.server.url, STREAM, 300, timeout=60)
+        live.close()
+        self.assertEqual(0, relay.stop())
+        dump = h.dump_stream(self.server.url, STREAM)
+        h.assert_exactly_once(dump, h.expected_messages("test", live.name, first + second + third))
+        subjects = [m["subject"] for m in dump]
+        self.assertEqual(["kumo.first"] * 200 + ["kumo.second"] * 100, subjects)
+
+    def test_status_matches_the_checkpoint(self):
+        names = h.segment_names(2)
+        done = h.make_records(500, seed=4)
+        h.write_segment(self.spool / names[0], done)
+        relay = self.relay(self.config(), start=False)
+        self.assertEqual(0, relay.run_once())
+        later = h.make_records(300, seed=5, prefix="later")
+        h.write_segment(self.spool / names[1], later)
+        out = h.run_command([h.Tools.relay, "status", "--json", "-c", relay.config_path])
+        status = json.loads(out)
+        cp = (self.state / "checkpoint").read_text().splitlines()
+        entry = next(line.split() for line in cp if line.startswith(f"segment {names[0]} "))
+        self.assertEqual(
+            [{"name": names[0], "state": "finished", "records": int(entry[4]),
+              "bytes": int(entry[3]), "behind_records": 0, "behind_bytes": 0},
+             {"name": names[1], "state": "new", "records": 0, "bytes": 0,
+              "behind_records": 300, "behind_bytes": sum(map(len, later))}],
+            status["segments"])
+        self.assertEqual(500, int(entry[4]))
+        self.assertEqual(sum(map(len, done)), int(entry[3]))
+        table = h.run_command([h.Tools.relay, "status", "-c", relay.config_path])
+        self.assertRegex(table, rf"{names[1]} +new +0 +0 +300 +{sum(map(len, later))}\n")
+        self.assertIn("2 segments, 1 behind", table)
+
+    def test_sd_notify_ready_status_watchdog_stopping(self):
+        path = str(self.tmp / "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(0.2)
+        self.addCleanup(sock.close)
+        messages = []
+
+        def received(text):
+            while True:
+                try:
+                    messages.append(sock.recv(4096).decode())
+                except socket.timeout:
+                    break
+            return any(text in m for m in messages)
+
+        h.write_segment(self.spool / h.segment_name(), h.make_records(50, seed=6))
+        relay = self.relay(self.config(), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+        h.poll(lambda: received("READY=1"), 30, "READY=1")
+        h.poll(lambda: received("WATCHDOG=1"), 30, "WATCHDOG=1")
+        h.poll(lambda: received("STATUS="), 30, "STATUS=")
+        status = next(m for m in messages if m.startswith("STATUS="))
+        self.assertRegex(status, r"^STATUS=\d+ records/s, \d+ records relayed, \d+ in flight, "
+                                 r"\d+ bytes behind in \d+ segments$")
+        relay.proc.send_signal(signal.SIGTERM)
+        h.poll(lambda: received("STOPPING=1"), 30, "STOPPING=1")
+        self.assertEqual(0, relay.stop())
+        ready = messages.index("READY=1")
+        self.assertLess(ready, messages.index("STOPPING=1"))
+
+    def test_json_log_lines(self):
+        h.write_segment(self.spool / h.segment_name(), h.make_records(10, seed=7))
+        relay = self.relay(self.config(), start=False)
+        self.assertEqual(0, relay.run("--once", "--log-format", "json"))
+        lines = [x for x in relay.log_text().splitlines() if not x.startswith("====")]
+        parsed = [json.loads(x) for x in lines]
+        self.assertTrue(all({"time", "level", "msg"} <= set(p) for p in parsed))
+        stopped = next(p for p in parsed if p["msg"] == "stopped")
+        self.assertEqual("10", stopped["records"])
+        connected = next(p for p in parsed if p["msg"] == "connected to nats")
+        self.assertEqual(self.server.url, connected["server"])
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
