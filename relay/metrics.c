@@ -99,6 +99,9 @@ static void put_counters(FILE *f)
     put_metric(f, "publish_duplicates_total", "counter",
                "Acks with duplicate set: JetStream already had the Nats-Msg-Id.",
                LOAD(publish_duplicates));
+    put_metric(f, "publishes_skipped_total", "counter",
+               "Publishes not made: read back from the stream's tail at start, already stored.",
+               LOAD(publishes_skipped));
     put_metric(f, "publish_resends_total", "counter",
                "Messages sent again after a timeout, an error or a reconnect.",
                LOAD(publish_resends));

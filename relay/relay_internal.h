@@ -33,6 +33,7 @@ struct relay {
     const struct config *cfg;
     struct config *owned_cfg; /* cfg when a reload made it (else main owns cfg) */
     struct retired *retired;
+    struct recovery *recovery; /* ids found at the stream's tail at start */
     const struct relay_options *options;
     struct loop *loop;
     struct spool *spool;

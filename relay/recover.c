@@ -1,0 +1,215 @@
+#include "recover.h"
+
+#include "config.h"
+#include "log.h"
+#include "xalloc.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <nats/nats.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    TAIL_MESSAGES = 65536, /* covers a checkpoint interval at full rate plus the window */
+    REQUEST_MS = 5000,
+    READ_DEADLINE_MS = 30000,
+};
+
+/* An open-addressing set of message ids. */
+struct recovery {
+    char **slots;
+    size_t cap, count;
+};
+
+static uint64_t hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static void set_add(struct recovery *rc, const char *id)
+{
+    if ((rc->count + 1) * 2 > rc->cap) {
+        struct recovery bigger = {xcalloc(rc->cap ? rc->cap * 2 : 1024, sizeof(char *)),
+                                  rc->cap ? rc->cap * 2 : 1024, 0};
+        for (size_t i = 0; i < rc->cap; i++) {
+            if (rc->slots[i]) {
+                set_add(&bigger, rc->slots[i]);
+                free(rc->slots[i]);
+            }
+        }
+        free(rc->slots);
+        *rc = bigger;
+    }
+    size_t i = hash(id) & (rc->cap - 1);
+    while (rc->slots[i]) {
+        if (strcmp(rc->slots[i], id) == 0)
+            return;
+        i = (i + 1) & (rc->cap - 1);
+    }
+    rc->slots[i] = xstrdup(id);
+    rc->count++;
+}
+
+bool recover_has(const struct recovery *rc, const char *msg_id)
+{
+    if (!rc || rc->count == 0)
+        return false;
+    for (size_t i = hash(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1))
+        if (strcmp(rc->slots[i], msg_id) == 0)
+            return true;
+    return false;
+}
+
+size_t recover_count(const struct recovery *rc)
+{
+    return rc ? rc->count : 0;
+}
+
+void recover_free(struct recovery *rc)
+{
+    if (!rc)
+        return;
+    for (size_t i = 0; i < rc->cap; i++)
+        free(rc->slots[i]);
+    free(rc->slots);
+    free(rc);
+}
+
+/* A JetStream API request; returns the parsed JSON reply or NULL (logged). */
+static json_t *api_request(natsConnection *nc, const char *subject, const char *body)
+{
+    natsMsg *reply = NULL;
+    natsStatus st = natsConnection_RequestString(&reply, nc, subject, body, REQUEST_MS);
+    if (st != NATS_OK) {
+        log_warn("jetstream request failed subject=%s error=\"%s\"", subject,
+                 natsStatus_GetText(st));
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *doc =
+        json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, &jerr);
+    natsMsg_Destroy(reply);
+    json_t *error = doc ? json_object_get(doc, "error") : NULL;
+    if (!doc || error) {
+        log_warn("jetstream refused a request subject=%s error=\"%s\"", subject,
+                 error ? json_string_value(json_object_get(error, "description")) : "bad reply");
+        json_decref(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+static void check_duplicate_window(const struct config *cfg, json_t *info)
+{
+    json_int_t window_ns =
+        json_integer_value(json_object_get(json_object_get(info, "config"), "duplicate_window"));
+    int64_t window_ms = (int64_t)(window_ns / 1000000);
+    if (window_ms < cfg->expected_max_downtime_ms)
+        log_warn("the stream's duplicate_window is shorter than expected_max_downtime: after a "
+                 "longer outage JetStream cannot drop copies the relay sends again (the relay "
+                 "still skips those it finds at the stream's tail) stream=%s "
+                 "duplicate_window_ms=%" PRId64 " expected_max_downtime_ms=%" PRId64,
+                 cfg->jetstream_stream, window_ms, cfg->expected_max_downtime_ms);
+}
+
+/* Reads the headers of the stream's last messages through an ephemeral push consumer
+ * (headers only, no acks) and keeps the ids that start with "<relay_id>:". */
+static void read_tail(natsConnection *nc, const struct config *cfg, uint64_t first, uint64_t last,
+                      struct recovery *rc)
+{
+    uint64_t start = last >= TAIL_MESSAGES && last - TAIL_MESSAGES + 1 > first
+                         ? last - TAIL_MESSAGES + 1
+                         : first;
+    natsInbox *inbox = NULL;
+    natsSubscription *sub = NULL;
+    if (natsInbox_Create(&inbox) != NATS_OK ||
+        natsConnection_SubscribeSync(&sub, nc, inbox) != NATS_OK ||
+        natsSubscription_SetPendingLimits(sub, -1, -1) != NATS_OK) {
+        natsInbox_Destroy(inbox);
+        natsSubscription_Destroy(sub);
+        return;
+    }
+    char *subject = xasprintf("$JS.API.CONSUMER.CREATE.%s", cfg->jetstream_stream);
+    char *body = xasprintf("{\"stream_name\":\"%s\",\"config\":{\"deliver_policy\":"
+                           "\"by_start_sequence\",\"opt_start_seq\":%" PRIu64
+                           ",\"ack_policy\":\"none\",\"headers_only\":true,"
+                           "\"deliver_subject\":\"%s\",\"inactive_threshold\":5000000000}}",
+                           cfg->jetstream_stream, start, inbox);
+    json_t *created = api_request(nc, subject, body);
+    size_t prefix_len = strlen(cfg->relay_id);
+    for (int64_t deadline = nats_Now() + READ_DEADLINE_MS; created && nats_Now() < deadline;) {
+        natsMsg *msg = NULL;
+        if (natsSubscription_NextMsg(&msg, sub, REQUEST_MS) != NATS_OK)
+            break;
+        const char *id = NULL;
+        if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK &&
+            strncmp(id, cfg->relay_id, prefix_len) == 0 && id[prefix_len] == ':')
+            set_add(rc, id);
+        /* $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending> */
+        const char *reply = natsMsg_GetReply(msg);
+        const char *pending = reply ? strrchr(reply, '.') : NULL;
+        bool done = !pending || strtoull(pending + 1, NULL, 10) == 0;
+        natsMsg_Destroy(msg);
+        if (done)
+            break;
+    }
+    json_decref(created);
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    free(subject);
+    free(body);
+}
+
+static natsConnection *connect_once(const struct config *cfg)
+{
+    natsOptions *opts = NULL;
+    natsConnection *nc = NULL;
+    natsStatus st = natsOptions_Create(&opts);
+    if (st == NATS_OK)
+        st = natsOptions_SetServers(opts, (const char **)cfg->nats_servers,
+                                    (int)cfg->nats_server_count);
+    if (st == NATS_OK)
+        st = natsOptions_SetTimeout(opts, 2000);
+    if (st == NATS_OK)
+        st = natsOptions_SetAllowReconnect(opts, false);
+    if (st == NATS_OK)
+        st = natsConnection_Connect(&nc, opts);
+    natsOptions_Destroy(opts);
+    if (st != NATS_OK)
+        log_warn("cannot read back the stream at start (no server now); relying on its "
+                 "duplicate_window for records sent again error=\"%s\"",
+                 natsStatus_GetText(st));
+    return st == NATS_OK ? nc : NULL;
+}
+
+struct recovery *recover_read(const struct config *cfg)
+{
+    if (!cfg->jetstream_stream)
+        return NULL;
+    natsConnection *nc = connect_once(cfg);
+    if (!nc)
+        return NULL;
+    char *subject = xasprintf("$JS.API.STREAM.INFO.%s", cfg->jetstream_stream);
+    json_t *info = api_request(nc, subject, "");
+    free(subject);
+    struct recovery *rc = NULL;
+    if (info) {
+        check_duplicate_window(cfg, info);
+        json_t *state = json_object_get(info, "state");
+        uint64_t first = (uint64_t)json_integer_value(json_object_get(state, "first_seq"));
+        uint64_t last = (uint64_t)json_integer_value(json_object_get(state, "last_seq"));
+        rc = xcalloc(1, sizeof(*rc));
+        if (last > 0 && last >= first)
+            read_tail(nc, cfg, first, last, rc);
+        log_info("read back the stream's tail stream=%s last_seq=%" PRIu64 " ids_of_this_relay=%zu",
+                 cfg->jetstream_stream, last, rc->count);
+        json_decref(info);
+    }
+    natsConnection_Destroy(nc);
+    return rc;
+}

@@ -1,0 +1,63 @@
+"""Longer than the duplicate window: kill -9 the relay right after a burst, restart it after
+10 s with a stream whose duplicate_window is 5 s. With jetstream.stream set the relay reads
+back the stream's tail at start and does not publish what is already stored; without it
+(the control, run side by side) JetStream can no longer drop the copies."""
+
+import collections
+import time
+
+import harness as h
+
+DOWNTIME_S = 10  # the scenario itself: longer than the 5 s duplicate window
+
+
+class DuplicateWindowTest(h.RelayTestCase):
+    def burst_then_crash(self, server, stream, subject_root, spool, state, read_back):
+        h.create_stream(server.url, stream, [f"{subject_root}.>"], dup_window=5)
+        name = h.segment_name()
+        lines = h.make_records(3000, seed=hash(stream) % 1000, prefix=stream)
+        h.write_segment(spool / name, lines)
+        cfg = h.relay_config(spool, state, server.url, subject=f"{subject_root}.{{type}}",
+                             # The checkpoint must not catch up before the kill: every record
+                             # is then sent again at the restart.
+                             checkpoint={"interval": "1h"},
+                             jetstream={"stream": stream if read_back else None,
+                                        "max_in_flight": 1024},
+                             expected_max_downtime="10m")
+        relay = h.Relay(cfg, self.tmp, name=f"relay-{stream}")
+        self._procs.append(relay)
+        h.wait_count(server.url, stream, len(lines), timeout=60)
+        self.assertEqual(-9, relay.kill())
+        return relay, h.expected_messages("test", name, lines)
+
+    def test_restart_after_the_duplicate_window_publishes_nothing_twice(self):
+        server = self.nats()
+        spool_b, state_b = self.tmp / "spool-b", self.tmp / "state-b"
+        spool_b.mkdir()
+        relay, expected = self.burst_then_crash(server, "KUMO", "kumo", self.spool, self.state,
+                                                read_back=True)
+        control, control_expected = self.burst_then_crash(server, "CONTROL", "control",
+                                                          spool_b, state_b, read_back=False)
+        time.sleep(DOWNTIME_S)
+
+        self.assertEqual(0, relay.run_once())
+        self.assertEqual(0, control.run_once())
+
+        h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), expected)
+        log = relay.log_text()
+        self.assertIn("the stream's duplicate_window is shorter than expected_max_downtime", log)
+        self.assertRegex(log, r"read back the stream's tail stream=KUMO last_seq=3000 "
+                              r"ids_of_this_relay=3000")
+        self.assertRegex(log, r"spool relayed records=3000 published=0 ")
+
+        # The control shows what the read-back prevents: every record stored twice.
+        dump = h.dump_stream(server.url, "CONTROL")
+        copies = collections.Counter(m["msgid"] for m in dump)
+        print(f"control without read-back: {len(dump)} stored for {len(control_expected)} "
+              f"records, {sum(1 for c in copies.values() if c > 1)} duplicated")
+        self.assertEqual(2 * len(control_expected), len(dump))
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
