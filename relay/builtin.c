@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "jscan.h"
+#include "metrics.h"
 #include "segment.h"
 #include "subject.h"
 #include "xalloc.h"
@@ -12,11 +13,12 @@
 struct builtin {
     struct subject_template subject;
     char *relay_id;
+    bool skip_log_hook_records;
     struct policy_env env;
 };
 
-enum { KEY_TYPE, KEY_QUEUE, KEY_NODEID, KEY_COUNT };
-static const char *const record_keys[KEY_COUNT] = {"type", "queue", "nodeid"};
+enum { KEY_TYPE, KEY_QUEUE, KEY_NODEID, KEY_RECEPTION_PROTOCOL, KEY_COUNT };
+static const char *const record_keys[KEY_COUNT] = {"type", "queue", "nodeid", "reception_protocol"};
 
 struct builtin *builtin_create(const struct config *cfg, const struct policy_env *env, char **err)
 {
@@ -30,6 +32,7 @@ struct builtin *builtin_create(const struct config *cfg, const struct policy_env
         return NULL;
     }
     b->relay_id = xstrdup(cfg->relay_id);
+    b->skip_log_hook_records = cfg->skip_log_hook_records != 0;
     return b;
 }
 
@@ -46,6 +49,7 @@ void builtin_destroy(struct builtin *b)
 struct record_fields {
     char type[128], queue[512], nodeid[128];
     char queue_parts_buf[520];
+    bool log_hook; /* reception_protocol "LogRecord": kumod logged its own log hook */
 };
 
 static bool read_fields(const struct segment_record *rec, struct record_fields *f)
@@ -60,6 +64,8 @@ static bool read_fields(const struct segment_record *rec, struct record_fields *
         f->queue[0] = '\0';
     if (jscan_string(&values[KEY_NODEID], f->nodeid, sizeof(f->nodeid)) < 0)
         f->nodeid[0] = '\0';
+    const struct jscan_value *proto = &values[KEY_RECEPTION_PROTOCOL];
+    f->log_hook = proto->raw && proto->len == 11 && memcmp(proto->raw, "\"LogRecord\"", 11) == 0;
     return true;
 }
 
@@ -73,8 +79,16 @@ enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *re
     struct subject_values values = {0};
     values.field[SUBJECT_FIELD_RELAY_ID] = b->relay_id;
     struct record_fields fields;
+    bool is_json =
+        (b->subject.needs_record || b->skip_log_hook_records) && read_fields(rec, &fields);
+    /* kumod logs the deliveries of its own log hooks with reception_protocol LogRecord;
+     * its hooks never see those, and neither does this policy by default. */
+    if (is_json && fields.log_hook && b->skip_log_hook_records) {
+        METRIC_ADD(records_log_hook_skipped, 1);
+        return POLICY_DROPPED;
+    }
     if (b->subject.needs_record) {
-        if (!read_fields(rec, &fields)) {
+        if (!is_json) {
             *reason = xstrdup("not JSON");
             return POLICY_DEADLETTER;
         }

@@ -69,11 +69,15 @@ _Static_assert(START_AT_BEGINNING == 0 && START_AT_END == 1, "start_at_words fol
 _Static_assert(LOG_LEVEL_DEBUG == 0 && LOG_LEVEL_ERROR == 3, "log_level_words follows the enum");
 _Static_assert(sizeof(enum start_at) == sizeof(int), "KEY_ENUM stores an int");
 
+static const char *const bool_words[] = {"false", "true", NULL};
+
 static const struct key spool_keys[] = {
     {"dir", KEY_STRING, FIELD(spool_dir), .required = true, .help = "where kumod writes logs"},
     {"pattern", KEY_STRING, FIELD(spool_pattern), .text = "*", .help = "glob on segment names"},
     {"start_at", KEY_ENUM, FIELD(start_at), .words = start_at_words, .value = START_AT_BEGINNING,
      .help = "where to start when there is no checkpoint"},
+    {"segment_header", KEY_STRING, FIELD(spool_segment_header),
+     .help = "kumod's segment_header, stripped from the start of each segment"},
     {.name = NULL},
 };
 
@@ -98,6 +102,8 @@ static const struct key policy_keys[] = {
      .help = "built-in policy: subject template"},
     {"queue", KEY_STRING, FIELD(policy_queue), .text = "nats", .help = "queue of a record"},
     {"hook_name", KEY_STRING, FIELD(policy_hook_name), .text = "nats", .help = "log hook name"},
+    {"skip_log_hook_records", KEY_ENUM, FIELD(skip_log_hook_records), .words = bool_words,
+     .value = 1, .help = "built-in policy: skip kumod's own log-hook deliveries"},
     {.name = NULL},
 };
 
@@ -815,5 +821,6 @@ void config_free(struct config *cfg)
     free(cfg->policy_queue);
     free(cfg->policy_hook_name);
     free(cfg->metrics_listen);
+    free(cfg->spool_segment_header);
     memset(cfg, 0, sizeof(*cfg));
 }

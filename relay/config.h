@@ -8,26 +8,28 @@
 enum start_at { START_AT_BEGINNING, START_AT_END };
 
 struct config {
-    char *path;             /* the file it was loaded from */
-    char *relay_id;         /* default: the hostname */
-    char *spool_dir;        /* required */
-    char *spool_pattern;    /* default "*" (fnmatch glob on names) */
-    enum start_at start_at; /* default beginning */
-    char *state_dir;        /* default /var/lib/kumo-nats-relay */
-    char **nats_servers;    /* default { "nats://127.0.0.1:4222" } */
+    char *path;                 /* the file it was loaded from */
+    char *relay_id;             /* default: the hostname */
+    char *spool_dir;            /* required */
+    char *spool_pattern;        /* default "*" (fnmatch glob on names) */
+    enum start_at start_at;     /* default beginning */
+    char *spool_segment_header; /* kumod's segment_header; NULL: none */
+    char *state_dir;            /* default /var/lib/kumo-nats-relay */
+    char **nats_servers;        /* default { "nats://127.0.0.1:4222" } */
     size_t nats_server_count;
-    char *jetstream_stream;         /* optional: verified at start when set */
-    size_t max_in_flight;           /* default 4096, 1..1000000 */
-    int64_t ack_timeout_ms;         /* default 5s */
-    char *policy_script;            /* optional: Lua policy; NULL = built-in policy */
-    char *policy_subject;           /* default "kumo.log.{type}" */
-    char *policy_queue;             /* default "nats" */
-    char *policy_hook_name;         /* default "nats" */
-    int64_t checkpoint_interval_ms; /* default 200ms */
-    int64_t shutdown_timeout_ms;    /* default 30s: how long SIGTERM waits for acks */
-    size_t max_record_bytes;        /* default 16 MiB */
-    int log_level;                  /* enum log_level, default info */
-    char *metrics_listen;           /* "127.0.0.1:9477"; NULL: no HTTP endpoint */
+    char *jetstream_stream;           /* optional: verified at start when set */
+    size_t max_in_flight;             /* default 4096, 1..1000000 */
+    int64_t ack_timeout_ms;           /* default 5s */
+    char *policy_script;              /* optional: Lua policy; NULL = built-in policy */
+    char *policy_subject;             /* default "kumo.log.{type}" */
+    char *policy_queue;               /* default "nats" */
+    char *policy_hook_name;           /* default "nats" */
+    int skip_log_hook_records;        /* built-in policy: drop reception_protocol LogRecord (1) */
+    int64_t checkpoint_interval_ms;   /* default 200ms */
+    int64_t shutdown_timeout_ms;      /* default 30s: how long SIGTERM waits for acks */
+    size_t max_record_bytes;          /* default 16 MiB */
+    int log_level;                    /* enum log_level, default info */
+    char *metrics_listen;             /* "127.0.0.1:9477"; NULL: no HTTP endpoint */
     int64_t expected_max_downtime_ms; /* default 10m */
 };
 

@@ -86,6 +86,10 @@ static void put_counters(FILE *f)
                LOAD(records_committed));
     put_metric(f, "records_dropped_total", "counter", "Records the policy chose not to relay.",
                LOAD(records_dropped));
+    put_metric(f, "records_log_hook_skipped_total", "counter",
+               "Records of kumod's own log hooks (reception_protocol LogRecord) the built-in "
+               "policy skipped; counted in records_dropped_total too.",
+               LOAD(records_log_hook_skipped));
     fputs("# HELP kumo_nats_relay_records_deadlettered_total Records written to the dead-letter "
           "file, by reason.\n# TYPE kumo_nats_relay_records_deadlettered_total counter\n",
           f);

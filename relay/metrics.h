@@ -30,6 +30,7 @@ enum { ACK_LATENCY_BUCKETS = 14 };
 struct metrics {
     /* counters */
     atomic_uint_fast64_t records_read, records_committed, records_dropped;
+    atomic_uint_fast64_t records_log_hook_skipped; /* part of records_dropped */
     atomic_uint_fast64_t deadlettered[DEADLETTER_REASON_COUNT];
     atomic_uint_fast64_t publishes, publishes_acked, publish_duplicates, publish_resends;
     atomic_uint_fast64_t publishes_skipped; /* found stored at the stream's tail at start */

@@ -348,6 +348,7 @@ static bool open_reader(struct relay *r, struct segment *seg)
         free(err);
         return false;
     }
+    segment_reader_set_header(seg->reader, r->cfg->spool_segment_header);
     return true;
 }
 

@@ -35,8 +35,36 @@ struct segment_reader {
     uint64_t skip_to;       /* records ending at or before this were committed */
     uint64_t ordinal;       /* of the next record */
     uint64_t offset;        /* end of the last record returned or skipped */
+    const char *header;     /* spool.segment_header: stripped when the segment starts with it */
+    size_t header_len;
+    bool header_checked;
     char error[256];
 };
+
+void segment_reader_set_header(struct segment_reader *r, const char *header)
+{
+    r->header = header;
+    r->header_len = header ? strlen(header) : 0;
+    r->header_checked = r->header_len == 0;
+}
+
+/* kumod's segment_header: a fixed text at the very start, without a newline after it.
+ * Returns false while too few bytes are decoded to tell. */
+static bool check_header(struct segment_reader *r)
+{
+    size_t have = r->end - r->start;
+    size_t n = have < r->header_len ? have : r->header_len;
+    if (memcmp(r->buf + r->start, r->header, n) != 0) {
+        r->header_checked = true; /* not this segment's start: read it as is */
+        return true;
+    }
+    if (have < r->header_len)
+        return false;
+    r->start = r->scanned = r->header_len;
+    r->offset = r->header_len;
+    r->header_checked = true;
+    return true;
+}
 
 struct segment_reader *segment_reader_open(const char *path, uint64_t resume_offset,
                                            uint64_t resume_ordinal, size_t max_record_bytes,
@@ -223,7 +251,7 @@ enum segment_read segment_reader_next(struct segment_reader *r, struct segment_r
             return failed ? SEGMENT_ERROR : SEGMENT_AGAIN;
     }
     for (;;) {
-        while (frame_line(r, rec)) {
+        while ((r->header_checked || check_header(r)) && frame_line(r, rec)) {
             if (rec->end > r->skip_to)
                 return SEGMENT_RECORD;
         }

@@ -39,6 +39,8 @@ struct segment_reader;
 struct segment_reader *segment_reader_open(const char *path, uint64_t resume_offset,
                                            uint64_t resume_ordinal, size_t max_record_bytes,
                                            char **err);
+/* Strip header (kept by the caller) from the start of the segment when it is there. */
+void segment_reader_set_header(struct segment_reader *r, const char *header);
 enum segment_read segment_reader_next(struct segment_reader *r, struct segment_record *rec);
 void segment_reader_tail(const struct segment_reader *r, struct segment_tail *tail);
 enum segment_kind segment_reader_kind(const struct segment_reader *r);

@@ -38,15 +38,17 @@ static struct segment_status *add_row(struct status_table *t, const char *name)
 }
 
 /* Complete records (and their bytes) after offset that are on disk now. */
-static void count_behind(const char *path, uint64_t offset, size_t max_record,
+static void count_behind(const char *path, uint64_t offset, const struct config *cfg,
                          struct segment_status *row)
 {
     char *err = NULL;
-    struct segment_reader *reader = segment_reader_open(path, offset, 0, max_record, &err);
+    struct segment_reader *reader =
+        segment_reader_open(path, offset, 0, cfg->max_record_bytes, &err);
     if (!reader) {
         free(err);
         return;
     }
+    segment_reader_set_header(reader, cfg->spool_segment_header);
     struct segment_record rec;
     while (segment_reader_next(reader, &rec) == SEGMENT_RECORD) {
         row->behind_records++;
@@ -83,7 +85,7 @@ static void scan_spool(const struct config *cfg, const struct checkpoint *cp,
                 row->committed_bytes = e->offset;
             }
             if (!same || !e->finished)
-                count_behind(path, same ? e->offset : 0, cfg->max_record_bytes, row);
+                count_behind(path, same ? e->offset : 0, cfg, row);
         }
         free(path);
     }
