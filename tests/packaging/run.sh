@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# Packaging suite: builds the .deb and the .rpm in their own build directory (build-pkg/,
+# or KNR_PKG_BUILD_DIR), checks what they contain and declare, lints the .deb, checks the
+# unit (systemd-analyze verify, exposure score), then installs the .deb with dpkg,
+# runs the installed relay, upgrades over itself, removes and purges it.
+#
+#   tests/packaging/run.sh
+#
+# Prints one line per check and a summary: "packaging: N checks passed, M failed".
+# Exit status is non-zero when any check failed. The install checks need root and a
+# machine where kumo-nats-relay is not installed already (they would replace it): they
+# are skipped otherwise, and counted as skipped. The service is never started.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+repo=$PWD
+build=${KNR_PKG_BUILD_DIR:-$repo/build-pkg}
+pkg=kumo-nats-relay
+unit=$pkg.service
+max_exposure=2.0
+
+passed=0
+failed=0
+skipped=0
+work=$(mktemp -d)
+
+pass() {
+    passed=$((passed + 1))
+    echo "ok   $1"
+}
+
+# fail DESCRIPTION [DETAILS]
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL $1"
+    if [[ -n "${2:-}" ]]; then
+        sed 's/^/     | /' <<<"$2"
+    fi
+}
+
+# check DESCRIPTION COMMAND...: passes when COMMAND exits 0; shows its output otherwise.
+check() {
+    local desc=$1 out
+    shift
+    if out=$("$@" 2>&1); then
+        pass "$desc"
+    else
+        fail "$desc" "$out"
+    fi
+}
+
+summary() {
+    local line="packaging: $passed checks passed, $failed failed"
+    if [[ $skipped -gt 0 ]]; then
+        line+=", $skipped skipped"
+    fi
+    echo "$line"
+}
+
+# same_lines EXPECTED ACTUAL: equal as sorted sets of lines, else print the difference.
+same_lines() {
+    diff <(sort <<<"$1") <(sort <<<"$2")
+}
+
+# ---------------------------------------------------------------------------------------
+# Build: the distribution's hardening flags, no tests, both generators.
+
+export DEB_BUILD_MAINT_OPTIONS=hardening=+all
+SOURCE_DATE_EPOCH=$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)
+export SOURCE_DATE_EPOCH
+cflags="$(dpkg-buildflags --get CFLAGS) $(dpkg-buildflags --get CPPFLAGS)"
+ldflags=$(dpkg-buildflags --get LDFLAGS)
+
+build_log=$work/build.log
+rm -f "$build"/*.deb "$build"/*.rpm
+if cmake -S . -B "$build" -DRELAY_TESTS=OFF -DRELAY_WERROR=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS="$cflags" \
+    -DCMAKE_EXE_LINKER_FLAGS="$ldflags" >"$build_log" 2>&1 &&
+    cmake --build "$build" -j2 >>"$build_log" 2>&1 &&
+    (cd "$build" && cpack -G "DEB;RPM") >>"$build_log" 2>&1; then
+    pass "build: cmake, then cpack -G 'DEB;RPM'"
+else
+    fail "build: cmake, then cpack -G 'DEB;RPM'" "$(tail -n 40 "$build_log")"
+    summary
+    rm -rf "$work"
+    exit 1
+fi
+
+debs=("$build"/${pkg}_*.deb)
+rpms=("$build"/$pkg-*.rpm)
+if [[ ${#debs[@]} -eq 1 && -f ${debs[0]} && ${#rpms[@]} -eq 1 && -f ${rpms[0]} ]]; then
+    pass "one .deb and one .rpm: $(basename "${debs[0]}") $(basename "${rpms[0]}")"
+else
+    fail "one .deb and one .rpm" "$(ls -l "$build")"
+    summary
+    rm -rf "$work"
+    exit 1
+fi
+deb=${debs[0]}
+rpm=${rpms[0]}
+version=$(dpkg-deb -f "$deb" Version)
+upstream_version=${version%-*}
+binary=$build/kumo-nats-relay
+
+# The packages' runtime libraries are whatever the binary links: its DT_NEEDED entries.
+mapfile -t needed < <(readelf -d "$binary" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+if [[ ${#needed[@]} -gt 0 ]]; then
+    pass "the binary links ${#needed[@]} shared libraries: ${needed[*]}"
+else
+    fail "readelf -d finds the binary's shared libraries" "$(readelf -d "$binary" 2>&1 | head)"
+fi
+
+# ---------------------------------------------------------------------------------------
+# The .deb: dpkg-deb -c and -I.
+
+expected_deb_files="/etc/kumo-nats-relay/policy.lua
+/etc/kumo-nats-relay/relay.yaml
+/lib/systemd/system/kumo-nats-relay.service
+/usr/bin/kumo-nats-relay
+/usr/share/doc/kumo-nats-relay/README.md
+/usr/share/doc/kumo-nats-relay/changelog.Debian.gz
+/usr/share/doc/kumo-nats-relay/copyright
+/usr/share/doc/kumo-nats-relay/examples/policy-connection.lua
+/usr/share/doc/kumo-nats-relay/examples/policy.lua
+/usr/share/doc/kumo-nats-relay/examples/relay.yaml
+/usr/share/lintian/overrides/kumo-nats-relay"
+deb_listing=$(dpkg-deb -c "$deb")
+deb_files=$(awk '$1 !~ /^d/ { sub(/^\./, "", $6); print $6 }' <<<"$deb_listing")
+check "dpkg-deb -c: exactly the binary, the conffiles, the unit and the docs" \
+    same_lines "$expected_deb_files" "$deb_files"
+check "dpkg-deb -c: no test tools or tests" \
+    bash -c '! grep -E "spoolwrite|streamtool|zstdpeek|/test_|criterion" <<<"$1"' _ "$deb_listing"
+check "dpkg-deb -c: /usr/bin/kumo-nats-relay is root:root 0755" \
+    grep -qE '^-rwxr-xr-x root/root .* \./usr/bin/kumo-nats-relay$' <<<"$deb_listing"
+
+check "dpkg-deb -I: conffiles are relay.yaml and policy.lua" \
+    same_lines "/etc/kumo-nats-relay/relay.yaml
+/etc/kumo-nats-relay/policy.lua" "$(dpkg-deb -I "$deb" conffiles)"
+deb_info=$(dpkg-deb -I "$deb")
+check "dpkg-deb -I: postinst, prerm and postrm, executable" \
+    bash -c 'for s in postinst prerm postrm; do
+                 grep -qE "^ +[0-9]+ bytes, +[0-9]+ lines +\* +$s " <<<"$1" || { echo "$s"; exit 1; }
+             done' _ "$deb_info"
+
+depends=$(dpkg-deb -f "$deb" Depends)
+echo "     Depends: $depends"
+deb_deps_ok() {
+    local lib path owner p missing=()
+    for lib in "${needed[@]}"; do
+        path=$(ldd "$binary" | awk -v l="$lib" '$1 == l { print $3; exit }')
+        owner=""
+        # merged /usr: dpkg knows each library under one of its two names.
+        for p in "$path" "$(readlink -f "$path")" "/usr$path" "${path#/usr}"; do
+            owner=$(dpkg -S "$p" 2>/dev/null | grep -v '^diversion' | head -n 1 | cut -d: -f1)
+            [[ -n "$owner" ]] && break
+        done
+        if [[ -z "$owner" ]] || ! grep -qE "(^|, )$owner( |,|$)" <<<"$depends"; then
+            missing+=("$lib (${owner:-no package})")
+        fi
+    done
+    grep -qE '(^|, )adduser( |,|$)' <<<"$depends" || missing+=("adduser")
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "not in Depends: ${missing[*]}"
+        return 1
+    fi
+}
+check "dpkg-deb -I: Depends names the package of every linked library, and adduser" deb_deps_ok
+check "dpkg-deb -I: no build dependency in Depends" \
+    bash -c '! grep -Ei -- "-dev\b|cmake|gcc|pkg-config|criterion|nats-server|build-essential" <<<"$1"' \
+    _ "$depends"
+
+# ---------------------------------------------------------------------------------------
+# The .rpm: rpm -qlp and -qRp.
+
+expected_rpm_files="/etc/kumo-nats-relay
+/etc/kumo-nats-relay/policy.lua
+/etc/kumo-nats-relay/relay.yaml
+/usr/bin/kumo-nats-relay
+/usr/lib/systemd/system/kumo-nats-relay.service
+/usr/share/doc/kumo-nats-relay
+/usr/share/doc/kumo-nats-relay/README.md
+/usr/share/doc/kumo-nats-relay/examples
+/usr/share/doc/kumo-nats-relay/examples/policy-connection.lua
+/usr/share/doc/kumo-nats-relay/examples/policy.lua
+/usr/share/doc/kumo-nats-relay/examples/relay.yaml"
+check "rpm -qlp: exactly the binary, the config, the unit and the docs" \
+    same_lines "$expected_rpm_files" "$(rpm -qlp "$rpm" 2>/dev/null)"
+rpm_files=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
+check "rpm -qp: relay.yaml and policy.lua are %config(noreplace)" \
+    bash -c 'grep -qx "cn -rw-r--r-- root root /etc/kumo-nats-relay/relay.yaml" <<<"$1" &&
+             grep -qx "cn -rw-r--r-- root root /etc/kumo-nats-relay/policy.lua" <<<"$1" &&
+             [ "$(grep -c "^c" <<<"$1")" -eq 2 ]' _ "$rpm_files"
+check "rpm -qp: /etc/kumo-nats-relay is 0750 root:kumo-nats-relay" \
+    grep -qx " drwxr-x--- root kumo-nats-relay /etc/kumo-nats-relay" <<<"$rpm_files"
+
+requires=$(rpm -qRp "$rpm" 2>/dev/null)
+echo "     Requires: $(grep -E '^[^()]+(\(\)\(64bit\))?$' <<<"$requires" | sort -u | tr '\n' ' ')"
+rpm_deps_ok() {
+    local lib missing=()
+    for lib in "${needed[@]}"; do
+        grep -qE "^${lib//./\\.}\(\)" <<<"$requires" || missing+=("$lib")
+    done
+    for r in shadow-utils systemd; do
+        grep -qx "$r" <<<"$requires" || missing+=("$r")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "not required: ${missing[*]}"
+        return 1
+    fi
+}
+check "rpm -qRp: requires every linked library (autoreq), shadow-utils and systemd" rpm_deps_ok
+check "rpm -qRp: no build dependency" \
+    bash -c '! grep -Ei -- "-devel|cmake|gcc|pkgconfig|criterion|nats-server" <<<"$1"' _ "$requires"
+
+# The scriptlets, run against stand-ins for useradd & co. that only record their calls:
+# what they do on install, upgrade and erase, without touching this machine.
+stubs=$work/stubs
+mkdir -p "$stubs"
+for tool in groupadd useradd usermod systemctl; do
+    printf '#!/bin/sh\necho "%s $*" >>"%s/calls"\n' "$tool" "$work" >"$stubs/$tool"
+done
+# getent: neither the user nor its group exist yet; KumoMTA's kumod group does.
+printf '#!/bin/sh\n[ "$1 $2" = "group kumod" ]\n' >"$stubs/getent"
+chmod +x "$stubs"/*
+for tag in PREIN POSTIN PREUN POSTUN; do
+    rpm -qp --qf "%{$tag}\n" "$rpm" >"$work/$tag.sh" 2>/dev/null
+done
+check "rpm scriptlets: pre, post, preun, postun are valid sh" \
+    bash -c 'for t in PREIN POSTIN PREUN POSTUN; do
+                 [ -s "$1/$t.sh" ] && ! grep -qx "(none)" "$1/$t.sh" && sh -n "$1/$t.sh" || { echo "$t"; exit 1; }
+             done' _ "$work"
+# scriptlet_calls TAG ARG: the commands the scriptlet runs with $1 = ARG.
+scriptlet_calls() {
+    rm -f "$work/calls"
+    PATH=$stubs:$PATH sh "$work/$1.sh" "$2" >/dev/null 2>&1
+    cat "$work/calls" 2>/dev/null
+}
+if [[ -d /run/systemd/system ]]; then
+    reload="systemctl daemon-reload"
+    postun_upgrade="$reload
+systemctl try-restart $unit"
+    stop="systemctl stop $unit
+"
+else
+    reload=""
+    postun_upgrade=""
+    stop=""
+fi
+check "rpm %pre on install: creates the system user and adds it to kumod" \
+    same_lines "groupadd -r kumo-nats-relay
+useradd -r -g kumo-nats-relay -d /var/lib/kumo-nats-relay -M -s /sbin/nologin -c kumo-nats-relay kumo-nats-relay
+usermod -a -G kumod kumo-nats-relay" "$(scriptlet_calls PREIN 1)"
+check "rpm %post on install: enables, does not start" \
+    same_lines "$(printf '%s\n%s' "systemctl --no-reload enable $unit" "$reload" | sed '/^$/d')" \
+    "$(scriptlet_calls POSTIN 1)"
+check "rpm %post on upgrade: leaves the enablement alone" \
+    same_lines "$reload" "$(scriptlet_calls POSTIN 2)"
+check "rpm %preun on erase: stops and disables" \
+    same_lines "$(printf '%s%s' "$stop" "systemctl --no-reload disable $unit")" \
+    "$(scriptlet_calls PREUN 0)"
+check "rpm %preun on upgrade: does nothing" same_lines "" "$(scriptlet_calls PREUN 1)"
+check "rpm %postun on upgrade: restarts only a running relay (try-restart)" \
+    same_lines "$postun_upgrade" "$(scriptlet_calls POSTUN 1)"
+
+# ---------------------------------------------------------------------------------------
+# lintian, on the .deb: no errors. Warnings and notes are printed.
+
+lintian --pedantic --tag-display-limit 0 "$deb" >"$work/lintian.out" 2>&1
+lintian_rc=$?
+lintian_out=$(grep -v 'running with root privileges' "$work/lintian.out")
+[[ -z "$lintian_out" ]] || sed 's/^/     lintian: /' <<<"$lintian_out"
+lintian_errors=$(grep -c '^E: ' <<<"$lintian_out")
+lintian_warnings=$(grep -c '^W: ' <<<"$lintian_out")
+if [[ $lintian_errors -eq 0 && $lintian_rc -eq 0 ]]; then
+    pass "lintian: 0 errors, $lintian_warnings warnings"
+else
+    fail "lintian: $lintian_errors errors, $lintian_warnings warnings (exit $lintian_rc)"
+fi
+
+# ---------------------------------------------------------------------------------------
+# The unit: the same file in both packages, systemd-analyze verify, exposure score.
+
+mkdir -p "$work/deb" "$work/rpm"
+dpkg-deb -x "$deb" "$work/deb"
+(cd "$work/rpm" && rpm2cpio "$rpm" | cpio -idm --quiet) 2>/dev/null
+check "both packages ship systemd/kumo-nats-relay.service unchanged" \
+    bash -c 'cmp "$1" "$2/deb/lib/systemd/system/$3" && cmp "$1" "$2/rpm/usr/lib/systemd/system/$3"' \
+    _ "$repo/systemd/$unit" "$work" "$unit"
+
+# verify resolves ExecStart= paths: point them at the packaged binary before install.
+mkdir -p "$work/unit"
+sed -e "s|/usr/bin/kumo-nats-relay|$work/deb/usr/bin/kumo-nats-relay|g" \
+    "$work/deb/lib/systemd/system/$unit" >"$work/unit/$unit"
+verify_clean() {
+    local out
+    out=$(systemd-analyze verify "$1" 2>&1) && [[ -z "$out" ]] || {
+        echo "$out"
+        return 1
+    }
+}
+check "systemd-analyze verify: the packaged unit is clean" verify_clean "$work/unit/$unit"
+
+security_out=$(systemd-analyze security --offline=yes "$work/deb/lib/systemd/system/$unit" 2>&1)
+exposure=$(sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p' <<<"$security_out")
+echo "     exposure: ${exposure:-?} (systemd-analyze security --offline=yes, at most $max_exposure)"
+grep '✗' <<<"$security_out" | sed 's/^/     exposure: /'
+if [[ -n "$exposure" ]] && awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e <= m) }'; then
+    pass "systemd-analyze security: exposure $exposure <= $max_exposure"
+else
+    fail "systemd-analyze security: exposure ${exposure:-unknown} <= $max_exposure" \
+        "$(grep -v '^[[:space:]]*[✓✗]\|NAME' <<<"$security_out")"
+fi
+
+# ---------------------------------------------------------------------------------------
+# Install, run, upgrade, remove, purge, with dpkg, on this machine.
+
+install_checks() {
+    local etc=/etc/kumo-nats-relay state=/var/lib/kumo-nats-relay
+    local wants=/etc/systemd/system/multi-user.target.wants/$unit
+    local out
+
+    check "dpkg -i installs the .deb" dpkg -i "$deb"
+    check "dpkg -s: install ok installed" \
+        bash -c '[ "$(dpkg-query -W -f="\${Status}" "$1")" = "install ok installed" ]' _ "$pkg"
+    check "installed: binary, unit, conffiles, README and examples in place" \
+        test -x /usr/bin/kumo-nats-relay -a -f /lib/systemd/system/$unit -a -f $etc/relay.yaml \
+        -a -f $etc/policy.lua -a -f /usr/share/doc/$pkg/README.md \
+        -a -f /usr/share/doc/$pkg/examples/relay.yaml
+    check "the system user kumo-nats-relay: system uid, no login shell, home in state dir" \
+        bash -c 'IFS=: read -r _ _ uid _ _ home shell < <(getent passwd kumo-nats-relay) &&
+                 [ "$uid" -lt 1000 ] && [ "$home" = /var/lib/kumo-nats-relay ] &&
+                 case "$shell" in */nologin|*/false) ;; *) exit 1 ;; esac'
+    check "kumo-nats-relay is in the kumod group" \
+        bash -c 'id -nG kumo-nats-relay | tr " " "\n" | grep -qx kumod'
+    check "$etc is 750 root:kumo-nats-relay (statoverride)" \
+        bash -c '[ "$(stat -c "%a %U %G" "$1")" = "750 root kumo-nats-relay" ]' _ "$etc"
+    check "$state exists, 750 kumo-nats-relay" \
+        bash -c '[ "$(stat -c "%a %U %G" "$1")" = "750 kumo-nats-relay kumo-nats-relay" ]' _ "$state"
+    check "the unit is enabled (multi-user.target.wants) on first install" test -L "$wants"
+    check "kumo-nats-relay --version says $upstream_version" \
+        bash -c 'kumo-nats-relay --version | grep -qw -- "$1"' _ "$upstream_version"
+    check "kumo-nats-relay --check -c $etc/relay.yaml" \
+        kumo-nats-relay --check -c $etc/relay.yaml
+    check "the same as the service user, through its groups" \
+        runuser -u kumo-nats-relay -- kumo-nats-relay --check -c $etc/relay.yaml
+    check "relay.yaml leaves policy.script unset (built-in policy) and mentions policy.lua" \
+        bash -c '! grep -qE "^[[:space:]]+script:" "$1" &&
+                 grep -qE "^[[:space:]]*#[[:space:]]*script: /etc/kumo-nats-relay/policy.lua" "$1"' \
+        _ "$etc/relay.yaml"
+    sed -E 's|^([[:space:]]*)#[[:space:]]*script: (/etc/kumo-nats-relay/policy.lua)|\1script: \2|' \
+        $etc/relay.yaml >"$work/relay-lua.yaml"
+    check "policy.lua as shipped passes --check once enabled" \
+        kumo-nats-relay --check -c "$work/relay-lua.yaml"
+    check "systemd-analyze verify: the installed unit is clean" verify_clean /lib/systemd/system/$unit
+
+    # Upgrade over itself: the postinst's upgrade path; an edited conffile is kept.
+    echo "# edited by tests/packaging" >>$etc/relay.yaml
+    echo "state" >$state/packaging-test
+    check "dpkg -i again (upgrade path)" dpkg -i "$deb"
+    check "upgrade keeps the edited relay.yaml" grep -qx "# edited by tests/packaging" $etc/relay.yaml
+    check "upgrade keeps the unit enabled" test -L "$wants"
+
+    check "dpkg -r removes the package" dpkg -r "$pkg"
+    check "after remove: binary and unit gone" \
+        test ! -e /usr/bin/kumo-nats-relay -a ! -e /lib/systemd/system/$unit
+    check "after remove: the unit is disabled" test ! -L "$wants"
+    check "after remove: configuration and state kept" \
+        test -f $etc/relay.yaml -a -f $state/packaging-test
+
+    check "dpkg -P purges the package" dpkg -P "$pkg"
+    check "after purge: /etc/kumo-nats-relay and the state directory gone" \
+        test ! -e $etc -a ! -e $state
+    check "after purge: no statoverride, no deb-systemd-helper state, not known to dpkg" \
+        bash -c '! dpkg-statoverride --list "$1" >/dev/null &&
+                 ! ls -R /var/lib/systemd/deb-systemd-helper-enabled 2>/dev/null | grep -q kumo-nats-relay &&
+                 ! dpkg-query -W kumo-nats-relay >/dev/null 2>&1' _ "$etc"
+}
+
+install_skip_reason=""
+if [[ $(id -u) -ne 0 ]]; then
+    install_skip_reason="not root"
+elif dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -qv "not-installed"; then
+    install_skip_reason="$pkg is already installed on this machine"
+fi
+
+if [[ -n "$install_skip_reason" ]]; then
+    skipped=$((skipped + 1))
+    echo "skip install, upgrade, remove and purge checks: $install_skip_reason"
+else
+    # One run at a time on a machine; leave it as found: the user and the kumod group
+    # exist afterwards only if they did before.
+    exec 9>/run/lock/kumo-nats-relay-packaging-test.lock
+    flock -w 300 9
+    user_existed=0
+    getent passwd kumo-nats-relay >/dev/null && user_existed=1
+    kumod_existed=0
+    getent group kumod >/dev/null && kumod_existed=1
+    [[ $kumod_existed -eq 1 ]] || groupadd --system kumod
+
+    install_checks
+
+    if dpkg-query -W "$pkg" >/dev/null 2>&1; then
+        dpkg -P "$pkg" >/dev/null 2>&1
+    fi
+    [[ $user_existed -eq 1 ]] || userdel kumo-nats-relay 2>/dev/null
+    getent group kumo-nats-relay >/dev/null && [[ $user_existed -eq 0 ]] &&
+        groupdel kumo-nats-relay 2>/dev/null
+    [[ $kumod_existed -eq 1 ]] || groupdel kumod 2>/dev/null
+    flock -u 9
+fi
+
+rm -rf "$work"
+summary
+[[ $failed -eq 0 ]]
