@@ -8,6 +8,8 @@ packages=(
   libnats-dev libjansson-dev libyaml-dev liblua5.4-dev libzstd-dev
   libsystemd-dev libmicrohttpd-dev
   libcriterion-dev nats-server zstd python3 procps
+  # tests/packaging: build, inspect, lint and install the .deb and the .rpm
+  rpm lintian cpio dpkg-dev file systemd adduser init-system-helpers
 )
 
 missing=()
