@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: build into build/, run the unit tests (ctest), then the
-# integration tests (real nats-server, real binary). Runs from any directory.
+# integration tests (real nats-server, real binary), then the packaging suite (builds,
+# checks, installs and purges the .deb and the .rpm in build-pkg/). Runs from any directory.
 #
 #   tests/run.sh [integration run.py arguments, e.g. test_core -k restart]
 #
@@ -40,10 +41,12 @@ echo "unit: $unit_passed passed, $unit_failed failed"
 set +e
 /usr/bin/python3 tests/integration/run.py "$@"
 integration_rc=$?
+tests/packaging/run.sh
+packaging_rc=$?
 set -e
 
 echo "unit: $unit_passed passed, $unit_failed failed"
-if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 ]]; then
+if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 || $packaging_rc -ne 0 ]]; then
     echo "tests FAILED"
     exit 1
 fi
