@@ -245,6 +245,21 @@ static void reply_string(const char *data, size_t len, const char *key, char *ou
     out[n] = '\0';
 }
 
+/* True when the reply has "key": true. nats-server writes a duplicate's ack by hand as
+ * {"stream":"S", "seq":1,"duplicate": true} (a space after the colon) and a marshalled
+ * one without: accept any JSON whitespace there. */
+static bool reply_true(const char *data, size_t len, const char *key)
+{
+    size_t klen = strlen(key);
+    const char *at = memmem(data, len, key, klen);
+    if (!at)
+        return false;
+    const char *v = at + klen, *end = data + len;
+    while (v < end && (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r'))
+        v++;
+    return (size_t)(end - v) >= 4 && memcmp(v, "true", 4) == 0;
+}
+
 /* Classifies a JetStream reply. A success is small and fixed in shape, so substring tests
  * are enough; errors keep their description for the log. */
 static void classify_reply(natsMsg *msg, struct event *ev)
@@ -263,7 +278,7 @@ static void classify_reply(natsMsg *msg, struct event *ev)
             snprintf(ev->detail, sizeof(ev->detail), "%.*s", len > 100 ? 100 : (int)len, data);
         return;
     }
-    ev->kind = len > 0 && memmem(data, len, "\"duplicate\":true", 16) ? EVENT_DUPLICATE : EVENT_ACK;
+    ev->kind = len > 0 && reply_true(data, len, "\"duplicate\":") ? EVENT_DUPLICATE : EVENT_ACK;
     reply_string(data, len, "\"stream\":\"", ev->detail, sizeof(ev->detail));
     reply_string(data, len, "\"domain\":\"", ev->domain, sizeof(ev->domain));
     const char *seq = len > 0 ? memmem(data, len, "\"seq\":", 6) : NULL;
