@@ -6,8 +6,9 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libnats-dev libjansson-dev libyaml-dev liblua5.4-dev libzstd-dev
-  libsystemd-dev libmicrohttpd-dev
-  libcriterion-dev nats-server zstd python3 procps
+  libsystemd-dev libmicrohttpd-dev libssl-dev
+  libcriterion-dev nats-server zstd python3 procps openssl
+  clang libclang-rt-14-dev valgrind
   # tests/packaging: build, inspect, lint and install the .deb and the .rpm
   rpm lintian cpio dpkg-dev file systemd adduser init-system-helpers
 )

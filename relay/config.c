@@ -9,6 +9,8 @@
 #include "config.h"
 
 #include "log.h"
+#include "nkey.h"
+#include "secret.h"
 #include "xalloc.h"
 
 #include <yaml.h>
@@ -34,6 +36,7 @@ enum key_type {
     KEY_COUNT,       /* a plain integer in [min, max] (size_t) */
     KEY_BYTES,       /* an integer with an optional KB..GiB suffix, in [min, max] (size_t) */
     KEY_DURATION,    /* a duration in [min, max] milliseconds (int64_t) */
+    KEY_SECRET,      /* a string, ${ENV_VAR} or { file: path }, stored resolved (char *) */
 };
 
 struct key {
@@ -45,6 +48,8 @@ struct key {
     const char *const *words;  /* KEY_ENUM: the accepted words, ended by NULL */
     int64_t min, max;          /* KEY_COUNT, KEY_BYTES, KEY_DURATION */
     bool required;             /* reported when absent; has no default */
+    bool file;                 /* KEY_STRING: names a file that must be readable */
+    bool secret;               /* ... whose content is secret: others must not read it */
     const char *text;          /* KEY_STRING, KEY_STRING_LIST: the default, or NULL */
     int64_t value;             /* other types: the default (milliseconds, bytes, index) */
     /* What the key is for, next to its definition; config/relay.yaml says the same at
@@ -81,9 +86,28 @@ static const struct key spool_keys[] = {
     {.name = NULL},
 };
 
+static const struct key tls_keys[] = {
+    {"ca", KEY_STRING, FIELD(nats_tls_ca), .file = true,
+     .help = "PEM CAs the server's certificate must chain to (default: the system's)"},
+    {"cert", KEY_STRING, FIELD(nats_tls_cert), .file = true, .help = "client certificate (PEM)"},
+    {"key", KEY_STRING, FIELD(nats_tls_key), .file = true, .secret = true,
+     .help = "the client certificate's private key (PEM)"},
+    {.name = NULL},
+};
+
 static const struct key nats_keys[] = {
     {"servers", KEY_STRING_LIST, FIELD(nats_servers), .count_offset = FIELD(nats_server_count),
      .text = "nats://127.0.0.1:4222", .help = "server URLs of the default connection"},
+    {"user", KEY_SECRET, FIELD(nats_user), .help = "user name, with password"},
+    {"password", KEY_SECRET, FIELD(nats_password), .help = "password, with user"},
+    {"token", KEY_SECRET, FIELD(nats_token), .help = "authentication token"},
+    {"nkey_seed", KEY_STRING, FIELD(nats_nkey_seed), .file = true, .secret = true,
+     .help = "file holding a user nkey seed (SU...)"},
+    {"creds", KEY_STRING, FIELD(nats_creds), .file = true, .secret = true,
+     .help = "a .creds file: user JWT and nkey seed"},
+    {"tls", KEY_SECTION, .section = tls_keys},
+    {"tls_required", KEY_ENUM, FIELD(nats_tls_required), .words = bool_words, .value = 0,
+     .help = "refuse a server that does not speak TLS"},
     {.name = NULL},
 };
 
@@ -198,7 +222,7 @@ static void set_defaults(struct config *cfg, const struct key *keys)
     for (const struct key *k = keys; k->name; k++) {
         if (k->type == KEY_SECTION)
             set_defaults(cfg, k->section);
-        else if (k->type == KEY_STRING)
+        else if (k->type == KEY_STRING || k->type == KEY_SECRET)
             store_string(cfg, k, k->text);
         else if (k->type == KEY_STRING_LIST)
             store_list(cfg, k, list_of_one(k->text), 1);
@@ -300,6 +324,7 @@ struct loader {
     yaml_document_t *doc;
     struct problem *problems;
     size_t count, capacity;
+    bool literal_secret; /* a secret is written in the file itself */
 };
 
 __attribute__((format(printf, 3, 4))) static void report(struct loader *ld, yaml_mark_t mark,
@@ -463,12 +488,104 @@ static const char *string_text(struct loader *ld, const yaml_node_t *node, const
 
 /* ---- Values ---------------------------------------------------------------------- */
 
+static void warn_exposed(const char *path, const char *keypath)
+{
+    mode_t mode;
+    if (secret_file_exposed(path, &mode))
+        log_warn("%s: %s holds a secret and every user may read it (mode %04o); chmod o-r it",
+                 keypath, path, (unsigned)mode);
+}
+
+/* A file the relay must read (a certificate, a key, a seed): say now if it cannot. */
+static void check_file(struct loader *ld, const struct key *k, const yaml_node_t *node,
+                       const char *keypath, const char *path)
+{
+    char pub[NKEY_PUBLIC_LEN + 1], *err = NULL;
+    if (access(path, R_OK) != 0)
+        report(ld, node->start_mark, "%s: cannot read %s: %s", keypath, path, strerror(errno));
+    else if (k->offset == FIELD(nats_nkey_seed) && nkey_public_from_file(path, pub, &err) != 0)
+        report(ld, node->start_mark, "%s: %s", keypath, err);
+    else if (k->secret)
+        warn_exposed(path, keypath);
+    free(err);
+}
+
 static void load_string(struct loader *ld, const struct key *k, const yaml_node_t *node,
                         const char *keypath)
 {
-    const char *text = string_text(ld, node, keypath, "a string");
+    const char *text = string_text(ld, node, keypath, k->file ? "a file path" : "a string");
     if (text)
         store_string(ld->cfg, k, text);
+    if (text && k->file)
+        check_file(ld, k, node, keypath, text);
+}
+
+/* ---- Secrets: never quoted in a message, whatever goes wrong ------------------- */
+
+#define SECRET_FORMS "a string, ${ENV_VAR} or { file: path }"
+
+static const yaml_node_pair_t *find_pair(struct loader *ld, const yaml_node_t *map,
+                                         const char *name, size_t length);
+
+static void store_secret(struct config *cfg, const struct key *k, char *secret)
+{
+    char **slot = field(cfg, k);
+    secret_free(*slot);
+    *slot = secret;
+}
+
+/* password: { file: /etc/kumo-nats-relay/nats-password } */
+static void load_secret_file(struct loader *ld, const struct key *k, const yaml_node_t *map,
+                             const char *keypath)
+{
+    const yaml_node_pair_t *pair = find_pair(ld, map, "file", 4);
+    if (!pair || map->data.mapping.pairs.top - map->data.mapping.pairs.start != 1) {
+        report(ld, map->start_mark, "%s: expected %s, got a mapping that is not { file: path }",
+               keypath, SECRET_FORMS);
+        return;
+    }
+    char filepath[160];
+    snprintf(filepath, sizeof(filepath), "%s.file", keypath);
+    const yaml_node_t *value = node_at(ld, pair->value);
+    const char *path = string_text(ld, value, filepath, "a file path");
+    char *err = NULL, *secret;
+    if (!path)
+        return;
+    if (!(secret = secret_read_file(path, &err))) {
+        report(ld, value->start_mark, "%s: %s", filepath, err);
+        free(err);
+        return;
+    }
+    store_secret(ld->cfg, k, secret);
+    warn_exposed(path, filepath);
+}
+
+/* password: hunter2 | password: ${NATS_PASSWORD} | password: { file: path } */
+static void load_secret(struct loader *ld, const struct key *k, const yaml_node_t *node,
+                        const char *keypath)
+{
+    if (node->type == YAML_MAPPING_NODE) {
+        load_secret_file(ld, k, node, keypath);
+        return;
+    }
+    if (node->type != YAML_SCALAR_NODE || is_null(node) || node->data.scalar.length == 0 ||
+        strlen(scalar(node)) != node->data.scalar.length) {
+        const char *got = node->type == YAML_SEQUENCE_NODE ? "a list"
+                          : is_null(node)                  ? "nothing"
+                                                           : "an empty string or a NUL byte";
+        report(ld, node->start_mark, "%s: expected %s, got %s", keypath, SECRET_FORMS, got);
+        return;
+    }
+    char name[128], *err = NULL, *secret;
+    if (!secret_env_reference(scalar(node), name, sizeof(name))) {
+        store_secret(ld->cfg, k, xstrdup(scalar(node)));
+        ld->literal_secret = true;
+    } else if ((secret = secret_from_env(name, &err))) {
+        store_secret(ld->cfg, k, secret);
+    } else {
+        report(ld, node->start_mark, "%s: %s", keypath, err);
+        free(err);
+    }
 }
 
 /* One string is a list of one: "servers: nats://a:4222" reads as naturally as a list. */
@@ -593,10 +710,51 @@ static void report_missing(struct loader *ld, yaml_mark_t mark, const yaml_node_
     }
 }
 
+static void add_spool(struct config *cfg, struct config *from)
+{
+    cfg->spools = xrealloc(cfg->spools, (cfg->spool_count + 1) * sizeof(*cfg->spools));
+    cfg->spools[cfg->spool_count++] =
+        (struct spool_source){from->spool_dir, from->spool_pattern, from->spool_segment_header};
+    from->spool_dir = from->spool_pattern = from->spool_segment_header = NULL;
+}
+
+/* `spool:` as a sequence of {dir, pattern, ...}: each entry is loaded into a scratch
+ * config with the section's defaults, then moved to cfg->spools. The first entry also
+ * fills spool_dir, spool_pattern, start_at and spool_segment_header. */
+static void load_spool_list(struct loader *ld, const struct key *k, const yaml_node_t *node,
+                            const char *keypath)
+{
+    struct config *cfg = ld->cfg;
+    size_t index = 0;
+    for (yaml_node_item_t *item = node->data.sequence.items.start;
+         item < node->data.sequence.items.top; item++, index++) {
+        const yaml_node_t *entry = node_at(ld, *item);
+        char entry_path[64];
+        snprintf(entry_path, sizeof(entry_path), "%s[%zu]", keypath, index);
+        if (entry->type != YAML_MAPPING_NODE) {
+            report_expected(ld, entry, entry_path, "a mapping with dir");
+            continue;
+        }
+        struct config scratch = {0};
+        set_defaults(&scratch, k->section);
+        ld->cfg = &scratch;
+        load_section(ld, entry, k->section, entry_path);
+        ld->cfg = cfg;
+        if (index == 0)
+            cfg->start_at = scratch.start_at;
+        add_spool(cfg, &scratch);
+        config_free(&scratch);
+    }
+    if (index == 0)
+        report(ld, node->start_mark, "%s: expected at least one directory", keypath);
+}
+
 static void load_subsection(struct loader *ld, const struct key *k, const yaml_node_t *node,
                             const char *keypath)
 {
-    if (node->type == YAML_MAPPING_NODE)
+    if (node->type == YAML_SEQUENCE_NODE && k->section == spool_keys)
+        load_spool_list(ld, k, node, keypath);
+    else if (node->type == YAML_MAPPING_NODE)
         load_section(ld, node, k->section, keypath);
     else if (is_null(node)) /* "log:" alone: an empty section, all defaults */
         report_missing(ld, node->start_mark, NULL, k->section, keypath);
@@ -615,6 +773,7 @@ static load_fn *const loaders[] = {
     [KEY_COUNT] = load_number,
     [KEY_BYTES] = load_number,
     [KEY_DURATION] = load_number,
+    [KEY_SECRET] = load_secret,
 };
 
 static void report_unknown(struct loader *ld, const yaml_node_t *key, const struct key *keys,
@@ -676,6 +835,28 @@ static void load_section(struct loader *ld, const yaml_node_t *map, const struct
     report_missing(ld, map->start_mark, map, keys, prefix);
 }
 
+/* nats: settings that are fine alone and wrong together. Checked only when every key
+ * loaded, so that a secret that failed to load is not also reported missing. */
+static void check_nats(struct loader *ld, const yaml_node_t *root)
+{
+    const struct config *cfg = ld->cfg;
+    const yaml_node_pair_t *pair = find_pair(ld, root, "nats", 4);
+    if (ld->count > 0 || !pair)
+        return;
+    yaml_mark_t at = node_at(ld, pair->key)->start_mark;
+    int ways = (cfg->nats_user || cfg->nats_password) + !!cfg->nats_token +
+               !!cfg->nats_nkey_seed + !!cfg->nats_creds;
+    if (!cfg->nats_user != !cfg->nats_password)
+        report(ld, at, "nats: user and password go together; %s is missing",
+               cfg->nats_user ? "password" : "user");
+    if (ways > 1)
+        report(ld, at, "nats: authenticate one way only: user and password, token, nkey_seed "
+                       "or creds");
+    if (!cfg->nats_tls_cert != !cfg->nats_tls_key)
+        report(ld, at, "nats.tls: cert and key go together; %s is missing",
+               cfg->nats_tls_cert ? "key" : "cert");
+}
+
 /* An empty file is an empty mapping: all defaults, and whatever is required is missing. */
 static void load_root(struct loader *ld, const yaml_node_t *root)
 {
@@ -685,8 +866,10 @@ static void load_root(struct loader *ld, const yaml_node_t *root)
         report_missing(ld, root ? root->start_mark : file_start, NULL, top_keys, "");
     else if (root->type != YAML_MAPPING_NODE)
         report(ld, root->start_mark, "expected a mapping of settings, got %s", describe(root, buf));
-    else
+    else {
         load_section(ld, root, top_keys, "");
+        check_nats(ld, root);
+    }
 }
 
 /* ---- The file -------------------------------------------------------------------- */
@@ -804,6 +987,26 @@ char *config_load(const char *path, struct config *cfg)
     }
     if (!cfg->relay_id)
         cfg->relay_id = default_relay_id();
+    mode_t mode;
+    if (ld.literal_secret && secret_file_exposed(path, &mode))
+        log_warn("%s holds a secret and every user may read it (mode %04o): chmod o-r it, or give "
+                 "the secret as ${ENV_VAR} or { file: path }",
+                 path, (unsigned)mode);
+    if (cfg->spool_count == 0) {
+        struct config single = {.spool_dir = cfg->spool_dir,
+                                .spool_pattern = cfg->spool_pattern,
+                                .spool_segment_header = cfg->spool_segment_header};
+        cfg->spool_dir = cfg->spool_pattern = cfg->spool_segment_header = NULL;
+        add_spool(cfg, &single);
+    }
+    /* The single-directory fields mirror the first entry (owned separately). */
+    free(cfg->spool_dir);
+    free(cfg->spool_pattern);
+    free(cfg->spool_segment_header);
+    cfg->spool_dir = xstrdup(cfg->spools[0].dir);
+    cfg->spool_pattern = xstrdup(cfg->spools[0].pattern);
+    cfg->spool_segment_header =
+        cfg->spools[0].segment_header ? xstrdup(cfg->spools[0].segment_header) : NULL;
     return NULL;
 }
 
@@ -821,6 +1024,20 @@ void config_free(struct config *cfg)
     free(cfg->policy_queue);
     free(cfg->policy_hook_name);
     free(cfg->metrics_listen);
+    secret_free(cfg->nats_user);
+    secret_free(cfg->nats_password);
+    secret_free(cfg->nats_token);
+    free(cfg->nats_nkey_seed);
+    free(cfg->nats_creds);
+    free(cfg->nats_tls_ca);
+    free(cfg->nats_tls_cert);
+    free(cfg->nats_tls_key);
     free(cfg->spool_segment_header);
+    for (size_t i = 0; i < cfg->spool_count; i++) {
+        free(cfg->spools[i].dir);
+        free(cfg->spools[i].pattern);
+        free(cfg->spools[i].segment_header);
+    }
+    free(cfg->spools);
     memset(cfg, 0, sizeof(*cfg));
 }

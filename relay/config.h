@@ -7,16 +7,37 @@
 
 enum start_at { START_AT_BEGINNING, START_AT_END };
 
+/* One spool directory: `spool: {dir: ...}`, or each entry of `spool: [{dir: ...}, ...]`. */
+struct spool_source {
+    char *dir;
+    char *pattern;
+    char *segment_header; /* NULL: none */
+};
+
 struct config {
-    char *path;                 /* the file it was loaded from */
-    char *relay_id;             /* default: the hostname */
-    char *spool_dir;            /* required */
-    char *spool_pattern;        /* default "*" (fnmatch glob on names) */
-    enum start_at start_at;     /* default beginning */
-    char *spool_segment_header; /* kumod's segment_header; NULL: none */
-    char *state_dir;            /* default /var/lib/kumo-nats-relay */
-    char **nats_servers;        /* default { "nats://127.0.0.1:4222" } */
+    char *path;                  /* the file it was loaded from */
+    char *relay_id;              /* default: the hostname */
+    char *spool_dir;             /* required */
+    char *spool_pattern;         /* default "*" (fnmatch glob on names) */
+    enum start_at start_at;      /* default beginning */
+    char *spool_segment_header;  /* kumod's segment_header; NULL: none */
+    struct spool_source *spools; /* every spool directory; spools[0] is spool_dir above */
+    size_t spool_count;
+    char *state_dir;     /* default /var/lib/kumo-nats-relay */
+    char **nats_servers; /* default { "nats://127.0.0.1:4222" } */
     size_t nats_server_count;
+    /* Authentication of the default connection: at most one of user+password, token,
+     * nkey_seed, creds. user, password and token are the values themselves, resolved at
+     * load from a literal, ${ENV_VAR} or { file: path }; never log them. */
+    char *nats_user;
+    char *nats_password;
+    char *nats_token;
+    char *nats_nkey_seed; /* path of a file holding a user nkey seed (SU...) */
+    char *nats_creds;     /* path of a .creds file (user JWT and seed) */
+    char *nats_tls_ca;    /* PEM file of the CAs the server's certificate must chain to */
+    char *nats_tls_cert;  /* client certificate (PEM), with nats_tls_key */
+    char *nats_tls_key;
+    int nats_tls_required; /* refuse a server that does not speak TLS (KEY_ENUM: 0 or 1) */
     char *jetstream_stream;           /* optional: verified at start when set */
     size_t max_in_flight;             /* default 4096, 1..1000000 */
     int64_t ack_timeout_ms;           /* default 5s */

@@ -68,8 +68,22 @@ static void maybe_ready(struct relay *r, size_t disconnected)
 
 void health_update(struct relay *r)
 {
-    struct spool_stats st;
-    spool_stats(r->spool, &st);
+    struct spool_stats st = {0};
+    size_t dirs = spool_dir_count(r->spool);
+    for (size_t dir = 0; dir < dirs; dir++) {
+        struct spool_stats one;
+        spool_stats(r->spool, dir, &one);
+        if (dir < METRICS_MAX_DIRS) {
+            METRIC_SET(dir_lag_bytes[dir], one.lag_bytes);
+            METRIC_SET(dir_lag_segments[dir], one.live + one.done_pending);
+        }
+        st.live += one.live;
+        st.done_pending += one.done_pending;
+        st.finished += one.finished;
+        st.lag_bytes += one.lag_bytes;
+        if (one.oldest_read_ms && (!st.oldest_read_ms || one.oldest_read_ms < st.oldest_read_ms))
+            st.oldest_read_ms = one.oldest_read_ms;
+    }
     METRIC_SET(in_flight, r->publishes_in_flight);
     METRIC_SET(segments_live, st.live);
     METRIC_SET(segments_done_pending, st.done_pending);

@@ -3,14 +3,18 @@
 #include "config.h"
 #include "log.h"
 #include "loop.h"
+#include "nkey.h"
 #include "policy.h"
 #include "publish.h"
+#include "secret.h"
 #include "xalloc.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CLIENT_META "kumo.nats.client"
 #define AWAITS_KEY  "kumo-nats-relay.awaits"
@@ -53,11 +57,9 @@ static const char *const connect_keys[] = {
     NULL,
 };
 
-/* Keys this build cannot honour yet: refusing is better than connecting without TLS. */
-static const char *const unsupported_keys[] = {
-    "tls_required", "tls_first", "certificate", "client_cert",
-    "client_key",   "creds",     "nkey_seed",   NULL,
-};
+/* Keys this build cannot honour: refusing is better than connecting another way than
+ * the policy asked. nats.c 3.4 has no TLS-first handshake. */
+static const char *const unsupported_keys[] = {"tls_first", NULL};
 
 static bool in_list(const char *const *list, const char *key)
 {
@@ -77,40 +79,19 @@ static void check_keys(lua_State *L, int idx, const char *const *allowed, const 
     }
 }
 
-/* A secret given as a string, { key_data = '...' } or { path = '...' } (read from a file). */
-static char *key_source(lua_State *L, int idx, const char *what)
-{
-    if (lua_type(L, idx) == LUA_TSTRING)
-        return xstrdup(lua_tostring(L, idx));
-    if (lua_type(L, idx) != LUA_TTABLE)
-        luaL_error(L, "kumo.nats.connect: %s must be a string or { key_data = ... }", what);
-    if (lua_getfield(L, idx, "key_data") == LUA_TSTRING) {
-        char *v = xstrdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
-        return v;
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, idx, "path") != LUA_TSTRING)
-        luaL_error(L, "kumo.nats.connect: %s must have key_data or path", what);
-    const char *path = lua_tostring(L, -1);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        luaL_error(L, "kumo.nats.connect: cannot read %s from %s", what, path);
-    char buf[4096];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    buf[n] = '\0';
-    lua_pop(L, 1);
-    return xstrdup(buf);
-}
-
+/* What one connect call asked for. It lives in a userdata whose __gc frees (and wipes)
+ * it, so that a Lua error half way leaks nothing. */
 struct connect_spec {
     char **servers;
     size_t server_count;
-    char *name, *user, *password, *token;
+    char *name;
+    char *user, *password, *token; /* secrets: wiped when freed */
+    char *nkey_seed, *creds;       /* paths */
+    char *tls_ca, *tls_cert, *tls_key;
+    bool tls_required;
 };
+
+#define SPEC_META "kumo-nats-relay.connect_spec"
 
 static void spec_free(struct connect_spec *spec)
 {
@@ -118,9 +99,67 @@ static void spec_free(struct connect_spec *spec)
         free(spec->servers[i]);
     free(spec->servers);
     free(spec->name);
-    free(spec->user);
-    free(spec->password);
-    free(spec->token);
+    secret_free(spec->user);
+    secret_free(spec->password);
+    secret_free(spec->token);
+    free(spec->nkey_seed);
+    free(spec->creds);
+    free(spec->tls_ca);
+    free(spec->tls_cert);
+    free(spec->tls_key);
+    memset(spec, 0, sizeof(*spec));
+}
+
+static int spec_gc(lua_State *L)
+{
+    spec_free(luaL_checkudata(L, 1, SPEC_META));
+    return 0;
+}
+
+static struct connect_spec *push_spec(lua_State *L)
+{
+    struct connect_spec *spec = lua_newuserdatauv(L, sizeof(*spec), 0);
+    memset(spec, 0, sizeof(*spec));
+    if (luaL_newmetatable(L, SPEC_META)) {
+        lua_pushcfunction(L, spec_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return spec;
+}
+
+/* A secret as KumoMTA's KeySource gives it: a string is the path of a file holding it,
+ * { key_data = '...' } the value itself. (Vault and event sources are not supported.)
+ * The file's trailing newline is dropped. Returns a malloc'd copy. */
+static char *key_source(lua_State *L, int idx, const char *what)
+{
+    char *secret, *err = NULL;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        if (!(secret = secret_read_file(lua_tostring(L, idx), &err))) {
+            lua_pushfstring(L, "kumo.nats.connect: %s: %s", what, err);
+            free(err);
+            lua_error(L);
+        }
+        return secret;
+    }
+    if (lua_type(L, idx) != LUA_TTABLE)
+        luaL_error(L, "kumo.nats.connect: %s must be a file path or { key_data = '...' }", what);
+    if (lua_getfield(L, idx, "key_data") == LUA_TSTRING) {
+        size_t len;
+        const char *data = lua_tolstring(L, -1, &len);
+        if (len == 0 || strlen(data) != len)
+            luaL_error(L, "kumo.nats.connect: %s: key_data is empty or holds a NUL byte", what);
+        secret = xstrdup(data);
+        lua_pop(L, 1);
+        return secret;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, idx, "path") != LUA_TNIL)
+        luaL_error(L, "kumo.nats.connect: %s: write a file path as a plain string, as KumoMTA "
+                      "does, not { path = ... }", what);
+    luaL_error(L, "kumo.nats.connect: %s: only a file path or { key_data = '...' } is supported "
+                  "(not vault or event sources)", what);
+    return NULL;
 }
 
 /* nats.c wants URLs; KumoMTA policies write '127.0.0.1:4222'. */
@@ -163,6 +202,74 @@ static void read_auth(lua_State *L, int idx, struct connect_spec *spec)
     if (lua_getfield(L, auth, "token") != LUA_TNIL)
         spec->token = key_source(L, lua_gettop(L), "auth.token");
     lua_pop(L, 4);
+    if (!spec->user != !spec->password)
+        luaL_error(L, "kumo.nats.connect: auth.username and auth.password go together");
+    if (spec->user && spec->token)
+        luaL_error(L, "kumo.nats.connect: auth takes username and password, or token, not both");
+}
+
+/* A path key (certificate, client_key, creds, nkey_seed): a string naming a file the
+ * relay can read, checked now so that --check reports it. */
+static char *read_path(lua_State *L, int idx, const char *key)
+{
+    int type = lua_getfield(L, idx, key);
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (type != LUA_TSTRING)
+        luaL_error(L, "kumo.nats.connect: %s must be a file path", key);
+    const char *path = lua_tostring(L, -1);
+    if (access(path, R_OK) != 0)
+        luaL_error(L, "kumo.nats.connect: %s: cannot read %s: %s", key, path, strerror(errno));
+    char *copy = xstrdup(path);
+    lua_pop(L, 1);
+    return copy;
+}
+
+static void read_tls_and_keys(lua_State *L, int idx, struct connect_spec *spec)
+{
+    if (lua_getfield(L, idx, "tls_required") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TBOOLEAN);
+        spec->tls_required = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    spec->tls_ca = read_path(L, idx, "certificate");
+    spec->tls_cert = read_path(L, idx, "client_cert");
+    spec->tls_key = read_path(L, idx, "client_key");
+    spec->creds = read_path(L, idx, "creds");
+    spec->nkey_seed = read_path(L, idx, "nkey_seed");
+    if (!spec->tls_cert != !spec->tls_key)
+        luaL_error(L, "kumo.nats.connect: client_cert and client_key go together");
+    int ways = !!spec->user + !!spec->token + !!spec->creds + !!spec->nkey_seed;
+    if (ways > 1)
+        luaL_error(L, "kumo.nats.connect: authenticate one way only: auth, creds or nkey_seed");
+    char pub[NKEY_PUBLIC_LEN + 1], *err = NULL;
+    if (spec->nkey_seed && nkey_public_from_file(spec->nkey_seed, pub, &err) != 0) {
+        lua_pushfstring(L, "kumo.nats.connect: nkey_seed: %s", err);
+        free(err);
+        lua_error(L);
+    }
+}
+
+static struct nats_auth spec_auth(const struct connect_spec *spec)
+{
+    return (struct nats_auth){
+        .user = spec->user,
+        .password = spec->password,
+        .token = spec->token,
+        .nkey_seed = spec->nkey_seed,
+        .creds = spec->creds,
+        .tls_ca = spec->tls_ca,
+        .tls_cert = spec->tls_cert,
+        .tls_key = spec->tls_key,
+        .tls_required = spec->tls_required,
+    };
+}
+
+static const char *or_empty(const char *s)
+{
+    return s ? s : "";
 }
 
 /* Everything that makes two connections different, secrets included: they never leave
@@ -175,9 +282,11 @@ static char *spec_key(const struct connect_spec *spec)
         free(key);
         key = next;
     }
-    char *full =
-        xasprintf("%s|%s|%s|%s|%s", key, spec->name ? spec->name : "", spec->user ? spec->user : "",
-                  spec->password ? spec->password : "", spec->token ? spec->token : "");
+    char *full = xasprintf("%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%d", key, or_empty(spec->name),
+                           or_empty(spec->user), or_empty(spec->password), or_empty(spec->token),
+                           or_empty(spec->nkey_seed), or_empty(spec->creds),
+                           or_empty(spec->tls_ca), or_empty(spec->tls_cert),
+                           or_empty(spec->tls_key), spec->tls_required);
     free(key);
     return full;
 }
@@ -188,7 +297,7 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
     char *key = spec_key(spec);
     for (size_t i = 0; i < nats->client_count; i++) {
         if (strcmp(nats->clients[i]->key, key) == 0) {
-            free(key);
+            secret_free(key);
             return nats->clients[i];
         }
     }
@@ -201,15 +310,13 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
             .server_count = spec->server_count,
             .name = spec->name ? spec->name : "kumo-nats-relay",
             .ack_timeout_ms = nats->cfg->ack_timeout_ms,
-            .user = spec->user,
-            .password = spec->password,
-            .token = spec->token,
+            .auth = spec_auth(spec),
         };
         char *err = NULL;
         client->pub =
             publisher_create(&po, nats->env->loop, nats->env->publish_done, nats->env->ctx, &err);
         if (!client->pub) {
-            free(client->key);
+            secret_free(client->key);
             free(client);
             lua_pushfstring(L, "kumo.nats.connect: %s", err);
             free(err);
@@ -225,21 +332,23 @@ static int nats_connect(lua_State *L)
 {
     struct lua_nats *nats = lua_touserdata(L, lua_upvalueindex(1));
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
     check_keys(L, 1, connect_keys, "kumo.nats.connect");
     for (size_t i = 0; unsupported_keys[i]; i++) {
         if (lua_getfield(L, 1, unsupported_keys[i]) != LUA_TNIL)
-            luaL_error(L, "kumo.nats.connect: %s is not supported by this build yet",
+            luaL_error(L, "kumo.nats.connect: %s is not supported by this build",
                        unsupported_keys[i]);
         lua_pop(L, 1);
     }
-    struct connect_spec spec = {0};
-    read_servers(L, 1, &spec);
+    struct connect_spec *spec = push_spec(L);
+    read_servers(L, 1, spec);
     if (lua_getfield(L, 1, "name") == LUA_TSTRING)
-        spec.name = xstrdup(lua_tostring(L, -1));
+        spec->name = xstrdup(lua_tostring(L, -1));
     lua_pop(L, 1);
-    read_auth(L, 1, &spec);
-    struct lua_nats_client *client = find_or_open(L, nats, &spec);
-    spec_free(&spec);
+    read_auth(L, 1, spec);
+    read_tls_and_keys(L, 1, spec);
+    struct lua_nats_client *client = find_or_open(L, nats, spec);
+    spec_free(spec);
     struct client_handle *h = lua_newuserdatauv(L, sizeof(*h), 0);
     h->client = client;
     h->closed = false;
@@ -453,7 +562,7 @@ void lua_nats_close_all(struct lua_nats *nats)
 {
     for (size_t i = 0; i < nats->client_count; i++) {
         publisher_destroy(nats->clients[i]->pub);
-        free(nats->clients[i]->key);
+        secret_free(nats->clients[i]->key);
         free(nats->clients[i]);
     }
     free(nats->clients);

@@ -13,6 +13,17 @@
 struct metrics metrics;
 
 static struct MHD_Daemon *daemon_handle;
+static char *dir_names[METRICS_MAX_DIRS]; /* set before the HTTP thread starts */
+static size_t dir_name_count;
+
+void metrics_set_dirs(const char *const *paths, size_t count)
+{
+    for (size_t i = 0; i < dir_name_count; i++)
+        free(dir_names[i]);
+    dir_name_count = count < METRICS_MAX_DIRS ? count : METRICS_MAX_DIRS;
+    for (size_t i = 0; i < dir_name_count; i++)
+        dir_names[i] = xstrdup(paths[i]);
+}
 
 /* Upper bounds in microseconds: 1 ms to 10 s. */
 static const uint64_t bucket_us[ACK_LATENCY_BUCKETS] = {
@@ -151,6 +162,18 @@ static void put_gauges(FILE *f)
     put_metric(f, "lag_bytes", "gauge", "Bytes of segment files not yet read.", LOAD(lag_bytes));
     put_metric(f, "lag_segments", "gauge", "Segments not yet completely relayed.",
                LOAD(lag_segments));
+    fputs("# HELP kumo_nats_relay_dir_lag_bytes Bytes not read yet, by spool directory.\n"
+          "# TYPE kumo_nats_relay_dir_lag_bytes gauge\n",
+          f);
+    for (size_t i = 0; i < dir_name_count; i++)
+        fprintf(f, "kumo_nats_relay_dir_lag_bytes{dir=\"%s\"} %llu\n", dir_names[i],
+                LOAD(dir_lag_bytes[i]));
+    fputs("# HELP kumo_nats_relay_dir_lag_segments Segments not relayed yet, by spool "
+          "directory.\n# TYPE kumo_nats_relay_dir_lag_segments gauge\n",
+          f);
+    for (size_t i = 0; i < dir_name_count; i++)
+        fprintf(f, "kumo_nats_relay_dir_lag_segments{dir=\"%s\"} %llu\n", dir_names[i],
+                LOAD(dir_lag_segments[i]));
     fprintf(f,
             "# HELP kumo_nats_relay_oldest_unacked_age_seconds Age of the oldest record read "
             "and not yet complete.\n# TYPE kumo_nats_relay_oldest_unacked_age_seconds gauge\n"

@@ -4,6 +4,7 @@
 #define RELAY_METRICS_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum deadletter_reason {
@@ -25,7 +26,7 @@ enum health_state {
     HEALTH_CHECKPOINT_FAILING,
 };
 
-enum { ACK_LATENCY_BUCKETS = 14 };
+enum { ACK_LATENCY_BUCKETS = 14, METRICS_MAX_DIRS = 16 };
 
 struct metrics {
     /* counters */
@@ -43,6 +44,8 @@ struct metrics {
     atomic_uint_fast64_t in_flight, nats_connected;
     atomic_uint_fast64_t segments_live, segments_done_pending, segments_finished;
     atomic_uint_fast64_t lag_bytes, lag_segments, oldest_unacked_ms;
+    /* per spool directory (the first METRICS_MAX_DIRS), named by metrics_set_dirs */
+    atomic_uint_fast64_t dir_lag_bytes[METRICS_MAX_DIRS], dir_lag_segments[METRICS_MAX_DIRS];
     /* ack latency: from reading a record to its last ack */
     atomic_uint_fast64_t ack_latency_bucket[ACK_LATENCY_BUCKETS + 1];
     atomic_uint_fast64_t ack_latency_sum_us, ack_latency_count;
@@ -59,6 +62,8 @@ extern struct metrics metrics;
 char *metrics_start(const char *listen);
 void metrics_stop(void);
 void metrics_observe_ack_latency(uint64_t us);
+/* Name the spool directories for the per-directory gauges (before metrics_start). */
+void metrics_set_dirs(const char *const *paths, size_t count);
 enum deadletter_reason metrics_deadletter_reason(const char *reason);
 /* The text of /metrics and of /healthz's body (malloc'd); exposed for tests. */
 char *metrics_render(void);

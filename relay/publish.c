@@ -74,7 +74,6 @@ struct publisher {
     struct publisher_options options; /* strings owned below */
     char **servers;
     char *name;
-    char *user, *password, *token;
     struct loop *loop;
     publish_done_fn done;
     void *ctx;
@@ -91,6 +90,9 @@ struct publisher {
     size_t batch_cap;
     bool connected;
     struct publisher_stats stats;
+    char auth[160];           /* how it authenticates, for the log: never a secret */
+    uint32_t reopen_attempts; /* connections refused or closed in a row */
+    uint64_t reopen_due;      /* with conn NULL: when to try a new connection */
 };
 
 /* Every publisher of the process (the relay's, the Lua policy's connections), for the
@@ -453,16 +455,50 @@ static size_t in_flight(const struct publisher *p)
 
 static natsStatus open_connection(struct publisher *p);
 
-static void rebuild_connection(struct publisher *p)
+/* Why the connection failed, in nats.c's words ("Authorization Violation", a TLS
+ * handshake error...): it names the problem, never the credentials. */
+static void connection_error(struct publisher *p, char *buf, size_t size)
 {
-    log_warn("nats connection closed, opening a new one in_flight=%zu", in_flight(p));
+    const char *text = NULL;
+    natsStatus st = p->conn ? natsConnection_GetLastError(p->conn, &text) : NATS_OK;
+    if (!text || !*text)
+        text = nats_GetLastError(&st);
+    snprintf(buf, size, "%s", text && *text ? text : natsStatus_GetText(st));
+}
+
+static void servers_text(const struct publisher *p, char *buf, size_t size)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < p->options.server_count && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? "," : "", p->servers[i]);
+}
+
+/* The connection is gone for good (refused credentials or certificate, or closed by
+ * nats.c): a new one is tried from publisher_tick after a backoff, forever. */
+static void connection_failed(struct publisher *p)
+{
+    char why[256], servers[512];
+    connection_error(p, why, sizeof(why));
+    servers_text(p, servers, sizeof(servers));
     natsSubscription_Destroy(p->sub);
     natsConnection_Destroy(p->conn);
     p->sub = NULL;
     p->conn = NULL;
-    natsStatus st = open_connection(p);
-    if (st != NATS_OK)
-        fatalx("cannot open a new nats connection: %s", natsStatus_GetText(st));
+    p->connected = false;
+    uint64_t wait = backoff_ms(++p->reopen_attempts);
+    p->reopen_due = loop_now_ms() + wait;
+    log_warn("cannot connect to nats, retrying in %" PRIu64 "ms servers=%s auth=\"%s\" "
+             "error=\"%s\" in_flight=%zu",
+             wait, servers, p->auth, why, in_flight(p));
+}
+
+static void reopen_if_due(struct publisher *p)
+{
+    if (p->conn || loop_now_ms() < p->reopen_due)
+        return;
+    if (open_connection(p) != NATS_OK)
+        connection_failed(p);
 }
 
 static void handle_connection_event(struct publisher *p, enum event_kind kind)
@@ -475,6 +511,7 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         log_info("%s to nats server=%s in_flight=%zu",
                  kind == EVENT_CONNECTED ? "connected" : "reconnected", url, in_flight(p));
         p->connected = true;
+        p->reopen_attempts = 0;
         resend_all(p);
     } else if (kind == EVENT_DISCONNECTED) {
         if (p->connected) {
@@ -483,9 +520,8 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
             log_warn("disconnected from nats, reconnecting in_flight=%zu", in_flight(p));
         }
         p->connected = false;
-    } else if (kind == EVENT_CLOSED) {
-        p->connected = false;
-        rebuild_connection(p);
+    } else if (kind == EVENT_CLOSED && p->conn) {
+        connection_failed(p);
     }
 }
 
@@ -526,6 +562,7 @@ void publisher_poll(struct publisher *p, int timeout_ms)
 void publisher_tick(struct publisher *p)
 {
     uint64_t now = loop_now_ms();
+    reopen_if_due(p);
     if (!p->connected)
         return; /* nothing can be sent; the reconnect resends everything */
     /* The sent list is in send order and the timeout is fixed, so it is in due order. */
@@ -550,7 +587,7 @@ void publisher_tick(struct publisher *p)
     }
 }
 
-static natsStatus connect_options(struct publisher *p)
+static natsStatus connect_options(struct publisher *p, const struct nats_auth *auth, char **err)
 {
     natsStatus st = natsOptions_Create(&p->opts);
     if (st == NATS_OK)
@@ -558,10 +595,8 @@ static natsStatus connect_options(struct publisher *p)
                                     (int)p->options.server_count);
     if (st == NATS_OK)
         st = natsOptions_SetName(p->opts, p->name);
-    if (st == NATS_OK && p->user)
-        st = natsOptions_SetUserInfo(p->opts, p->user, p->password);
-    if (st == NATS_OK && p->token)
-        st = natsOptions_SetToken(p->opts, p->token);
+    if (st == NATS_OK && (st = nats_auth_apply(p->opts, auth, err)) != NATS_OK)
+        return st;
     /* Reconnect forever: the spool is the buffer, and giving up would only stop the relay. */
     if (st == NATS_OK)
         st = natsOptions_SetMaxReconnect(p->opts, -1);
@@ -601,21 +636,14 @@ static natsStatus open_connection(struct publisher *p)
     return st;
 }
 
-static char *dup_or_null(const char *s)
-{
-    return s ? xstrdup(s) : NULL;
-}
-
 static void copy_options(struct publisher *p, const struct publisher_options *o)
 {
     p->options = *o;
+    p->options.auth = (struct nats_auth){0}; /* the caller's strings: used at create only */
     p->servers = xcalloc(o->server_count, sizeof(*p->servers));
     for (size_t i = 0; i < o->server_count; i++)
         p->servers[i] = xstrdup(o->servers[i]);
     p->name = xstrdup(o->name ? o->name : "kumo-nats-relay");
-    p->user = dup_or_null(o->user);
-    p->password = dup_or_null(o->password);
-    p->token = dup_or_null(o->token);
 }
 
 struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
@@ -635,15 +663,21 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
         publisher_destroy(p);
         return NULL;
     }
+    char *why = NULL;
     natsStatus st = natsInbox_Create(&p->inbox);
     if (st == NATS_OK) {
         p->inbox_len = strlen(p->inbox);
-        st = connect_options(p);
+        st = connect_options(p, &options->auth, &why);
     }
-    if (st == NATS_OK)
-        st = open_connection(p);
+    nats_auth_describe(&options->auth, p->auth, sizeof(p->auth));
+    /* Refused credentials or certificates are the server's answer, not a setup error:
+     * say so and keep trying, as for a server that is down. */
+    if (st == NATS_OK && open_connection(p) != NATS_OK)
+        connection_failed(p);
     if (st != NATS_OK) {
-        *err = xasprintf("cannot set up the nats connection: %s", natsStatus_GetText(st));
+        *err = xasprintf("cannot set up the nats connection: %s",
+                         why ? why : natsStatus_GetText(st));
+        free(why);
         publisher_destroy(p);
         return NULL;
     }
@@ -708,9 +742,6 @@ void publisher_destroy(struct publisher *p)
         free(p->servers[i]);
     free(p->servers);
     free(p->name);
-    free(p->user);
-    free(p->password);
-    free(p->token);
     free(p);
 }
 

@@ -14,6 +14,8 @@
 #ifndef RELAY_PUBLISH_H
 #define RELAY_PUBLISH_H
 
+#include "nats_auth.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,7 +27,7 @@ struct publisher_options {
     size_t server_count;
     const char *name;       /* connection name shown by the server */
     int64_t ack_timeout_ms; /* then the same message is sent again */
-    const char *user, *password, *token;
+    struct nats_auth auth;  /* credentials and TLS; used by publisher_create only */
 };
 
 /* What JetStream answered for one publish. */

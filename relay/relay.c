@@ -348,7 +348,7 @@ static bool open_reader(struct relay *r, struct segment *seg)
         free(err);
         return false;
     }
-    segment_reader_set_header(seg->reader, r->cfg->spool_segment_header);
+    segment_reader_set_header(seg->reader, r->cfg->spools[seg->dir].segment_header);
     return true;
 }
 
@@ -634,6 +634,15 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
         .server_count = cfg->nats_server_count,
         .name = "kumo-nats-relay",
         .ack_timeout_ms = cfg->ack_timeout_ms,
+        .auth = {.user = cfg->nats_user,
+                 .password = cfg->nats_password,
+                 .token = cfg->nats_token,
+                 .nkey_seed = cfg->nats_nkey_seed,
+                 .creds = cfg->nats_creds,
+                 .tls_ca = cfg->nats_tls_ca,
+                 .tls_cert = cfg->nats_tls_cert,
+                 .tls_key = cfg->nats_tls_key,
+                 .tls_required = cfg->nats_tls_required != 0},
     };
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }
@@ -672,7 +681,7 @@ static char *relay_start(struct relay *r)
         return err;
     r->recovery = recover_read(r->cfg);
     struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
-    if (!(r->spool = spool_open(r->cfg->spool_dir, r->cfg->spool_pattern, r->loop, &events, &err)))
+    if (!(r->spool = spool_open(r->cfg->spools, r->cfg->spool_count, r->loop, &events, &err)))
         return err;
     if (policy_uses_default_connection(r->policy) &&
         !(r->pub = relay_open_default_publisher(r, r->cfg, &err)))
@@ -688,6 +697,10 @@ static char *relay_start(struct relay *r)
     uint64_t watchdog_ms = notify_watchdog_interval_ms();
     if (watchdog_ms > 0)
         loop_add_timer(r->loop, watchdog_ms, on_watchdog, r);
+    const char *dirs[METRICS_MAX_DIRS];
+    for (size_t i = 0; i < r->cfg->spool_count && i < METRICS_MAX_DIRS; i++)
+        dirs[i] = r->cfg->spools[i].dir;
+    metrics_set_dirs(dirs, r->cfg->spool_count);
     if (r->cfg->metrics_listen && (err = metrics_start(r->cfg->metrics_listen)) != NULL)
         return err;
     health_update(r);

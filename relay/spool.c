@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "config.h"
 #include "segment.h"
 #include "xalloc.h"
 
@@ -15,9 +16,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-struct spool {
-    char *dir;
+struct spool_dir {
+    char *path;
     char *pattern;
+    int wd; /* its inotify watch */
+};
+
+struct spool {
+    struct spool_dir *dirs;
+    size_t dir_count;
     struct loop *loop;
     struct spool_events events;
     int inotify_fd;
@@ -26,13 +33,33 @@ struct spool {
     uint64_t scan_generation;
 };
 
-bool spool_name_matches(const struct spool *spool, const char *name)
+static bool name_matches(const struct spool_dir *dir, const char *name)
 {
     /* Dot files are kumod's and ours to keep (kumod's start sweep chmods everything
      * else); never a segment. */
     if (name[0] == '.' || name[0] == '\0')
         return false;
-    return fnmatch(spool->pattern, name, FNM_PERIOD) == 0;
+    return fnmatch(dir->pattern, name, FNM_PERIOD) == 0;
+}
+
+char *spool_segment_name(const char *dir_path, size_t dir, const char *file)
+{
+    if (dir == 0)
+        return xstrdup(file);
+    uint32_t h = 2166136261u;
+    for (const char *c = dir_path; *c; c++)
+        h = (h ^ (unsigned char)*c) * 16777619u;
+    return xasprintf("%08x:%s", h, file);
+}
+
+size_t spool_dir_count(const struct spool *spool)
+{
+    return spool->dir_count;
+}
+
+const char *spool_dir_path(const struct spool *spool, size_t dir)
+{
+    return spool->dirs[dir].path;
 }
 
 /* Index of name, or of where it would be inserted (with *found false). */
@@ -94,11 +121,14 @@ static uint64_t unread_bytes(const struct segment *seg)
     return (uint64_t)(st.st_size - pos);
 }
 
-void spool_stats(const struct spool *spool, struct spool_stats *stats)
+void spool_stats(const struct spool *spool, size_t dir, struct spool_stats *stats)
 {
     memset(stats, 0, sizeof(*stats));
+    stats->dir = dir;
     for (size_t i = 0; i < spool->count; i++) {
         const struct segment *seg = spool->segments[i];
+        if (seg->dir != dir)
+            continue;
         if (seg->state == SEGMENT_STATE_FINISHED) {
             stats->finished++;
             continue;
@@ -115,7 +145,8 @@ void spool_stats(const struct spool *spool, struct spool_stats *stats)
     }
 }
 
-static struct segment *add_segment(struct spool *spool, const char *name, const struct stat *st)
+static struct segment *add_segment(struct spool *spool, size_t dir, const char *name,
+                                   const char *file, const struct stat *st)
 {
     bool found;
     size_t i = find_index(spool, name, &found);
@@ -127,7 +158,9 @@ static struct segment *add_segment(struct spool *spool, const char *name, const 
             (spool->count - i) * sizeof(*spool->segments));
     struct segment *seg = xcalloc(1, sizeof(*seg));
     seg->name = xstrdup(name);
-    seg->path = xasprintf("%s/%s", spool->dir, name);
+    seg->file = xstrdup(file);
+    seg->dir = dir;
+    seg->path = xasprintf("%s/%s", spool->dirs[dir].path, file);
     seg->inode = (uint64_t)st->st_ino;
     seg->done = (st->st_mode & 0222) == 0;
     seg->scan_mark = spool->scan_generation;
@@ -156,17 +189,19 @@ void spool_segment_free(struct segment *seg)
         return;
     segment_reader_close(seg->reader);
     free(seg->name);
+    free(seg->file);
     free(seg->path);
     free(seg);
 }
 
-/* A name seen in the directory or in an event: add it, notice a replacement (same name,
+/* A file seen in a directory or in an event: add it, notice a replacement (same name,
  * new inode), or report a change. */
-static void note_name(struct spool *spool, const char *name)
+static void note_file(struct spool *spool, size_t dir, const char *file)
 {
-    if (!spool_name_matches(spool, name))
+    if (!name_matches(&spool->dirs[dir], file))
         return;
-    char *path = xasprintf("%s/%s", spool->dir, name);
+    char *path = xasprintf("%s/%s", spool->dirs[dir].path, file);
+    char *name = spool_segment_name(spool->dirs[dir].path, dir, file);
     struct stat st;
     int rc = stat(path, &st);
     free(path);
@@ -174,20 +209,19 @@ static void note_name(struct spool *spool, const char *name)
     if (rc != 0 || !S_ISREG(st.st_mode)) {
         if (seg && rc != 0 && errno == ENOENT)
             remove_segment(spool, seg);
-        return;
+    } else {
+        if (seg && seg->inode != (uint64_t)st.st_ino) {
+            log_warn("segment replaced by another file of the same name segment=%s", name);
+            remove_segment(spool, seg);
+            seg = NULL;
+        }
+        if (!seg)
+            seg = add_segment(spool, dir, name, file, &st);
+        seg->scan_mark = spool->scan_generation;
+        seg->done = (st.st_mode & 0222) == 0;
+        spool->events.changed(spool->events.ctx, seg);
     }
-    if (seg && seg->inode != (uint64_t)st.st_ino) {
-        log_warn("segment replaced by another file of the same name segment=%s", name);
-        remove_segment(spool, seg);
-        seg = NULL;
-    }
-    if (!seg) {
-        add_segment(spool, name, &st);
-        seg = spool_find(spool, name);
-    }
-    seg->scan_mark = spool->scan_generation;
-    seg->done = (st.st_mode & 0222) == 0;
-    spool->events.changed(spool->events.ctx, seg);
+    free(name);
 }
 
 static int compare_names(const void *a, const void *b)
@@ -195,20 +229,20 @@ static int compare_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-void spool_scan(struct spool *spool)
+static void scan_dir(struct spool *spool, size_t dir)
 {
-    DIR *d = opendir(spool->dir);
+    DIR *d = opendir(spool->dirs[dir].path);
     if (!d) {
-        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dir, strerror(errno));
+        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dirs[dir].path,
+                  strerror(errno));
         return;
     }
-    spool->scan_generation++;
     /* Noted in name order, so the oldest segments get the first turns to be read. */
     char **names = NULL;
     size_t count = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!spool_name_matches(spool, de->d_name))
+        if (!name_matches(&spool->dirs[dir], de->d_name))
             continue;
         if (count == cap)
             names = xrealloc(names, (cap = cap ? cap * 2 : 64) * sizeof(*names));
@@ -217,10 +251,17 @@ void spool_scan(struct spool *spool)
     closedir(d);
     qsort(names, count, sizeof(*names), compare_names);
     for (size_t i = 0; i < count; i++) {
-        note_name(spool, names[i]);
+        note_file(spool, dir, names[i]);
         free(names[i]);
     }
     free(names);
+}
+
+void spool_scan(struct spool *spool)
+{
+    spool->scan_generation++;
+    for (size_t dir = 0; dir < spool->dir_count; dir++)
+        scan_dir(spool, dir);
     /* What the scan did not see is gone. Walk backwards: removal shifts later entries. */
     for (size_t i = spool->count; i-- > 0;) {
         struct segment *seg = spool->segments[i];
@@ -241,52 +282,70 @@ static void handle_inotify(struct loop *loop, int fd, uint32_t events, void *arg
             struct inotify_event *ev = (struct inotify_event *)p;
             p += sizeof(*ev) + ev->len;
             if (ev->mask & IN_Q_OVERFLOW) {
-                log_warn("inotify queue overflowed, rescanning the spool dir=%s", spool->dir);
+                log_warn("inotify queue overflowed, rescanning the spool");
                 spool_scan(spool);
                 continue;
             }
-            if (ev->len == 0)
+            size_t dir = 0;
+            while (dir < spool->dir_count && spool->dirs[dir].wd != ev->wd)
+                dir++;
+            if (ev->len == 0 || dir == spool->dir_count)
                 continue;
-            struct segment *seg = spool_find(spool, ev->name);
+            char *name = spool_segment_name(spool->dirs[dir].path, dir, ev->name);
+            struct segment *seg = spool_find(spool, name);
+            free(name);
             if ((ev->mask & (IN_DELETE | IN_MOVED_FROM)) && seg)
                 remove_segment(spool, seg);
             else if (seg && !(ev->mask & (IN_CREATE | IN_MOVED_TO | IN_ATTRIB)))
                 spool->events.changed(spool->events.ctx, seg); /* hot path: no stat */
             else if (!(ev->mask & (IN_DELETE | IN_MOVED_FROM)))
-                note_name(spool, ev->name);
+                note_file(spool, dir, ev->name);
         }
     }
 }
 
-struct spool *spool_open(const char *dir, const char *pattern, struct loop *loop,
-                         const struct spool_events *events, char **err)
+static char *watch_dir(struct spool *spool, const struct spool_source *source)
 {
     struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        *err = xasprintf("spool directory %s: %s", dir,
-                         errno && !S_ISDIR(st.st_mode) ? strerror(errno) : "not a directory");
-        return NULL;
-    }
-    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (fd < 0) {
-        *err = xasprintf("inotify_init1: %s", strerror(errno));
-        return NULL;
-    }
+    if (stat(source->dir, &st) != 0)
+        return xasprintf("spool directory %s: %s", source->dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return xasprintf("spool directory %s: not a directory", source->dir);
     uint32_t mask = IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM |
                     IN_MOVED_TO | IN_DELETE_SELF | IN_ONLYDIR;
-    if (inotify_add_watch(fd, dir, mask) < 0) {
-        *err = xasprintf("cannot watch %s: %s", dir, strerror(errno));
-        close(fd);
-        return NULL;
-    }
+    int wd = inotify_add_watch(spool->inotify_fd, source->dir, mask);
+    if (wd < 0)
+        return xasprintf("cannot watch %s: %s", source->dir, strerror(errno));
+    struct spool_dir *d = &spool->dirs[spool->dir_count++];
+    d->path = xstrdup(source->dir);
+    d->pattern = xstrdup(source->pattern);
+    d->wd = wd;
+    return NULL;
+}
+
+struct spool *spool_open(const struct spool_source *sources, size_t count, struct loop *loop,
+                         const struct spool_events *events, char **err)
+{
     struct spool *spool = xcalloc(1, sizeof(*spool));
-    spool->dir = xstrdup(dir);
-    spool->pattern = xstrdup(pattern);
     spool->loop = loop;
     spool->events = *events;
-    spool->inotify_fd = fd;
-    if (loop_add_fd(loop, fd, EPOLLIN, handle_inotify, spool) != 0) {
+    spool->dirs = xcalloc(count, sizeof(*spool->dirs));
+    spool->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (spool->inotify_fd < 0) {
+        *err = xasprintf("inotify_init1: %s", strerror(errno));
+        spool_close(spool);
+        return NULL;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if ((*err = watch_dir(spool, &sources[i])) != NULL) {
+            spool_close(spool);
+            return NULL;
+        }
+    }
+    if (loop_add_fd(loop, spool->inotify_fd, EPOLLIN, handle_inotify, spool) != 0) {
         *err = xasprintf("cannot watch the inotify fd: %s", strerror(errno));
+        close(spool->inotify_fd);
+        spool->inotify_fd = -1;
         spool_close(spool);
         return NULL;
     }
@@ -297,12 +356,17 @@ void spool_close(struct spool *spool)
 {
     if (!spool)
         return;
-    loop_del_fd(spool->loop, spool->inotify_fd);
-    close(spool->inotify_fd);
+    if (spool->inotify_fd >= 0) {
+        loop_del_fd(spool->loop, spool->inotify_fd);
+        close(spool->inotify_fd);
+    }
     for (size_t i = 0; i < spool->count; i++)
         spool_segment_free(spool->segments[i]);
+    for (size_t i = 0; i < spool->dir_count; i++) {
+        free(spool->dirs[i].path);
+        free(spool->dirs[i].pattern);
+    }
+    free(spool->dirs);
     free(spool->segments);
-    free(spool->dir);
-    free(spool->pattern);
     free(spool);
 }

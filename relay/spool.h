@@ -21,7 +21,9 @@ enum segment_state {
 };
 
 struct segment {
-    char *name;
+    char *name; /* the file name; "<dir tag>:<file name>" in directories after the first */
+    char *file; /* the file name */
+    size_t dir; /* index of its spool directory */
     char *path;
     uint64_t inode;
     enum segment_state state;
@@ -50,7 +52,10 @@ struct spool_events {
 
 struct spool;
 
-struct spool *spool_open(const char *dir, const char *pattern, struct loop *loop,
+struct spool_source;
+
+/* Watch every directory with one inotify instance. */
+struct spool *spool_open(const struct spool_source *sources, size_t count, struct loop *loop,
                          const struct spool_events *events, char **err);
 void spool_close(struct spool *spool);
 /* Compare the directory with what we know: add, change, remove. */
@@ -58,20 +63,25 @@ void spool_scan(struct spool *spool);
 /* Segments in name order. */
 size_t spool_segment_count(const struct spool *spool);
 struct segment *spool_segment(const struct spool *spool, size_t index);
+/* By name (see struct segment). */
 struct segment *spool_find(const struct spool *spool, const char *name);
-/* True when name looks like a segment the relay should read (no dot file, pattern). */
-bool spool_name_matches(const struct spool *spool, const char *name);
+/* The segment name of a file in directory dir: "<tag>:<file>" after the first directory,
+ * with tag 8 hex digits of a hash of the directory's path (malloc'd). */
+char *spool_segment_name(const char *dir_path, size_t dir, const char *file);
 /* Free a segment the spool has already forgotten (after removed()). */
 void spool_segment_free(struct segment *seg);
 /* What the metrics and health need, computed on demand (once a second). */
 struct spool_stats {
+    size_t dir;          /* the directory these numbers are for */
     size_t live;         /* still written by kumod */
     size_t done_pending; /* done, not every record committed yet */
     size_t finished;
     uint64_t lag_bytes;      /* bytes of segment files not read yet */
     uint64_t oldest_read_ms; /* loop_now_ms() when the oldest incomplete record was read; 0 */
 };
-void spool_stats(const struct spool *spool, struct spool_stats *stats);
+void spool_stats(const struct spool *spool, size_t dir, struct spool_stats *stats);
+size_t spool_dir_count(const struct spool *spool);
+const char *spool_dir_path(const struct spool *spool, size_t dir);
 
 /* stat the segment: sets seg->done from the write bits. Returns false if it is gone. */
 bool spool_refresh_mode(struct segment *seg);

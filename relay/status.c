@@ -3,6 +3,7 @@
 #include "config.h"
 #include "offsets.h"
 #include "segment.h"
+#include "spool.h"
 #include "xalloc.h"
 
 #include <dirent.h>
@@ -15,6 +16,7 @@
 
 struct segment_status {
     char *name;
+    size_t dir;        /* index into cfg->spools */
     const char *state; /* finished, live, done, new, gone, replaced */
     uint64_t committed_records, committed_bytes;
     uint64_t behind_records, behind_bytes;
@@ -39,7 +41,7 @@ static struct segment_status *add_row(struct status_table *t, const char *name)
 
 /* Complete records (and their bytes) after offset that are on disk now. */
 static void count_behind(const char *path, uint64_t offset, const struct config *cfg,
-                         struct segment_status *row)
+                         const char *header, struct segment_status *row)
 {
     char *err = NULL;
     struct segment_reader *reader =
@@ -48,7 +50,7 @@ static void count_behind(const char *path, uint64_t offset, const struct config 
         free(err);
         return;
     }
-    segment_reader_set_header(reader, cfg->spool_segment_header);
+    segment_reader_set_header(reader, header);
     struct segment_record rec;
     while (segment_reader_next(reader, &rec) == SEGMENT_RECORD) {
         row->behind_records++;
@@ -57,40 +59,57 @@ static void count_behind(const char *path, uint64_t offset, const struct config 
     segment_reader_close(reader);
 }
 
+static const struct checkpoint_entry *find_entry(const struct checkpoint *cp, const char *name)
+{
+    for (size_t i = 0; i < cp->count; i++)
+        if (strcmp(cp->entries[i].name, name) == 0)
+            return &cp->entries[i];
+    return NULL;
+}
+
+static void note_file(const struct config *cfg, size_t dir, const char *file,
+                      const struct checkpoint *cp, struct status_table *t)
+{
+    const struct spool_source *src = &cfg->spools[dir];
+    char *path = xasprintf("%s/%s", src->dir, file);
+    char *name = spool_segment_name(src->dir, dir, file);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+        struct segment_status *row = add_row(t, name);
+        const struct checkpoint_entry *e = find_entry(cp, name);
+        bool same = e && e->inode == (uint64_t)st.st_ino;
+        bool done = (st.st_mode & 0222) == 0;
+        row->dir = dir;
+        row->state = e && !same    ? "replaced"
+                     : !e          ? "new"
+                     : e->finished ? "finished"
+                     : done        ? "done"
+                                   : "live";
+        if (same) {
+            row->committed_records = e->ordinal;
+            row->committed_bytes = e->offset;
+        }
+        if (!same || !e->finished)
+            count_behind(path, same ? e->offset : 0, cfg, src->segment_header, row);
+    }
+    free(name);
+    free(path);
+}
+
 static void scan_spool(const struct config *cfg, const struct checkpoint *cp,
                        struct status_table *t)
 {
-    DIR *d = opendir(cfg->spool_dir);
-    struct dirent *de;
-    while (d && (de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.' || fnmatch(cfg->spool_pattern, de->d_name, FNM_PERIOD) != 0)
-            continue;
-        char *path = xasprintf("%s/%s", cfg->spool_dir, de->d_name);
-        struct stat st;
-        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-            struct segment_status *row = add_row(t, de->d_name);
-            const struct checkpoint_entry *e = NULL;
-            for (size_t i = 0; i < cp->count && !e; i++)
-                if (strcmp(cp->entries[i].name, de->d_name) == 0)
-                    e = &cp->entries[i];
-            bool same = e && e->inode == (uint64_t)st.st_ino;
-            bool done = (st.st_mode & 0222) == 0;
-            row->state = e && !same    ? "replaced"
-                         : !e          ? "new"
-                         : e->finished ? "finished"
-                         : done        ? "done"
-                                       : "live";
-            if (same) {
-                row->committed_records = e->ordinal;
-                row->committed_bytes = e->offset;
-            }
-            if (!same || !e->finished)
-                count_behind(path, same ? e->offset : 0, cfg, row);
+    for (size_t dir = 0; dir < cfg->spool_count; dir++) {
+        const struct spool_source *src = &cfg->spools[dir];
+        DIR *d = opendir(src->dir);
+        struct dirent *de;
+        while (d && (de = readdir(d)) != NULL) {
+            if (de->d_name[0] != '.' && fnmatch(src->pattern, de->d_name, FNM_PERIOD) == 0)
+                note_file(cfg, dir, de->d_name, cp, t);
         }
-        free(path);
+        if (d)
+            closedir(d);
     }
-    if (d)
-        closedir(d);
     for (size_t i = 0; i < cp->count; i++) {
         struct segment_status *row = add_row(t, cp->entries[i].name);
         if (!row->state) {
@@ -126,7 +145,21 @@ static void print_table(const struct config *cfg, const struct status_table *t)
     }
     printf("%-40s %-9s %12" PRIu64 " %14" PRIu64 " %12" PRIu64 " %14" PRIu64 "\n", "TOTAL", "",
            records, bytes, behind_records, behind_bytes);
-    printf("spool %s: %zu segments, %zu behind\n", cfg->spool_dir, t->count, behind_segments);
+    for (size_t dir = 0; dir < cfg->spool_count; dir++) {
+        size_t segments = 0, behind = 0;
+        for (size_t i = 0; i < t->count; i++) {
+            if (t->rows[i].dir == dir && strcmp(t->rows[i].state, "gone") != 0) {
+                segments++;
+                behind += t->rows[i].behind_records > 0;
+            }
+        }
+        char *tag = spool_segment_name(cfg->spools[dir].dir, dir, "");
+        tag[strcspn(tag, ":")] = '\0'; /* "<tag>:" of an empty file name */
+        printf("spool %s%s%s: %zu segments, %zu behind\n", cfg->spools[dir].dir,
+               dir ? " names " : "", dir ? tag : "", segments, behind);
+        free(tag);
+    }
+    (void)behind_segments;
 }
 
 static void print_json_string(const char *s)

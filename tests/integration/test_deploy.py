@@ -99,6 +99,44 @@ end)
         h.assert_exactly_once(dump, h.expected_messages("test", name, lines))
         self.assertEqual(["kumo.text", "kumo.json"], [m["subject"] for m in dump])
 
+    def test_several_spool_directories(self):
+        server = self.start_nats()
+        deliveries = self.tmp / "deliveries"
+        deliveries.mkdir()
+        tag = h.run_command(["/usr/bin/python3", "-c", f"""
+h = 2166136261
+for c in {str(deliveries)!r}.encode():
+    h = ((h ^ c) * 16777619) & 0xffffffff
+print("%08x" % h)"""]).strip()
+        main_name, deliv_name = h.segment_name(), h.segment_name(suffix="_deliv")
+        main_lines = h.make_records(1000, seed=80, prefix="main")
+        deliv_lines = h.make_records(1000, seed=81, prefix="deliv")
+        h.write_segment(self.spool / main_name, main_lines)
+        # The same file name in both directories: still two segments with their own ids.
+        h.write_segment(deliveries / main_name, deliv_lines[:500])
+        live = h.SegmentWriter(deliveries / deliv_name, plain=True)
+        self._procs.append(live)
+        live.write(deliv_lines[500:])
+        cfg = self.relay_config(server.url,
+                                spool=None,
+                                metrics={"listen": f"127.0.0.1:{h.free_port()}"})
+        cfg["spool"] = [{"dir": str(self.spool)}, {"dir": str(deliveries), "pattern": "2*"}]
+        relay = self.relay(cfg)
+        h.wait_count(server.url, STREAM, 2000, timeout=60)
+        live.close()
+        self.assertEqual(0, relay.stop())
+        expected = h.expected_messages("test", main_name, main_lines)
+        expected += h.expected_messages(f"test:{tag}", main_name, deliv_lines[:500])
+        expected += h.expected_messages(f"test:{tag}", deliv_name, deliv_lines[500:])
+        h.assert_exactly_once(h.dump_stream(server.url, STREAM), expected)
+        checkpoint = (self.state / "checkpoint").read_text()
+        self.assertIn(f"segment {main_name} ", checkpoint)
+        self.assertIn(f"segment {tag}:{main_name} ", checkpoint)
+        self.assertIn(f"segment {tag}:{deliv_name} ", checkpoint)
+        table = h.run_command([h.Tools.relay, "status", "-c", relay.config_path])
+        self.assertIn(f"spool {self.spool}: 1 segments, 0 behind", table)
+        self.assertIn(f"spool {deliveries} names {tag}: 2 segments, 0 behind", table)
+
     def test_two_relays_on_two_nodes_into_one_cluster(self):
         cluster = self.cluster(3)
         h.create_stream(cluster.url, STREAM, ["kumo.>"], replicas=3, dup_window=600)

@@ -260,16 +260,44 @@ Test(config, unknown_key_in_a_section)
     expect_errors("spool:\n"
                   "  dir: /var/log/kumomta\n"
                   "  spol: x\n",
-                  "3:3: unknown key \"spol\" in spool (expected one of: dir, pattern, start_at)\n");
+                  "3:3: unknown key \"spol\" in spool (expected one of: dir, pattern, start_at, "
+                  "segment_header)\n");
 }
 
 Test(config, unknown_key_at_the_top)
 {
     expect_errors("spool: {dir: /s}\n"
-                  "metrics: {listen: 127.0.0.1:9477}\n",
-                  "2:1: unknown key \"metrics\" (expected one of: relay_id, spool, state_dir, "
+                  "metricz: {listen: 127.0.0.1:9477}\n",
+                  "2:1: unknown key \"metricz\" (expected one of: relay_id, spool, state_dir, "
                   "nats, jetstream, policy, checkpoint, shutdown_timeout, max_record_bytes, "
-                  "log)\n");
+                  "log, metrics, expected_max_downtime)\n");
+}
+
+Test(config, several_spool_directories)
+{
+    struct config cfg;
+    char *path = write_temp("spool:\n"
+                            "  - dir: /var/log/kumomta\n"
+                            "  - {dir: /var/log/kumomta-deliveries, pattern: \"*_deliv\"}\n");
+    char *errors = config_load(path, &cfg);
+    cr_assert_null(errors, "%s", errors);
+    cr_assert_eq(cfg.spool_count, 2);
+    cr_assert_str_eq(cfg.spools[0].dir, "/var/log/kumomta");
+    cr_assert_str_eq(cfg.spools[0].pattern, "*");
+    cr_assert_str_eq(cfg.spools[1].dir, "/var/log/kumomta-deliveries");
+    cr_assert_str_eq(cfg.spools[1].pattern, "*_deliv");
+    cr_assert_str_eq(cfg.spool_dir, "/var/log/kumomta");
+    config_free(&cfg);
+    unlink(path);
+    free(path);
+}
+
+Test(config, spool_list_entry_without_dir)
+{
+    expect_errors("spool:\n"
+                  "  - dir: /a\n"
+                  "  - pattern: x\n",
+                  "3:5: missing required key spool[1].dir\n");
 }
 
 Test(config, mapping_where_a_string_is_expected)

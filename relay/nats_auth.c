@@ -1,0 +1,102 @@
+#include "nats_auth.h"
+
+#include "nkey.h"
+#include "xalloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool nats_auth_wants_tls(const struct nats_auth *auth)
+{
+    return auth->tls_required || auth->tls_ca || auth->tls_cert;
+}
+
+/* nats.c's own account of the last failure (e.g. OpenSSL's reason for a certificate it
+ * could not load); it names files, never the secrets given as values. */
+static char *failure(natsStatus st, const char *what)
+{
+    const char *detail = nats_GetLastError(NULL);
+    if (detail && *detail)
+        return xasprintf("%s: %s (%s)", what, natsStatus_GetText(st), detail);
+    return xasprintf("%s: %s", what, natsStatus_GetText(st));
+}
+
+static natsStatus apply_tls(natsOptions *opts, const struct nats_auth *auth, char **err)
+{
+    natsStatus st = natsOptions_SetSecure(opts, true);
+    if (st != NATS_OK) {
+        *err = failure(st, "cannot turn TLS on");
+        return st;
+    }
+    if (auth->tls_ca && (st = natsOptions_LoadCATrustedCertificates(opts, auth->tls_ca)) != NATS_OK) {
+        *err = failure(st, auth->tls_ca);
+        return st;
+    }
+    if (auth->tls_cert &&
+        (st = natsOptions_LoadCertificatesChain(opts, auth->tls_cert, auth->tls_key)) != NATS_OK) {
+        char *what = xasprintf("%s and %s", auth->tls_cert, auth->tls_key ? auth->tls_key : "?");
+        *err = failure(st, what);
+        free(what);
+    }
+    return st;
+}
+
+static natsStatus apply_credentials(natsOptions *opts, const struct nats_auth *auth, char **err)
+{
+    natsStatus st = NATS_OK;
+    if (auth->user)
+        st = natsOptions_SetUserInfo(opts, auth->user, auth->password);
+    if (st == NATS_OK && auth->token)
+        st = natsOptions_SetToken(opts, auth->token);
+    if (st != NATS_OK) {
+        *err = failure(st, "cannot set the credentials");
+        return st;
+    }
+    if (auth->creds &&
+        (st = natsOptions_SetUserCredentialsFromFiles(opts, auth->creds, NULL)) != NATS_OK) {
+        *err = failure(st, auth->creds);
+        return st;
+    }
+    if (auth->nkey_seed) {
+        /* nats.c wants the public key too, and re-reads the seed at each connect. */
+        char pub[NKEY_PUBLIC_LEN + 1];
+        if (nkey_public_from_file(auth->nkey_seed, pub, err) != 0)
+            return NATS_INVALID_ARG;
+        if ((st = natsOptions_SetNKeyFromSeed(opts, pub, auth->nkey_seed)) != NATS_OK)
+            *err = failure(st, auth->nkey_seed);
+    }
+    return st;
+}
+
+natsStatus nats_auth_apply(natsOptions *opts, const struct nats_auth *auth, char **err)
+{
+    natsStatus st = NATS_OK;
+    if (nats_auth_wants_tls(auth))
+        st = apply_tls(opts, auth, err);
+    if (st == NATS_OK)
+        st = apply_credentials(opts, auth, err);
+    return st;
+}
+
+void nats_auth_describe(const struct nats_auth *auth, char *buf, size_t size)
+{
+    char pub[NKEY_PUBLIC_LEN + 1];
+    char *err = NULL;
+    const char *tls = nats_auth_wants_tls(auth) ? (auth->tls_cert ? ", tls with a client certificate" : ", tls") : "";
+    if (auth->user)
+        snprintf(buf, size, "user %s%s", auth->user, tls);
+    else if (auth->token)
+        snprintf(buf, size, "token%s", tls);
+    else if (auth->creds)
+        snprintf(buf, size, "creds %s%s", auth->creds, tls);
+    else if (auth->nkey_seed && nkey_public_from_file(auth->nkey_seed, pub, &err) == 0)
+        snprintf(buf, size, "nkey %s%s", pub, tls);
+    else if (auth->nkey_seed)
+        snprintf(buf, size, "nkey from %s%s", auth->nkey_seed, tls);
+    else if (*tls)
+        snprintf(buf, size, "none%s", tls);
+    else
+        snprintf(buf, size, "none");
+    free(err);
+}
