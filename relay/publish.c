@@ -78,6 +78,7 @@ struct publisher {
     publish_done_fn done;
     void *ctx;
     natsOptions *opts;
+    natsOptions *probe_opts; /* the same servers and credentials, one attempt, no retry */
     natsConnection *conn;
     natsSubscription *sub;
     natsInbox *inbox;
@@ -288,17 +289,6 @@ static void classify_reply(natsMsg *msg, struct event *ev)
         ev->sequence = strtoull(seq + 6, NULL, 10);
 }
 
-static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
-{
-    struct publisher *p = closure;
-    struct event ev = {0};
-    if (parse_reply(natsMsg_GetSubject(msg), p->inbox_len, &ev.slot, &ev.generation)) {
-        classify_reply(msg, &ev);
-        enqueue(p, &ev);
-    }
-    natsMsg_Destroy(msg);
-}
-
 static void on_connection_event(struct publisher *p, enum event_kind kind)
 {
     struct event ev = {.kind = kind};
@@ -340,12 +330,6 @@ static void on_closed(natsConnection *nc, void *closure)
         note_final_callback(p, &p->queue.connection_closed);
     else
         on_connection_event(p, EVENT_CLOSED);
-}
-
-static void on_subscription_complete(void *closure)
-{
-    struct publisher *p = closure;
-    note_final_callback(p, &p->queue.subscription_closed);
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -466,6 +450,31 @@ static void connection_error(struct publisher *p, char *buf, size_t size)
     snprintf(buf, size, "%s", text && *text ? text : natsStatus_GetText(st));
 }
 
+/* nats.c reports a connection it gave up on as "No server available for connection",
+ * whatever the servers answered. One direct attempt without retries gets the real
+ * reason (Authorization Violation, a TLS error) on this thread. It blocks the loop for
+ * at most the connect timeout per server, once per backoff period, and only while
+ * nothing can be published anyway. */
+static void probe_error(struct publisher *p, char *buf, size_t size)
+{
+    natsConnection *nc = NULL;
+    natsStatus st = natsConnection_Connect(&nc, p->probe_opts);
+    if (st == NATS_OK) {
+        natsConnection_Destroy(nc);
+        snprintf(buf, size, "closed (a new connection is accepted)");
+        return;
+    }
+    const char *text = nats_GetLastError(NULL);
+    snprintf(buf, size, "%s", text && *text ? text : natsStatus_GetText(st));
+}
+
+/* nats.c prefixes its texts with "(conn.c:1905): ": not for operators. */
+static const char *without_source(const char *text)
+{
+    const char *end = text[0] == '(' ? strstr(text, "): ") : NULL;
+    return end ? end + 3 : text;
+}
+
 static void servers_text(const struct publisher *p, char *buf, size_t size)
 {
     size_t n = 0;
@@ -480,6 +489,8 @@ static void connection_failed(struct publisher *p)
 {
     char why[256], servers[512];
     connection_error(p, why, sizeof(why));
+    if (p->probe_opts && (strstr(why, "No server available") || strstr(why, "Connection Closed")))
+        probe_error(p, why, sizeof(why));
     servers_text(p, servers, sizeof(servers));
     natsSubscription_Destroy(p->sub);
     natsConnection_Destroy(p->conn);
@@ -488,9 +499,14 @@ static void connection_failed(struct publisher *p)
     p->connected = false;
     uint64_t wait = backoff_ms(++p->reopen_attempts);
     p->reopen_due = loop_now_ms() + wait;
-    log_warn("cannot connect to nats, retrying in %" PRIu64 "ms servers=%s auth=\"%s\" "
-             "error=\"%s\" in_flight=%zu",
-             wait, servers, p->auth, why, in_flight(p));
+    bool refused = strcasestr(why, "authorization") || strcasestr(why, "authentication");
+    if (strstr(why, "Expected 'PONG', got ''"))
+        snprintf(why, sizeof(why),
+                 "the server closed the connection during the handshake (does "
+                 "it require a client certificate?)");
+    log_warn("%s, retrying in %" PRIu64 "ms servers=%s auth=\"%s\" error=\"%s\" in_flight=%zu",
+             refused ? "nats refused the relay's credentials" : "cannot connect to nats", wait,
+             servers, p->auth, without_source(why), in_flight(p));
 }
 
 static void reopen_if_due(struct publisher *p)
@@ -552,11 +568,61 @@ static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
     process_events(arg);
 }
 
+/* One reply taken from the ack subscription, on the loop. */
+static void take_reply(struct publisher *p, natsMsg *msg)
+{
+    struct event ev = {0};
+    if (parse_reply(natsMsg_GetSubject(msg), p->inbox_len, &ev.slot, &ev.generation)) {
+        classify_reply(msg, &ev);
+        handle_reply(p, &ev);
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* The ack subscription is synchronous and drained here, from the loop, without waiting:
+ * an asynchronous one wakes a nats.c delivery thread for every ack, and those wake-ups
+ * cost more than the publishes themselves. The loop calls this whenever it runs and
+ * comes back within a millisecond while publishes are in flight. */
+static void take_acks(struct publisher *p, int64_t wait_ms)
+{
+    for (;;) {
+        natsMsg *msg = NULL;
+        natsStatus st = natsSubscription_NextMsg(&msg, p->sub, wait_ms);
+        wait_ms = 0;
+        if (st == NATS_NO_RESPONDERS) {
+            /* nats.c drops the reply subject of these: the slot times out and is resent. */
+            p->stats.no_responders++;
+            METRIC_ADD(publish_no_responders, 1);
+            log_warn("jetstream refused a publish: no stream listens on its subject; it is "
+                     "sent again after ack_timeout");
+            continue;
+        }
+        if (st != NATS_OK)
+            return;
+        take_reply(p, msg);
+    }
+}
+
+void publisher_take_acks_all(void)
+{
+    for (size_t i = 0; i < registry_count; i++)
+        if (registry[i]->sub)
+            take_acks(registry[i], 0);
+}
+
+size_t publisher_in_flight_all(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < registry_count; i++)
+        n += in_flight(registry[i]);
+    return n;
+}
+
 void publisher_poll(struct publisher *p, int timeout_ms)
 {
-    struct pollfd pfd = {.fd = p->queue.eventfd, .events = POLLIN};
-    if (poll(&pfd, 1, timeout_ms) > 0)
-        on_eventfd(p->loop, p->queue.eventfd, EPOLLIN, p);
+    process_events(p);
+    if (p->sub)
+        take_acks(p, timeout_ms);
 }
 
 void publisher_tick(struct publisher *p)
@@ -612,6 +678,19 @@ static natsStatus connect_options(struct publisher *p, const struct nats_auth *a
         st = natsOptions_SetClosedCB(p->opts, on_closed, p);
     if (st == NATS_OK)
         st = natsOptions_SetErrorHandler(p->opts, on_async_error, p);
+    if (st == NATS_OK)
+        st = natsOptions_Create(&p->probe_opts);
+    if (st == NATS_OK)
+        st = natsOptions_SetServers(p->probe_opts, (const char **)p->servers,
+                                    (int)p->options.server_count);
+    if (st == NATS_OK)
+        st = natsOptions_SetName(p->probe_opts, p->name);
+    if (st == NATS_OK)
+        st = natsOptions_SetTimeout(p->probe_opts, 2000);
+    if (st == NATS_OK)
+        st = natsOptions_SetAllowReconnect(p->probe_opts, false);
+    if (st == NATS_OK)
+        st = nats_auth_apply(p->probe_opts, auth, err);
     return st;
 }
 
@@ -624,12 +703,10 @@ static natsStatus open_connection(struct publisher *p)
         st = NATS_OK;
     char *wildcard = xasprintf("%s.*.*", p->inbox);
     if (st == NATS_OK)
-        st = natsConnection_Subscribe(&p->sub, p->conn, wildcard, on_reply, p);
+        st = natsConnection_SubscribeSync(&p->sub, p->conn, wildcard);
     /* Acks are bounded by the window; never let nats.c drop one as a slow consumer. */
     if (st == NATS_OK)
         st = natsSubscription_SetPendingLimits(p->sub, -1, -1);
-    if (st == NATS_OK)
-        st = natsSubscription_SetOnCompleteCB(p->sub, on_subscription_complete, p);
     free(wildcard);
     if (st == NATS_OK && !pending)
         on_connection_event(p, EVENT_CONNECTED);
@@ -675,8 +752,8 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
     if (st == NATS_OK && open_connection(p) != NATS_OK)
         connection_failed(p);
     if (st != NATS_OK) {
-        *err = xasprintf("cannot set up the nats connection: %s",
-                         why ? why : natsStatus_GetText(st));
+        *err =
+            xasprintf("cannot set up the nats connection: %s", why ? why : natsStatus_GetText(st));
         free(why);
         publisher_destroy(p);
         return NULL;
@@ -691,7 +768,7 @@ static bool close_and_wait(struct publisher *p)
     struct event_queue *q = &p->queue;
     pthread_mutex_lock(&q->lock);
     q->shutting_down = true;
-    q->subscription_closed = p->sub == NULL;
+    q->subscription_closed = true; /* synchronous: no thread of nats.c holds p for it */
     q->connection_closed = p->conn == NULL;
     pthread_mutex_unlock(&q->lock);
     if (p->conn && p->connected)
@@ -723,6 +800,7 @@ void publisher_destroy(struct publisher *p)
     natsSubscription_Destroy(p->sub);
     natsConnection_Destroy(p->conn);
     natsOptions_Destroy(p->opts);
+    natsOptions_Destroy(p->probe_opts);
     natsInbox_Destroy(p->inbox);
     for (size_t c = 0; c < p->chunk_count; c++) {
         for (size_t i = 0; i < SLOTS_PER_CHUNK; i++)

@@ -84,8 +84,12 @@ size_t publisher_disconnected_count(size_t *total);
 
 /* Ack timeouts and due retries; call periodically from the loop. */
 void publisher_tick(struct publisher *p);
-/* Process what the nats.c threads queued, waiting up to timeout_ms for something to
- * arrive (for a policy that must see one ack before it goes on). */
+/* Take the acks that arrived, waiting up to timeout_ms for one (for a policy that must see
+ * one ack before it goes on). */
 void publisher_poll(struct publisher *p, int timeout_ms);
+/* Take the acks of every publisher without waiting: call whenever the loop runs, and
+ * come back within a millisecond while publisher_in_flight_all() is not 0. */
+void publisher_take_acks_all(void);
+size_t publisher_in_flight_all(void);
 
 #endif

@@ -521,8 +521,11 @@ static bool all_relayed(const struct relay *r)
 static void before_sleep(struct loop *loop, void *arg)
 {
     struct relay *r = arg;
+    publisher_take_acks_all();
     if (!r->draining)
         pump(r);
+    if (publisher_in_flight_all() > 0)
+        loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
     if (r->options->once && !r->draining && all_relayed(r)) {
         health_log_totals("spool relayed");
         r->draining = true;
