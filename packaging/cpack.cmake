@@ -7,7 +7,7 @@
 # components CPack is told to take (CPACK_COMPONENTS_ALL), never a test tool.
 #
 #   relay  the binary, the configuration, the documentation (both packages)
-#   deb    the unit in /lib/systemd/system (Debian 12 is not done with the /usr move),
+#   deb    the unit in /lib/systemd/system (Debian 12's systemdsystemunitdir),
 #          copyright and changelog.Debian.gz
 #   rpm    the unit in /usr/lib/systemd/system (%{_unitdir})
 #
@@ -31,6 +31,30 @@ install(FILES ${PROJECT_SOURCE_DIR}/config/relay.yaml ${PROJECT_SOURCE_DIR}/conf
         COMPONENT relay EXCLUDE_FROM_ALL)
 install(FILES ${PROJECT_SOURCE_DIR}/README.md DESTINATION ${_pkg_doc}
         COMPONENT relay EXCLUDE_FROM_ALL)
+# The manual page is the binary's own --help and --version, through help2man, made when
+# the packages are (an install step, so everyday builds never run it) and never out of
+# step with the command line.
+find_program(RELAY_HELP2MAN help2man)
+find_program(RELAY_GZIP gzip REQUIRED)
+if(RELAY_HELP2MAN)
+  set(_pkg_man ${CMAKE_BINARY_DIR}/packaging/kumo-nats-relay.8)
+  install(CODE "
+    execute_process(COMMAND \"${RELAY_HELP2MAN}\" --no-info --section 8
+        --name \"relay KumoMTA's log spool to NATS JetStream\"
+        --include \"${_pkg_src}/kumo-nats-relay.h2m\" --output \"${_pkg_man}\"
+        \"$<TARGET_FILE:kumo-nats-relay>\" RESULT_VARIABLE rc)
+    if(rc EQUAL 0)
+      execute_process(COMMAND \"${RELAY_GZIP}\" -9nf \"${_pkg_man}\" RESULT_VARIABLE rc)
+    endif()
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR \"packaging: the manual page could not be made\")
+    endif()"
+    COMPONENT relay EXCLUDE_FROM_ALL)
+  install(FILES ${_pkg_man}.gz DESTINATION share/man/man8
+          COMPONENT relay EXCLUDE_FROM_ALL)
+else()
+  message(STATUS "help2man not found: the packages will have no manual page")
+endif()
 install(FILES ${PROJECT_SOURCE_DIR}/config/relay.yaml ${PROJECT_SOURCE_DIR}/config/policy.lua
               ${PROJECT_SOURCE_DIR}/config/policy-connection.lua
         DESTINATION ${_pkg_doc}/examples
@@ -45,7 +69,6 @@ install(FILES ${PROJECT_SOURCE_DIR}/systemd/kumo-nats-relay.service
 string(TIMESTAMP _pkg_date "%a, %d %b %Y %H:%M:%S +0000" UTC) # honours SOURCE_DATE_EPOCH
 set(_pkg_version ${PROJECT_VERSION})
 configure_file(${_pkg_src}/debian/changelog.in ${CMAKE_BINARY_DIR}/packaging/changelog.Debian @ONLY)
-find_program(RELAY_GZIP gzip REQUIRED)
 execute_process(COMMAND ${RELAY_GZIP} -9nf ${CMAKE_BINARY_DIR}/packaging/changelog.Debian
                 RESULT_VARIABLE _gzip_rc)
 if(NOT _gzip_rc EQUAL 0)
@@ -134,6 +157,6 @@ set(CPACK_RPM_USER_FILELIST
     "%config(noreplace) /etc/kumo-nats-relay/relay.yaml"
     "%config(noreplace) /etc/kumo-nats-relay/policy.lua")
 set(CPACK_RPM_EXCLUDE_FROM_AUTO_FILELIST_ADDITION
-    /usr/lib/systemd /usr/lib/systemd/system)
+    /usr/lib/systemd /usr/lib/systemd/system /usr/share/man /usr/share/man/man8)
 
 include(CPack)

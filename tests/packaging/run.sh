@@ -123,10 +123,11 @@ expected_deb_files="/etc/kumo-nats-relay/policy.lua
 /usr/share/doc/kumo-nats-relay/examples/policy-connection.lua
 /usr/share/doc/kumo-nats-relay/examples/policy.lua
 /usr/share/doc/kumo-nats-relay/examples/relay.yaml
-/usr/share/lintian/overrides/kumo-nats-relay"
+/usr/share/lintian/overrides/kumo-nats-relay
+/usr/share/man/man8/kumo-nats-relay.8.gz"
 deb_listing=$(dpkg-deb -c "$deb")
 deb_files=$(awk '$1 !~ /^d/ { sub(/^\./, "", $6); print $6 }' <<<"$deb_listing")
-check "dpkg-deb -c: exactly the binary, the conffiles, the unit and the docs" \
+check "dpkg-deb -c: exactly the binary, the conffiles, the unit, the docs and the man page" \
     same_lines "$expected_deb_files" "$deb_files"
 check "dpkg-deb -c: no test tools or tests" \
     bash -c '! grep -E "spoolwrite|streamtool|zstdpeek|/test_|criterion" <<<"$1"' _ "$deb_listing"
@@ -182,8 +183,9 @@ expected_rpm_files="/etc/kumo-nats-relay
 /usr/share/doc/kumo-nats-relay/examples
 /usr/share/doc/kumo-nats-relay/examples/policy-connection.lua
 /usr/share/doc/kumo-nats-relay/examples/policy.lua
-/usr/share/doc/kumo-nats-relay/examples/relay.yaml"
-check "rpm -qlp: exactly the binary, the config, the unit and the docs" \
+/usr/share/doc/kumo-nats-relay/examples/relay.yaml
+/usr/share/man/man8/kumo-nats-relay.8.gz"
+check "rpm -qlp: exactly the binary, the config, the unit, the docs and the man page" \
     same_lines "$expected_rpm_files" "$(rpm -qlp "$rpm" 2>/dev/null)"
 rpm_files=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
 check "rpm -qp: relay.yaml and policy.lua are %config(noreplace)" \
