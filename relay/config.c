@@ -111,8 +111,24 @@ static const struct key nats_keys[] = {
     {.name = NULL},
 };
 
+static const char *const storage_words[] = {"file", "memory", NULL};
+
+static const struct key create_keys[] = {
+    {"subjects", KEY_STRING_LIST, FIELD(create_subjects),
+     .count_offset = FIELD(create_subject_count),
+     .help = "subjects the stream captures; unset: no stream is created"},
+    {"storage", KEY_ENUM, FIELD(create_memory_storage), .words = storage_words, .value = 0,
+     .help = "file or memory"},
+    {"replicas", KEY_COUNT, FIELD(create_replicas), .min = 1, .max = 5, .value = 1,
+     .help = "copies in a cluster"},
+    {"duplicate_window", KEY_DURATION, FIELD(create_duplicate_window_ms), .min = 1000,
+     .max = 7 * DAY, .value = 10 * MINUTE, .help = "how long JetStream remembers message ids"},
+    {.name = NULL},
+};
+
 static const struct key jetstream_keys[] = {
     {"stream", KEY_STRING, FIELD(jetstream_stream), .help = "stream checked at start, if set"},
+    {"create", KEY_SECTION, .section = create_keys},
     {"max_in_flight", KEY_COUNT, FIELD(max_in_flight), .min = 1, .max = 1000000, .value = 4096,
      .help = "unacknowledged publishes at most"},
     {"ack_timeout", KEY_DURATION, FIELD(ack_timeout_ms), .min = 1, .max = HOUR, .value = 5 * SECOND,
@@ -225,7 +241,7 @@ static void set_defaults(struct config *cfg, const struct key *keys)
         else if (k->type == KEY_STRING || k->type == KEY_SECRET)
             store_string(cfg, k, k->text);
         else if (k->type == KEY_STRING_LIST)
-            store_list(cfg, k, list_of_one(k->text), 1);
+            store_list(cfg, k, k->text ? list_of_one(k->text) : NULL, k->text ? 1 : 0);
         else
             store_number(cfg, k, k->value);
     }
@@ -844,14 +860,15 @@ static void check_nats(struct loader *ld, const yaml_node_t *root)
     if (ld->count > 0 || !pair)
         return;
     yaml_mark_t at = node_at(ld, pair->key)->start_mark;
-    int ways = (cfg->nats_user || cfg->nats_password) + !!cfg->nats_token +
-               !!cfg->nats_nkey_seed + !!cfg->nats_creds;
+    int ways = (cfg->nats_user || cfg->nats_password) + !!cfg->nats_token + !!cfg->nats_nkey_seed +
+               !!cfg->nats_creds;
     if (!cfg->nats_user != !cfg->nats_password)
         report(ld, at, "nats: user and password go together; %s is missing",
                cfg->nats_user ? "password" : "user");
     if (ways > 1)
-        report(ld, at, "nats: authenticate one way only: user and password, token, nkey_seed "
-                       "or creds");
+        report(ld, at,
+               "nats: authenticate one way only: user and password, token, nkey_seed "
+               "or creds");
     if (!cfg->nats_tls_cert != !cfg->nats_tls_key)
         report(ld, at, "nats.tls: cert and key go together; %s is missing",
                cfg->nats_tls_cert ? "key" : "cert");
@@ -1024,6 +1041,7 @@ void config_free(struct config *cfg)
     free(cfg->policy_queue);
     free(cfg->policy_hook_name);
     free(cfg->metrics_listen);
+    free_strings(cfg->create_subjects, cfg->create_subject_count);
     secret_free(cfg->nats_user);
     secret_free(cfg->nats_password);
     secret_free(cfg->nats_token);

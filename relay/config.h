@@ -37,8 +37,13 @@ struct config {
     char *nats_tls_ca;    /* PEM file of the CAs the server's certificate must chain to */
     char *nats_tls_cert;  /* client certificate (PEM), with nats_tls_key */
     char *nats_tls_key;
-    int nats_tls_required; /* refuse a server that does not speak TLS (KEY_ENUM: 0 or 1) */
-    char *jetstream_stream;           /* optional: verified at start when set */
+    int nats_tls_required;       /* refuse a server that does not speak TLS (KEY_ENUM: 0 or 1) */
+    char *jetstream_stream;      /* optional: verified at start when set */
+    char **create_subjects;      /* jetstream.create: make the stream if it is missing */
+    size_t create_subject_count; /* 0: do not create */
+    int create_memory_storage;   /* 0 file, 1 memory */
+    size_t create_replicas;
+    int64_t create_duplicate_window_ms;
     size_t max_in_flight;             /* default 4096, 1..1000000 */
     int64_t ack_timeout_ms;           /* default 5s */
     char *policy_script;              /* optional: Lua policy; NULL = built-in policy */

@@ -187,6 +187,55 @@ static natsConnection *connect_once(const struct config *cfg)
     return st == NATS_OK ? nc : NULL;
 }
 
+/* jetstream.create: make the stream when it does not exist yet. */
+static void create_stream(natsConnection *nc, const struct config *cfg)
+{
+    json_t *subjects = json_array();
+    for (size_t i = 0; i < cfg->create_subject_count; i++)
+        json_array_append_new(subjects, json_string(cfg->create_subjects[i]));
+    json_t *req = json_pack("{s:s, s:o, s:s, s:I, s:I}", "name", cfg->jetstream_stream, "subjects",
+                            subjects, "storage", cfg->create_memory_storage ? "memory" : "file",
+                            "num_replicas", (json_int_t)cfg->create_replicas, "duplicate_window",
+                            (json_int_t)cfg->create_duplicate_window_ms * 1000000);
+    char *body = json_dumps(req, JSON_COMPACT);
+    char *subject = xasprintf("$JS.API.STREAM.CREATE.%s", cfg->jetstream_stream);
+    json_t *created = api_request(nc, subject, body);
+    if (created)
+        log_info("created the stream stream=%s subjects=%zu replicas=%zu", cfg->jetstream_stream,
+                 cfg->create_subject_count, cfg->create_replicas);
+    json_decref(created);
+    json_decref(req);
+    free(body);
+    free(subject);
+}
+
+static json_t *stream_info(natsConnection *nc, const struct config *cfg)
+{
+    char *subject = xasprintf("$JS.API.STREAM.INFO.%s", cfg->jetstream_stream);
+    natsMsg *reply = NULL;
+    json_t *info = NULL;
+    bool missing = false;
+    if (natsConnection_RequestString(&reply, nc, subject, "", REQUEST_MS) == NATS_OK) {
+        info = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+        json_t *error = info ? json_object_get(info, "error") : NULL;
+        missing = error && json_integer_value(json_object_get(error, "code")) == 404;
+        natsMsg_Destroy(reply);
+    }
+    free(subject);
+    if (missing && cfg->create_subject_count > 0) {
+        json_decref(info);
+        create_stream(nc, cfg);
+        info = NULL;
+    } else if (info && !json_object_get(info, "error")) {
+        return info;
+    }
+    json_decref(info);
+    subject = xasprintf("$JS.API.STREAM.INFO.%s", cfg->jetstream_stream);
+    info = api_request(nc, subject, "");
+    free(subject);
+    return info;
+}
+
 struct recovery *recover_read(const struct config *cfg)
 {
     if (!cfg->jetstream_stream)
@@ -194,9 +243,7 @@ struct recovery *recover_read(const struct config *cfg)
     natsConnection *nc = connect_once(cfg);
     if (!nc)
         return NULL;
-    char *subject = xasprintf("$JS.API.STREAM.INFO.%s", cfg->jetstream_stream);
-    json_t *info = api_request(nc, subject, "");
-    free(subject);
+    json_t *info = stream_info(nc, cfg);
     struct recovery *rc = NULL;
     if (info) {
         check_duplicate_window(cfg, info);

@@ -137,6 +137,26 @@ print("%08x" % h)"""]).strip()
         self.assertIn(f"spool {self.spool}: 1 segments, 0 behind", table)
         self.assertIn(f"spool {deliveries} names {tag}: 2 segments, 0 behind", table)
 
+    def test_jetstream_create_makes_the_missing_stream(self):
+        server = self.nats()
+        name = h.segment_name()
+        lines = h.make_records(200, seed=90)
+        h.write_segment(self.spool / name, lines)
+        cfg = self.relay_config(server.url, jetstream={
+            "stream": "CREATED",
+            "create": {"subjects": ["kumo.>"], "duplicate_window": "1m"}})
+        relay = self.relay(cfg, start=False)
+        self.assertEqual(0, relay.run_once())
+        self.assertIn("created the stream stream=CREATED subjects=1 replicas=1",
+                      relay.log_text())
+        info = h.stream_info(server.url, "CREATED")
+        self.assertEqual(60.0, info["duplicate_window"])  # seconds, as streamtool reports it
+        h.assert_exactly_once(h.dump_stream(server.url, "CREATED"),
+                              h.expected_messages("test", name, lines))
+        # A second start finds it and creates nothing.
+        self.assertEqual(0, relay.run_once())
+        self.assertEqual(1, relay.log_text().count("created the stream"))
+
     def test_two_relays_on_two_nodes_into_one_cluster(self):
         cluster = self.cluster(3)
         h.create_stream(cluster.url, STREAM, ["kumo.>"], replicas=3, dup_window=600)

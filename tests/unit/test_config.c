@@ -501,7 +501,7 @@ Test(config, several_errors_in_document_order)
                   "\"lots\"\n"
                   "9:16: jetstream.ack_timeout: expected a duration like 200ms, 5s, 10m, got "
                   "\"soon\"\n"
-                  "10:3: unknown key \"acks\" in jetstream (expected one of: stream, "
+                  "10:3: unknown key \"acks\" in jetstream (expected one of: stream, create, "
                   "max_in_flight, ack_timeout)\n"
                   "11:19: max_record_bytes: expected a size from 1KiB to 1GiB, got \"0\"\n"
                   "13:10: log.level: expected one of debug, info, warn, error, got \"loud\"\n");
