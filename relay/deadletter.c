@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+enum { DEADLETTER_LINE_CAP = 1024 * 1024 };
+
 struct deadletter {
     int fd;
     char *path;
@@ -116,11 +118,16 @@ char *deadletter_write(struct deadletter *dl, const char *segment, uint64_t star
     put_json_string(f, segment, strlen(segment));
     fprintf(f, ",\"start\":%" PRIu64 ",\"end\":%" PRIu64 ",\"reason\":", start, end);
     put_json_string(f, reason, strlen(reason));
+    /* The line is evidence for a human, capped so that a dead-lettered 16 MiB record does
+     * not make a 16 MiB log line; the whole of it is still in the segment at its offsets. */
+    size_t kept = len > DEADLETTER_LINE_CAP ? DEADLETTER_LINE_CAP : len;
     fputs(",\"line\":", f);
     if (line)
-        put_json_string(f, line, len);
+        put_json_string(f, line, kept);
     else
         fputs("null", f);
+    if (line && kept < len)
+        fprintf(f, ",\"line_truncated\":true,\"line_bytes\":%zu", len);
     fputs("}\n", f);
     fclose(f);
     char *err = NULL;
