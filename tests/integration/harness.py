@@ -225,6 +225,46 @@ def publish(url, subject, data, msgid=None):
     return json.loads(proc.stdout)
 
 
+def nats_request(url, subject, payload=b"", timeout=5.0):
+    """One core NATS request to a single server URL (plain protocol over a socket: the
+    JetStream API calls streamtool has no command for). Returns the reply payload."""
+    host, port = url.split("//", 1)[-1].rsplit(":", 1)
+    inbox = f"_KNR_INBOX.{random.randrange(10 ** 9)}"
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += s.recv(4096) or b""
+        s.sendall(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n'
+                  + f"SUB {inbox} 1\r\nPUB {subject} {inbox} {len(payload)}\r\n".encode()
+                  + payload + b"\r\n")
+        buf = buf.split(b"\r\n", 1)[1]
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(rb"(?:^|\r\n)(H?MSG) \S+ \S+ (?:(\d+) )?(\d+)\r\n", buf)
+            if m and len(buf) >= m.end() + int(m.group(3)):
+                data = buf[m.end():m.end() + int(m.group(3))]
+                hdr_len = int(m.group(2) or 0)
+                if m.group(1) == b"HMSG" and b" 503" in data[:hdr_len]:
+                    raise AssertionError(f"no responders for {subject}")
+                return data[hdr_len:]
+            if b"PING\r\n" in buf:
+                s.sendall(b"PONG\r\n")
+                buf = buf.replace(b"PING\r\n", b"")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no reply to {subject} from {url} in {timeout}s")
+            chunk = s.recv(65536)
+            if not chunk:
+                raise AssertionError(f"{url} closed the connection")
+            buf += chunk
+
+
+def stream_leader_stepdown(url, name):
+    """Ask the stream's leader to step down (the cluster elects another replica)."""
+    reply = json.loads(nats_request(url, f"$JS.API.STREAM.LEADER.STEPDOWN.{name}"))
+    if not reply.get("success"):
+        raise AssertionError(f"stepdown of {name}: {reply}")
+
+
 def dump_stream(url, name, slow=False, timeout=300):
     """Every message of the stream in sequence order, as dicts with seq, subject, msgid
     (str or None) and data (bytes)."""
