@@ -23,6 +23,27 @@ passed=0
 failed=0
 skipped=0
 work=$(mktemp -d)
+user_existed=1
+kumod_existed=1
+
+# Leave the machine as found, even when interrupted: purge the package, and delete the
+# user and the kumod group when the run created them.
+installing=0
+restore_machine() {
+    [[ $installing -eq 1 ]] || return 0
+    installing=0
+    if dpkg-query -W "$pkg" >/dev/null 2>&1; then
+        dpkg -P "$pkg" >/dev/null 2>&1
+    fi
+    if [[ $user_existed -eq 0 ]]; then
+        userdel kumo-nats-relay 2>/dev/null
+        getent group kumo-nats-relay >/dev/null && groupdel kumo-nats-relay 2>/dev/null
+    fi
+    [[ $kumod_existed -eq 1 ]] || groupdel kumod 2>/dev/null
+    return 0
+}
+trap 'restore_machine; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 pass() {
     passed=$((passed + 1))
@@ -82,7 +103,6 @@ if cmake -S . -B "$build" -DRELAY_TESTS=OFF -DRELAY_WERROR=OFF \
 else
     fail "build: cmake, then cpack -G 'DEB;RPM'" "$(tail -n 40 "$build_log")"
     summary
-    rm -rf "$work"
     exit 1
 fi
 
@@ -93,7 +113,6 @@ if [[ ${#debs[@]} -eq 1 && -f ${debs[0]} && ${#rpms[@]} -eq 1 && -f ${rpms[0]} ]
 else
     fail "one .deb and one .rpm" "$(ls -l "$build")"
     summary
-    rm -rf "$work"
     exit 1
 fi
 deb=${debs[0]}
@@ -381,36 +400,32 @@ install_checks() {
 install_skip_reason=""
 if [[ $(id -u) -ne 0 ]]; then
     install_skip_reason="not root"
-elif dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -qv "not-installed"; then
-    install_skip_reason="$pkg is already installed on this machine"
+else
+    # One run at a time on a machine.
+    exec 9>/run/lock/kumo-nats-relay-packaging-test.lock
+    if ! flock -w 300 9; then
+        fail "take the install lock: another packaging run held it for 5 minutes"
+        install_skip_reason="no lock"
+    elif dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -qv "not-installed"; then
+        install_skip_reason="$pkg is installed on this machine (dpkg -P it to run them)"
+    fi
 fi
 
-if [[ -n "$install_skip_reason" ]]; then
+if [[ "$install_skip_reason" == "no lock" ]]; then
+    :
+elif [[ -n "$install_skip_reason" ]]; then
     skipped=$((skipped + 1))
     echo "skip install, upgrade, remove and purge checks: $install_skip_reason"
 else
-    # One run at a time on a machine; leave it as found: the user and the kumod group
-    # exist afterwards only if they did before.
-    exec 9>/run/lock/kumo-nats-relay-packaging-test.lock
-    flock -w 300 9
     user_existed=0
     getent passwd kumo-nats-relay >/dev/null && user_existed=1
     kumod_existed=0
     getent group kumod >/dev/null && kumod_existed=1
+    installing=1
     [[ $kumod_existed -eq 1 ]] || groupadd --system kumod
-
     install_checks
-
-    if dpkg-query -W "$pkg" >/dev/null 2>&1; then
-        dpkg -P "$pkg" >/dev/null 2>&1
-    fi
-    [[ $user_existed -eq 1 ]] || userdel kumo-nats-relay 2>/dev/null
-    getent group kumo-nats-relay >/dev/null && [[ $user_existed -eq 0 ]] &&
-        groupdel kumo-nats-relay 2>/dev/null
-    [[ $kumod_existed -eq 1 ]] || groupdel kumod 2>/dev/null
-    flock -u 9
+    restore_machine
 fi
 
-rm -rf "$work"
 summary
 [[ $failed -eq 0 ]]
