@@ -210,6 +210,22 @@ end)
         self.assertIn("instruction budget of 100000000 exceeded in the 'send' event",
                       relay.log_text())
 
+    def test_await_ack_table_reads_the_ack(self):
+        server = self.start_nats(["kumo.q"])
+        policy = self.retry_policy(server, """
+      local ack = client:publish { subject = 'kumo.q', payload = message:get_data(),
+                                   await_ack = true }
+      kumo.log_info('ack stream=' .. ack.stream .. ' sequence=' .. ack.sequence
+                    .. ' duplicate=' .. tostring(ack.duplicate) .. ' id=' .. id)
+      do return 'published' end""")
+        _, expected = self.write_records(20, seed=8, segments=1)
+        relay = self.relay(self.lua_config(server, policy), start=False)
+        self.assertEqual(0, relay.run_once())
+        h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), expected)
+        seqs = [int(x) for x in re.findall(r"ack stream=KUMO sequence=(\d+) duplicate=false",
+                                           relay.log_text())]
+        self.assertEqual(list(range(1, 21)), seqs)
+
     def test_syntax_error_fails_check_with_file_and_line(self):
         server = self.start_nats(["kumo.q"])
         policy = self.write_policy("local kumo = require 'kumo'\nlocal x = = 1\n")
