@@ -49,7 +49,8 @@ struct key {
     int64_t min, max;          /* KEY_COUNT, KEY_BYTES, KEY_DURATION */
     bool required;             /* reported when absent; has no default */
     bool file;                 /* KEY_STRING: names a file that must be readable */
-    bool secret;               /* ... whose content is secret: others must not read it */
+    bool secret;               /* KEY_STRING file: its content is secret, others must not read
+                                * it; KEY_SECRET: the value is (a password, not a user name) */
     const char *text;          /* KEY_STRING, KEY_STRING_LIST: the default, or NULL */
     int64_t value;             /* other types: the default (milliseconds, bytes, index) */
     /* What the key is for, next to its definition; config/relay.yaml says the same at
@@ -99,8 +100,8 @@ static const struct key nats_keys[] = {
     {"servers", KEY_STRING_LIST, FIELD(nats_servers), .count_offset = FIELD(nats_server_count),
      .text = "nats://127.0.0.1:4222", .help = "server URLs of the default connection"},
     {"user", KEY_SECRET, FIELD(nats_user), .help = "user name, with password"},
-    {"password", KEY_SECRET, FIELD(nats_password), .help = "password, with user"},
-    {"token", KEY_SECRET, FIELD(nats_token), .help = "authentication token"},
+    {"password", KEY_SECRET, FIELD(nats_password), .secret = true, .help = "password, with user"},
+    {"token", KEY_SECRET, FIELD(nats_token), .secret = true, .help = "authentication token"},
     {"nkey_seed", KEY_STRING, FIELD(nats_nkey_seed), .file = true, .secret = true,
      .help = "file holding a user nkey seed (SU...)"},
     {"creds", KEY_STRING, FIELD(nats_creds), .file = true, .secret = true,
@@ -573,7 +574,8 @@ static void load_secret_file(struct loader *ld, const struct key *k, const yaml_
         return;
     }
     store_secret(ld->cfg, k, secret);
-    warn_exposed(path, filepath);
+    if (k->secret)
+        warn_exposed(path, filepath);
 }
 
 /* password: hunter2 | password: ${NATS_PASSWORD} | password: { file: path } */
@@ -595,7 +597,7 @@ static void load_secret(struct loader *ld, const struct key *k, const yaml_node_
     char name[128], *err = NULL, *secret;
     if (!secret_env_reference(scalar(node), name, sizeof(name))) {
         store_secret(ld->cfg, k, xstrdup(scalar(node)));
-        ld->literal_secret = true;
+        ld->literal_secret |= k->secret;
     } else if ((secret = secret_from_env(name, &err))) {
         store_secret(ld->cfg, k, secret);
     } else {

@@ -155,10 +155,14 @@ static char *key_source(lua_State *L, int idx, const char *what)
     }
     lua_pop(L, 1);
     if (lua_getfield(L, idx, "path") != LUA_TNIL)
-        luaL_error(L, "kumo.nats.connect: %s: write a file path as a plain string, as KumoMTA "
-                      "does, not { path = ... }", what);
-    luaL_error(L, "kumo.nats.connect: %s: only a file path or { key_data = '...' } is supported "
-                  "(not vault or event sources)", what);
+        luaL_error(L,
+                   "kumo.nats.connect: %s: write a file path as a plain string, as KumoMTA "
+                   "does, not { path = ... }",
+                   what);
+    luaL_error(L,
+               "kumo.nats.connect: %s: only a file path or { key_data = '...' } is supported "
+               "(not vault or event sources)",
+               what);
     return NULL;
 }
 
@@ -284,9 +288,8 @@ static char *spec_key(const struct connect_spec *spec)
     }
     char *full = xasprintf("%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%d", key, or_empty(spec->name),
                            or_empty(spec->user), or_empty(spec->password), or_empty(spec->token),
-                           or_empty(spec->nkey_seed), or_empty(spec->creds),
-                           or_empty(spec->tls_ca), or_empty(spec->tls_cert),
-                           or_empty(spec->tls_key), spec->tls_required);
+                           or_empty(spec->nkey_seed), or_empty(spec->creds), or_empty(spec->tls_ca),
+                           or_empty(spec->tls_cert), or_empty(spec->tls_key), spec->tls_required);
     free(key);
     return full;
 }

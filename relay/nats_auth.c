@@ -29,7 +29,8 @@ static natsStatus apply_tls(natsOptions *opts, const struct nats_auth *auth, cha
         *err = failure(st, "cannot turn TLS on");
         return st;
     }
-    if (auth->tls_ca && (st = natsOptions_LoadCATrustedCertificates(opts, auth->tls_ca)) != NATS_OK) {
+    if (auth->tls_ca &&
+        (st = natsOptions_LoadCATrustedCertificates(opts, auth->tls_ca)) != NATS_OK) {
         *err = failure(st, auth->tls_ca);
         return st;
     }
@@ -83,7 +84,9 @@ void nats_auth_describe(const struct nats_auth *auth, char *buf, size_t size)
 {
     char pub[NKEY_PUBLIC_LEN + 1];
     char *err = NULL;
-    const char *tls = nats_auth_wants_tls(auth) ? (auth->tls_cert ? ", tls with a client certificate" : ", tls") : "";
+    const char *tls = nats_auth_wants_tls(auth)
+                          ? (auth->tls_cert ? ", tls with a client certificate" : ", tls")
+                          : "";
     if (auth->user)
         snprintf(buf, size, "user %s%s", auth->user, tls);
     else if (auth->token)

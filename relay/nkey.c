@@ -102,15 +102,13 @@ static int public_of(const unsigned char *seed32, unsigned char *pub32)
     return ok ? 0 : -1;
 }
 
-int nkey_public_from_seed(const char *text, size_t len, char pub[NKEY_PUBLIC_LEN + 1],
-                          char **err)
+int nkey_public_from_seed(const char *text, size_t len, char pub[NKEY_PUBLIC_LEN + 1], char **err)
 {
     unsigned char raw[SEED_RAW_LEN];
     const char *seed = find_seed(text, len);
     int rc = -1;
     if (!seed) {
-        *err = xasprintf("no nkey seed (a line of %d characters starting with S)",
-                         SEED_TEXT_LEN);
+        *err = xasprintf("no nkey seed (a line of %d characters starting with S)", SEED_TEXT_LEN);
         return -1;
     }
     if (base32_decode(seed, SEED_TEXT_LEN, raw, sizeof(raw)) != SEED_RAW_LEN) {

@@ -524,8 +524,8 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         natsConnection_GetConnectedUrl(p->conn, url, sizeof(url));
         p->stats.reconnects += kind == EVENT_RECONNECTED;
         METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
-        log_info("%s to nats server=%s in_flight=%zu",
-                 kind == EVENT_CONNECTED ? "connected" : "reconnected", url, in_flight(p));
+        log_info("%s to nats server=%s auth=\"%s\" in_flight=%zu",
+                 kind == EVENT_CONNECTED ? "connected" : "reconnected", url, p->auth, in_flight(p));
         p->connected = true;
         p->reopen_attempts = 0;
         resend_all(p);

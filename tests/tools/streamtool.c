@@ -114,6 +114,27 @@ static double parse_seconds(const char *what, const char *s)
 /* ---- connection ---------------------------------------------------------------------- */
 
 /*
+ * A secured server: TLS and credentials from the environment (credentials in the URL,
+ * nats://user:password@host, work without this). KNR_NATS_TLS_CA, KNR_NATS_TLS_CERT and
+ * KNR_NATS_TLS_KEY (PEM files), KNR_NATS_CREDS (a .creds file).
+ */
+static natsStatus secure_options(natsOptions *opts)
+{
+    const char *ca = getenv("KNR_NATS_TLS_CA"), *cert = getenv("KNR_NATS_TLS_CERT");
+    const char *key = getenv("KNR_NATS_TLS_KEY"), *creds = getenv("KNR_NATS_CREDS");
+    natsStatus s = NATS_OK;
+    if (ca || cert)
+        s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && ca)
+        s = natsOptions_LoadCATrustedCertificates(opts, ca);
+    if (s == NATS_OK && cert)
+        s = natsOptions_LoadCertificatesChain(opts, cert, key);
+    if (s == NATS_OK && creds)
+        s = natsOptions_SetUserCredentialsFromFiles(opts, creds, NULL);
+    return s;
+}
+
+/*
  * Connect to the comma-separated server list, retrying until `deadline` (a now_ms() value;
  * 0 = one attempt); then fail, or with `soft` return NULL. The connection reconnects
  * forever, so a poller survives a server restart.
@@ -141,6 +162,8 @@ static natsConnection *connect_nats_soft(const char *urls, int64_t deadline, boo
         s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(opts, 100);
+    if (s == NATS_OK)
+        s = secure_options(opts);
     if (s != NATS_OK)
         fail("nats options: %s", nats_err(s, 0));
 
