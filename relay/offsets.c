@@ -129,8 +129,13 @@ static char *render(const struct checkpoint *cp, size_t *len)
         const struct checkpoint_entry *e = &cp->entries[i];
         fputs("segment ", f);
         put_escaped(f, e->name);
-        fprintf(f, " %" PRIu64 " %" PRIu64 " %" PRIu64 " %d\n", e->inode, e->offset, e->ordinal,
+        fprintf(f, " %" PRIu64 " %" PRIu64 " %" PRIu64 " %d", e->inode, e->offset, e->ordinal,
                 e->finished ? 1 : 0);
+        /* The generation is written only when not 0: files of checkpoints that never saw a
+         * replaced segment stay as they were. */
+        if (e->generation > 0)
+            fprintf(f, " %" PRIu32, e->generation);
+        fputc('\n', f);
     }
     fflush(f);
     uint32_t crc = crc32_update(0, text, *len);
@@ -220,13 +225,19 @@ static bool parse_segment_line(const char *line, size_t len, struct checkpoint *
     char *p = copy + strlen("segment ");
     char *space = strchr(p, ' ');
     struct checkpoint_entry e = {0};
-    uint64_t finished = 0;
+    uint64_t finished = 0, generation = 0;
     bool ok = space != NULL;
     if (ok) {
         char *q = space + 1;
         ok = parse_u64(q, &q, &e.inode) && *q++ == ' ' && parse_u64(q, &q, &e.offset) &&
              *q++ == ' ' && parse_u64(q, &q, &e.ordinal) && *q++ == ' ' &&
-             parse_u64(q, &q, &finished) && *q == '\0' && finished <= 1;
+             parse_u64(q, &q, &finished) && finished <= 1;
+        if (ok && *q == ' ') {
+            q++;
+            ok = parse_u64(q, &q, &generation) && generation > 0 && generation <= UINT32_MAX;
+        }
+        ok = ok && *q == '\0';
+        e.generation = (uint32_t)generation;
     }
     if (ok) {
         e.name = unescape(p, (size_t)(space - p));

@@ -38,9 +38,10 @@ bool offsets_watermark_complete(struct watermark *wm, struct inflight_record *re
 struct checkpoint_entry {
     char *name; /* segment file name */
     uint64_t inode;
-    uint64_t offset;  /* committed decompressed offset */
-    uint64_t ordinal; /* records committed */
-    bool finished;    /* done and every record committed */
+    uint64_t offset;     /* committed decompressed offset */
+    uint64_t ordinal;    /* records committed */
+    bool finished;       /* done and every record committed */
+    uint32_t generation; /* files seen under this name before this one (replacements) */
 };
 
 struct checkpoint {

@@ -589,7 +589,7 @@ enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_reco
     struct message_source src = {
         .data = sr->data,
         .len = sr->len,
-        .segment = seg->name,
+        .segment = seg->id_name,
         .start = sr->start,
         .end = sr->end,
         .ordinal = sr->ordinal,

@@ -90,10 +90,15 @@ static void on_segment_added(void *ctx, struct segment *seg)
 {
     struct relay *r = ctx;
     const struct checkpoint_entry *e = checkpoint_entry(r, seg->name);
+    if (e && seg->generation < e->generation)
+        spool_set_generation(seg, e->generation);
     if (e && e->inode != seg->inode) {
+        /* A new file under a known name: its offsets start again at 0, so its ids need a
+         * new generation or they would equal the old file's, and be dropped as copies. */
+        spool_set_generation(seg, e->generation + 1);
         log_warn("segment has a new inode since the checkpoint, reading it from the start "
-                 "segment=%s",
-                 seg->name);
+                 "segment=%s generation=%u",
+                 seg->name, seg->generation);
         e = NULL;
     }
     if (e) {
@@ -235,10 +240,10 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
         const struct inflight_record *rec = msg->index < count ? records[msg->index] : records[0];
         const struct segment *seg = rec->segment;
         if (count > 1 || msg->index == 0)
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->name, rec->end);
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->id_name, rec->end);
         else
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->name, rec->end,
-                     msg->index);
+            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->id_name,
+                     rec->end, msg->index);
         if (count > 1 && msg->index >= count)
             snprintf(id + strlen(id), sizeof(id) - strlen(id), ":%u", msg->index);
         msg_id = id;
@@ -456,6 +461,7 @@ static void write_checkpoint(struct relay *r)
             .offset = seg->wm.committed_offset,
             .ordinal = seg->wm.committed_ordinal,
             .finished = seg->state == SEGMENT_STATE_FINISHED,
+            .generation = seg->generation,
         };
         offsets_checkpoint_add(&cp, &e);
     }

@@ -22,7 +22,17 @@ struct spool_dir {
     int wd; /* its inotify watch */
 };
 
+/* A name that went away, with the generation its next file gets. */
+struct gone_name {
+    char *name;
+    uint32_t next_generation;
+};
+
+enum { GONE_NAMES = 1024 };
+
 struct spool {
+    struct gone_name gone[GONE_NAMES]; /* a ring: the most recent removals */
+    size_t gone_next;
     struct spool_dir *dirs;
     size_t dir_count;
     struct loop *loop;
@@ -40,6 +50,13 @@ static bool name_matches(const struct spool_dir *dir, const char *name)
     if (name[0] == '.' || name[0] == '\0')
         return false;
     return fnmatch(dir->pattern, name, FNM_PERIOD) == 0;
+}
+
+void spool_set_generation(struct segment *seg, uint32_t generation)
+{
+    seg->generation = generation;
+    free(seg->id_name);
+    seg->id_name = generation ? xasprintf("%s~%u", seg->name, generation) : xstrdup(seg->name);
 }
 
 char *spool_segment_name(const char *dir_path, size_t dir, const char *file)
@@ -159,6 +176,11 @@ static struct segment *add_segment(struct spool *spool, size_t dir, const char *
     struct segment *seg = xcalloc(1, sizeof(*seg));
     seg->name = xstrdup(name);
     seg->file = xstrdup(file);
+    for (size_t g = 0; g < GONE_NAMES; g++)
+        if (spool->gone[g].name && strcmp(spool->gone[g].name, name) == 0 &&
+            spool->gone[g].next_generation > seg->generation)
+            seg->generation = spool->gone[g].next_generation;
+    spool_set_generation(seg, seg->generation);
     seg->dir = dir;
     seg->path = xasprintf("%s/%s", spool->dirs[dir].path, file);
     seg->inode = (uint64_t)st->st_ino;
@@ -180,6 +202,10 @@ static void remove_segment(struct spool *spool, struct segment *seg)
             (spool->count - i - 1) * sizeof(*spool->segments));
     spool->count--;
     seg->gone = true;
+    struct gone_name *g = &spool->gone[spool->gone_next++ % GONE_NAMES];
+    free(g->name);
+    g->name = xstrdup(seg->name);
+    g->next_generation = seg->generation + 1;
     spool->events.removed(spool->events.ctx, seg);
 }
 
@@ -190,6 +216,7 @@ void spool_segment_free(struct segment *seg)
     segment_reader_close(seg->reader);
     free(seg->name);
     free(seg->file);
+    free(seg->id_name);
     free(seg->path);
     free(seg);
 }
@@ -368,5 +395,7 @@ void spool_close(struct spool *spool)
     }
     free(spool->dirs);
     free(spool->segments);
+    for (size_t g = 0; g < GONE_NAMES; g++)
+        free(spool->gone[g].name);
     free(spool);
 }

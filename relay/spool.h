@@ -23,7 +23,11 @@ enum segment_state {
 struct segment {
     char *name; /* the file name; "<dir tag>:<file name>" in directories after the first */
     char *file; /* the file name */
-    size_t dir; /* index of its spool directory */
+    /* Files seen under this name before (replaced, or deleted and made again): part of
+     * the message ids, so the new file's records never collide with the old one's. */
+    uint32_t generation;
+    char *id_name; /* name, or "name~generation": what message ids are made of */
+    size_t dir;    /* index of its spool directory */
     char *path;
     uint64_t inode;
     enum segment_state state;
@@ -68,6 +72,8 @@ struct segment *spool_find(const struct spool *spool, const char *name);
 /* The segment name of a file in directory dir: "<tag>:<file>" after the first directory,
  * with tag 8 hex digits of a hash of the directory's path (malloc'd). */
 char *spool_segment_name(const char *dir_path, size_t dir, const char *file);
+/* Set the generation (from the checkpoint, or one more than a replaced file's). */
+void spool_set_generation(struct segment *seg, uint32_t generation);
 /* Free a segment the spool has already forgotten (after removed()). */
 void spool_segment_free(struct segment *seg);
 /* What the metrics and health need, computed on demand (once a second). */

@@ -861,7 +861,8 @@ def read_checkpoint(path):
         if kind == b"spool":
             out["spool"] = unescape(rest)
         elif kind == b"segment":
-            name, inode, offset, ordinal, fin = rest.split(b" ")
+            # A 6th field, the generation, follows on segments replaced under their name.
+            name, inode, offset, ordinal, fin = rest.split(b" ")[:5]
             out["segments"][unescape(name)] = (int(inode), int(offset), int(ordinal),
                                                fin == b"1")
         else:

@@ -204,11 +204,12 @@ Test(offsets, crc_reference)
 }
 
 static const struct checkpoint_entry sample_entries[] = {
-    {"20250912-110801.440526026", 1234567, 987654321, 1200, false},
-    {"20250912-110801.440526026_recv", 42, 0, 0, false},
-    {"name with space", UINT64_MAX, UINT64_MAX, UINT64_MAX, true},
-    {"100%done%41", 1, 2, 3, true},
-    {"new\nline\ttab\r\x7f\x01 \xc3\xa9", 5, 6, 7, false},
+    {"20250912-110801.440526026", 1234567, 987654321, 1200, false, 0},
+    {"20250912-110801.440526026_recv", 42, 0, 0, false, 0},
+    {"name with space", UINT64_MAX, UINT64_MAX, UINT64_MAX, true, 0},
+    {"100%done%41", 1, 2, 3, true, 0},
+    {"new\nline\ttab\r\x7f\x01 \xc3\xa9", 5, 6, 7, false, 0},
+    {"20250912-110901_replaced", 8, 9, 10, false, 2},
 };
 enum { SAMPLE_COUNT = sizeof(sample_entries) / sizeof(sample_entries[0]) };
 
@@ -231,6 +232,7 @@ static void expect_equal(const struct checkpoint *got, const struct checkpoint *
         cr_assert_eq(g->offset, w->offset, "entry %zu offset", i);
         cr_assert_eq(g->ordinal, w->ordinal, "entry %zu ordinal", i);
         cr_assert_eq(g->finished, w->finished, "entry %zu finished", i);
+        cr_assert_eq(g->generation, w->generation, "entry %zu generation", i);
     }
 }
 
@@ -250,9 +252,10 @@ Test(checkpoint, write_exact_bytes)
                        "segment name%20with%20space 18446744073709551615 18446744073709551615 "
                        "18446744073709551615 1\n"
                        "segment 100%25done%2541 1 2 3 1\n"
-                       "segment new%0Aline%09tab%0D%7F%01%20%C3%A9 5 6 7 0\n";
+                       "segment new%0Aline%09tab%0D%7F%01%20%C3%A9 5 6 7 0\n"
+                       "segment 20250912-110901_replaced 8 9 10 0 2\n";
     char want[1024];
-    snprintf(want, sizeof(want), "%send 5 %08x\n", body, crc32_ref(body, strlen(body)));
+    snprintf(want, sizeof(want), "%send 6 %08x\n", body, crc32_ref(body, strlen(body)));
     cr_assert_str_eq(text, want);
     cr_assert_eq(len, strlen(want));
     /* No temp file is left behind. */
@@ -331,7 +334,7 @@ Test(checkpoint, failed_write_keeps_old_checkpoint)
     /* A directory where the temp file goes: creating the temp file fails even as root. */
     cr_assert_eq(mkdir(in_tmp(".checkpoint.tmp"), 0700), 0);
     struct checkpoint next = {.spool_dir = strdup("/var/log/kumomta")};
-    offsets_checkpoint_add(&next, &(struct checkpoint_entry){"other", 1, 2, 3, false});
+    offsets_checkpoint_add(&next, &(struct checkpoint_entry){"other", 1, 2, 3, false, 0});
     char *err = offsets_checkpoint_write(tmpdir, &next);
     char want[256];
     snprintf(want, sizeof(want), "cannot create %s/.checkpoint.tmp: Is a directory", tmpdir);
