@@ -276,7 +276,8 @@ static void scan_dir(struct spool *spool, size_t dir)
         names[count++] = xstrdup(de->d_name);
     }
     closedir(d);
-    qsort(names, count, sizeof(*names), compare_names);
+    if (count > 1) /* an empty directory leaves names NULL, which qsort must not get */
+        qsort(names, count, sizeof(*names), compare_names);
     for (size_t i = 0; i < count; i++) {
         note_file(spool, dir, names[i]);
         free(names[i]);
