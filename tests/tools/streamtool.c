@@ -481,6 +481,8 @@ static int cmd_wait_count(const struct args *a)
             fprintf(stderr,
                     "streamtool: stream %s holds %" PRId64 " messages, wanted %" PRIu64 "%s%s\n",
                     a->pos[0], seen, want, last_err[0] ? "; last error: " : "", last_err);
+            jsCtx_Destroy(js);
+            natsConnection_Destroy(nc);
             return 1;
         }
         nats_Sleep(50);
