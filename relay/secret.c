@@ -102,10 +102,23 @@ char *secret_read_file(const char *path, char **err)
 bool secret_file_exposed(const char *path, mode_t *mode)
 {
     struct stat st;
-    if (stat(path, &st) != 0)
+    char *real = realpath(path, NULL);
+    if (!real || stat(real, &st) != 0) {
+        free(real);
         return false;
+    }
     *mode = st.st_mode & 07777;
-    return (st.st_mode & S_IROTH) != 0;
+    bool exposed = (st.st_mode & S_IROTH) != 0;
+    /* A directory others cannot search (0750 /etc/kumo-nats-relay) protects the file. */
+    for (char *slash = strrchr(real, '/'); exposed && slash; slash = strrchr(real, '/')) {
+        *slash = '\0';
+        if (stat(*real ? real : "/", &st) != 0 || !(st.st_mode & S_IXOTH))
+            exposed = false;
+        if (!*real)
+            break;
+    }
+    free(real);
+    return exposed;
 }
 
 void secret_free(char *secret)

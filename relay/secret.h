@@ -24,7 +24,8 @@ char *secret_from_env(const char *name, char **err);
  * holding a NUL byte. */
 char *secret_read_file(const char *path, char **err);
 
-/* True when others (not the owner, not the group) may read the file: mode & 004. */
+/* True when others (not the owner, not the group) may read the file: mode & 004, and
+ * every directory above it lets others through (o+x). *mode is the file's mode. */
 bool secret_file_exposed(const char *path, mode_t *mode);
 
 /* Overwrite a secret with zeros, in a way the compiler keeps, then free it. */

@@ -9,6 +9,7 @@ with the openssl command (security_tools.py). Every test greps everything the re
 
 import os
 import re
+import signal
 import urllib.error
 import urllib.request
 
@@ -19,6 +20,8 @@ STREAM = "KUMO"
 PASSWORD = "pw-Corr3ct-horse-7f1c"
 WRONG_PASSWORD = "pw-Wr0ng-battery-93ad"
 TOKEN = "tok-5ecret-staple-62be"
+NEW_PASSWORD = "pw-N3xt-quarter-1d0b"
+TOOL_PASSWORD = "pw-T00l-only-for-streamtool"
 
 
 def http_get(url):
@@ -33,6 +36,9 @@ class SecurityTest(h.RelayTestCase):
     def setUp(self):
         super().setUp()
         self.secrets = []
+        # mkdtemp makes the dir 0700, which alone keeps others out of every file in it;
+        # open it up so that the permission warnings judge the files themselves.
+        self.tmp.chmod(0o755)
 
     # ---- helpers ----
 
@@ -51,12 +57,12 @@ class SecurityTest(h.RelayTestCase):
         path.chmod(mode)
         return path
 
-    def secured_nats(self, conf_text, tool_url=lambda server: server.url):
+    def secured_nats(self, conf_text, tool_url=lambda server: server.url, server_class=None):
         """nats-server -js with conf_text (-c), JetStream ready and the stream created;
         tool_url(server) is the URL streamtool uses (credentials in it, if any)."""
         conf = self.tmp / f"nats-{len(self._procs)}.conf"
         conf.write_text(conf_text)
-        server = h.NatsServer(self.tmp, extra_args=["-c", conf], start=False)
+        server = (server_class or h.NatsServer)(self.tmp, extra_args=["-c", conf], start=False)
         self._procs.append(server)
         server.start(wait=False)
 
@@ -175,6 +181,38 @@ class SecurityTest(h.RelayTestCase):
         relay.set_config(dict(cfg, nats={"servers": [server.url], "user": "relay",
                                          "password": {"file": str(pw)}}))
         relay.start()
+        self.assert_stream(server, expected)
+        self.assertEqual(0, relay.stop())
+        self.assert_no_secret(relay)
+
+    def test_password_rotated_on_the_server_first_then_sighup(self):
+        """The worst order: the server drops the old password while the relay runs. The
+        relay is refused, waits with the records in the spool, and SIGHUP with the new
+        password file relays everything exactly once, without a restart."""
+        self.secrets = [PASSWORD, NEW_PASSWORD]
+        def conf_text(password):
+            return (f'server_name: knr-rotation\njetstream {{ store_dir: "{self.tmp}/js" }}\n'
+                    'authorization { users = [ { user: relay, password: "%s" }, '
+                    '{ user: tool, password: "%s" } ] }\n' % (password, TOOL_PASSWORD))
+        server = self.secured_nats(conf_text(PASSWORD), server_class=ReloadableNatsServer,
+                                   tool_url=lambda s: f"nats://tool:{TOOL_PASSWORD}@127.0.0.1:"
+                                                      f"{s.port}")
+        conf = sorted(self.tmp.glob("nats-*.conf"))[-1]
+        pw = self.secret_file("nats-password", PASSWORD)
+        relay = self.relay(self.relay_config(
+            server.url, nats={"user": "relay", "password": {"file": str(pw)}}))
+        expected = self.write_records(500, seed=10, index=0)
+        h.wait_count(server.tool_url, STREAM, len(expected), 60)
+
+        conf.write_text(conf_text(NEW_PASSWORD))
+        server.proc.send_signal(signal.SIGHUP)  # nats-server reloads: the relay is cut off
+        self.wait_log(relay, r"nats refused the relay's credentials, retrying in \d+ms", 1, 60)
+        expected += self.write_records(500, seed=11, index=1)
+
+        staged = self.secret_file(".nats-password.new", NEW_PASSWORD)
+        staged.rename(pw)  # atomic: the relay never reads half a password
+        relay.proc.send_signal(signal.SIGHUP)
+        self.wait_log(relay, r"reloaded configuration and policy")
         self.assert_stream(server, expected)
         self.assertEqual(0, relay.stop())
         self.assert_no_secret(relay)
@@ -360,6 +398,14 @@ class SecurityTest(h.RelayTestCase):
                 self.assertEqual(1, rc, out)
                 self.assertIn(message, out)
         self.assert_no_secret(relay)
+
+
+class ReloadableNatsServer(h.NatsServer):
+    """nats-server with every setting in its -c file: its reload (SIGHUP) re-reads the
+    file alone and refuses a server name or JetStream store given by flags."""
+
+    def args(self):
+        return [h.Tools.nats_server, "-a", "127.0.0.1", "-p", self.port] + self.extra_args
 
 
 LUA_POLICY = """\

@@ -119,6 +119,23 @@ Test(secret, exposed_means_others_may_read)
     cr_assert_eq(mode, 0604);
     unlink(path);
     free(path);
+
+    /* Inside a directory others cannot search, an o+r file is not exposed. */
+    char dir[] = "/tmp/test_secret_dir_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *inner = NULL;
+    cr_assert(asprintf(&inner, "%s/secret", dir) > 0);
+    FILE *f = fopen(inner, "w");
+    fputs("x", f);
+    fclose(f);
+    chmod(inner, 0644);
+    chmod(dir, 0750);
+    cr_assert_not(secret_file_exposed(inner, &mode));
+    chmod(dir, 0755);
+    cr_assert(secret_file_exposed(inner, &mode));
+    unlink(inner);
+    rmdir(dir);
+    free(inner);
 }
 
 Test(nkey, public_key_of_a_user_seed)
