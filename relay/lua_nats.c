@@ -135,7 +135,16 @@ static char *key_source(lua_State *L, int idx, const char *what)
 {
     char *secret, *err = NULL;
     if (lua_type(L, idx) == LUA_TSTRING) {
-        if (!(secret = secret_read_file(lua_tostring(L, idx), &err))) {
+        /* Not named in the message: a policy written for the old reading of a string (the
+         * value itself) would put the password in the log. */
+        const char *path = lua_tostring(L, idx);
+        if (access(path, R_OK) != 0)
+            luaL_error(L,
+                       "kumo.nats.connect: %s: a string names a file holding the value, and "
+                       "that file cannot be read (%s); give the value itself as "
+                       "{ key_data = '...' }",
+                       what, strerror(errno));
+        if (!(secret = secret_read_file(path, &err))) {
             lua_pushfstring(L, "kumo.nats.connect: %s: %s", what, err);
             free(err);
             lua_error(L);

@@ -362,6 +362,13 @@ class SecurityTest(h.RelayTestCase):
             rc, out = relay.check()
             self.assertEqual(1, rc, out)
             self.assertIn(message, out)
+        # A password written as a plain string is read as a file name, as in KumoMTA; the
+        # error must not repeat it.
+        policy.write_text(LUA_POLICY.format(port=server.port, password_file=PASSWORD, tls=tls,
+                                            extra="", client=client))
+        rc, out = relay.check()
+        self.assertEqual(1, rc, out)
+        self.assertIn("auth.password: a string names a file holding the value", out)
         self.assert_no_secret(relay)
 
     # ---- --check and configuration errors ----
