@@ -1,11 +1,27 @@
 #include "nats_auth.h"
 
+#include "config.h"
 #include "nkey.h"
 #include "xalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+struct nats_auth nats_auth_from_config(const struct config *cfg)
+{
+    return (struct nats_auth){
+        .user = cfg->nats_user,
+        .password = cfg->nats_password,
+        .token = cfg->nats_token,
+        .nkey_seed = cfg->nats_nkey_seed,
+        .creds = cfg->nats_creds,
+        .tls_ca = cfg->nats_tls_ca,
+        .tls_cert = cfg->nats_tls_cert,
+        .tls_key = cfg->nats_tls_key,
+        .tls_required = cfg->nats_tls_required != 0,
+    };
+}
 
 bool nats_auth_wants_tls(const struct nats_auth *auth)
 {

@@ -18,6 +18,11 @@ struct nats_auth {
     bool tls_required;
 };
 
+struct config;
+
+/* The default connection's settings (the nats: section); the strings stay the config's. */
+struct nats_auth nats_auth_from_config(const struct config *cfg);
+
 /* True when the settings ask for TLS (tls_required, a CA or a client certificate). */
 bool nats_auth_wants_tls(const struct nats_auth *auth);
 

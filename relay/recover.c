@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "nats_auth.h"
 #include "xalloc.h"
 
 #include <inttypes.h>
@@ -169,6 +170,8 @@ static natsConnection *connect_once(const struct config *cfg)
 {
     natsOptions *opts = NULL;
     natsConnection *nc = NULL;
+    struct nats_auth auth = nats_auth_from_config(cfg);
+    char *err = NULL;
     natsStatus st = natsOptions_Create(&opts);
     if (st == NATS_OK)
         st = natsOptions_SetServers(opts, (const char **)cfg->nats_servers,
@@ -178,12 +181,19 @@ static natsConnection *connect_once(const struct config *cfg)
     if (st == NATS_OK)
         st = natsOptions_SetAllowReconnect(opts, false);
     if (st == NATS_OK)
+        st = nats_auth_apply(opts, &auth, &err); /* the same credentials and TLS */
+    if (st == NATS_OK)
         st = natsConnection_Connect(&nc, opts);
     natsOptions_Destroy(opts);
+    if (st != NATS_OK && !err) {
+        const char *detail = nats_GetLastError(NULL);
+        err = xstrdup(detail && *detail ? detail : natsStatus_GetText(st));
+    }
     if (st != NATS_OK)
-        log_warn("cannot read back the stream at start (no server now); relying on its "
-                 "duplicate_window for records sent again error=\"%s\"",
-                 natsStatus_GetText(st));
+        log_warn("cannot read back the stream at start; relying on its duplicate_window for "
+                 "records sent again error=\"%s\"",
+                 err);
+    free(err);
     return st == NATS_OK ? nc : NULL;
 }
 

@@ -643,15 +643,7 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
         .server_count = cfg->nats_server_count,
         .name = "kumo-nats-relay",
         .ack_timeout_ms = cfg->ack_timeout_ms,
-        .auth = {.user = cfg->nats_user,
-                 .password = cfg->nats_password,
-                 .token = cfg->nats_token,
-                 .nkey_seed = cfg->nats_nkey_seed,
-                 .creds = cfg->nats_creds,
-                 .tls_ca = cfg->nats_tls_ca,
-                 .tls_cert = cfg->nats_tls_cert,
-                 .tls_key = cfg->nats_tls_key,
-                 .tls_required = cfg->nats_tls_required != 0},
+        .auth = nats_auth_from_config(cfg),
     };
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }

@@ -241,12 +241,16 @@ class SecurityTest(h.RelayTestCase):
         self.assertEqual(0, relay.stop())
         self.assertEqual(0, h.stream_count(server.tool_url, STREAM))
 
+        # jetstream.stream: the stream's tail is read back at start over a connection of
+        # its own, which must authenticate the same way.
         relay.set_config(self.relay_config(server.url, nats=dict(auth, tls_required=True, tls={
             "ca": str(tls / "ca.pem"), "cert": str(tls / "client.pem"),
-            "key": str(tls / "client.key")})))
+            "key": str(tls / "client.key")}), jetstream={"stream": STREAM}))
         self.assertEqual(0, relay.run_once())
         self.assert_stream(server, expected)
         self.assertIn('auth="user relay, tls with a client certificate"', relay.log_text())
+        self.assertIn(f"read back the stream's tail stream={STREAM}", relay.log_text())
+        self.assertNotIn("cannot read back the stream", relay.log_text())
         self.assert_no_secret(relay)
 
     def test_tls_server_certificate_is_verified(self):
