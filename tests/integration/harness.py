@@ -39,6 +39,9 @@ import weakref
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Set by tests/sanitize.sh: the binaries are ASan/UBSan builds, several times slower and
+# with a larger RSS (shadow memory, quarantine); timing and memory bounds do not hold.
+SANITIZED = bool(os.environ.get("KNR_SANITIZED"))
 KUMO_SUBJECTS = ["kumo.log.>"]
 DEFAULT_SUBJECT = "kumo.log.{type}"
 
