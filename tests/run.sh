@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The project's test command: build into build/, run the unit tests (ctest), then the
 # integration tests (real nats-server, real binary), then the packaging suite (builds,
-# checks, installs and purges the .deb and the .rpm in build-pkg/). Runs from any directory.
+# checks, installs and purges the .deb and the .rpm in build-pkg/), then the fuzz suite
+# (tests/fuzz/run.sh: every libFuzzer target for FUZZ_SECONDS, default 60) and the
+# sanitizer suite (tests/sanitize.sh: ASan+UBSan build, unit and integration tests on it,
+# a valgrind memcheck run). Runs from any directory.
 #
 #   tests/run.sh [integration run.py arguments, e.g. test_core -k restart]
+#
+# FUZZ=0 or SANITIZE=0 leaves that suite out. Under the sanitizers the integration tests
+# are those selected by the arguments, or without any all but the two fault suites
+# (test_faults, test_faults_spool: timing-bound, minutes more under ASan); run
+# tests/sanitize.sh alone for those.
 #
 # Exit status is non-zero when the build fails or any test fails.
 set -euo pipefail
@@ -43,10 +51,30 @@ set +e
 integration_rc=$?
 tests/packaging/run.sh
 packaging_rc=$?
+fuzz_rc=0
+if [[ ${FUZZ:-1} != 0 ]]; then
+    tests/fuzz/run.sh
+    fuzz_rc=$?
+fi
+sanitize_rc=0
+if [[ ${SANITIZE:-1} != 0 ]]; then
+    sanitize_args=("$@")
+    if [[ $# -eq 0 ]]; then
+        for f in tests/integration/test_*.py; do
+            case $(basename "$f") in
+            test_faults.py | test_faults_spool.py) ;;
+            *) sanitize_args+=("$(basename "$f" .py)") ;;
+            esac
+        done
+    fi
+    tests/sanitize.sh "${sanitize_args[@]}"
+    sanitize_rc=$?
+fi
 set -e
 
 echo "unit: $unit_passed passed, $unit_failed failed"
-if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 || $packaging_rc -ne 0 ]]; then
+if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 || $packaging_rc -ne 0 ||
+    $fuzz_rc -ne 0 || $sanitize_rc -ne 0 ]]; then
     echo "tests FAILED"
     exit 1
 fi

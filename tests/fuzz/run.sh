@@ -4,7 +4,7 @@
 #
 #   tests/fuzz/run.sh [TARGET...]        e.g. tests/fuzz/run.sh config checkpoint
 #
-# FUZZ_SECONDS (default 30) bounds each target. Each starts from its seed corpus in
+# FUZZ_SECONDS (default 60) bounds each target. Each starts from its seed corpus in
 # tests/fuzz/corpus/<name>/ (never written to) plus what earlier runs found
 # (build-fuzz/corpus/<name>/). Prints "fuzz <name>: N execs, 0 crashes" per target; a
 # crash, leak, timeout or out-of-memory input is kept in tests/fuzz/crashes/ (git-ignored)
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-seconds=${FUZZ_SECONDS:-30}
+seconds=${FUZZ_SECONDS:-60}
 build=build-fuzz
 crashes=tests/fuzz/crashes
 
