@@ -236,7 +236,10 @@ def nats_request(url, subject, payload=b"", timeout=5.0):
     with socket.create_connection((host, int(port)), timeout=timeout) as s:
         buf = b""
         while b"\r\n" not in buf:
-            buf += s.recv(4096) or b""
+            chunk = s.recv(4096)
+            if not chunk:
+                raise AssertionError(f"{url} closed the connection before its INFO")
+            buf += chunk
         s.sendall(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n'
                   + f"SUB {inbox} 1\r\nPUB {subject} {inbox} {len(payload)}\r\n".encode()
                   + payload + b"\r\n")
