@@ -46,7 +46,7 @@ echo "sanitize unit: $((unit_total - unit_failed)) passed, $unit_failed failed"
 
 integration_log=$(mktemp)
 set +e
-KNR_SANITIZED=1 KNR_BUILD_DIR="$build" KNR_TEST_FILE_TIMEOUT="${KNR_TEST_FILE_TIMEOUT:-2400}" \
+KNR_SANITIZED=1 KNR_BUILD_DIR="$build" KNR_TEST_FILE_TIMEOUT="${KNR_TEST_FILE_TIMEOUT:-1200}" \
     /usr/bin/python3 tests/integration/run.py -q "$@" 2>&1 | tee "$integration_log"
 integration_rc=${PIPESTATUS[0]}
 set -e

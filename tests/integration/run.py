@@ -6,7 +6,7 @@ it), and print one summary line per file and a total.
     tests/integration/run.py [NAME...] [-k PATTERN] [-q]
 
 NAME selects files (test_core or test_core.py); -k is unittest's test name pattern.
-KNR_TEST_FILE_TIMEOUT (seconds, default 1800) bounds each file. Exit status is non-zero
+KNR_TEST_FILE_TIMEOUT (seconds, default 600) bounds each file. Exit status is non-zero
 when any test failed or errored, or a file could not run. Skipped tests are counted as
 skipped, never as passed.
 """
@@ -138,7 +138,7 @@ def main():
         print("integration: no test files found")
         return 0
 
-    timeout = float(os.environ.get("KNR_TEST_FILE_TIMEOUT", "1800"))
+    timeout = float(os.environ.get("KNR_TEST_FILE_TIMEOUT", "600"))
     total = {"passed": 0, "failed": 0, "skipped": 0}
     lines = []
     started = time.monotonic()
