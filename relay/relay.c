@@ -31,6 +31,11 @@ enum {
     RECORDS_PER_TURN = 256, /* records read from one segment before the next gets a turn */
     TICK_MS = 100,          /* ack timeouts and retries */
     RESCAN_MS = 30000,      /* the safety-net scan, in case inotify missed something */
+    /* Done segments decoded at once. Each open reader holds a zstd window and buffers
+     * (~2.5 MB), so a backlog of many done segments, read all at once, would cost memory
+     * in proportion to the backlog. Live segments always get a reader: a quiet one must
+     * never wait behind a busy one. */
+    DONE_READERS = 2,
 };
 
 /* ---- the ready queue: segments that may have records to read ---- */
@@ -127,6 +132,27 @@ static void free_segment_if_unused(struct segment *seg)
         spool_segment_free(seg);
 }
 
+/* Closes a segment's reader. A done reader's slot goes to the waiting backlog: all of it
+ * is queued again, in name order, and the first to run takes the slot. Waking all (not
+ * one) means a segment that fails to open cannot leave the others waiting. */
+static void close_reader(struct relay *r, struct segment *seg)
+{
+    segment_reader_close(seg->reader);
+    seg->reader = NULL;
+    if (!seg->holds_done_slot)
+        return;
+    seg->holds_done_slot = false;
+    r->done_readers--;
+    size_t n = spool_segment_count(r->spool);
+    for (size_t i = 0; i < n; i++) {
+        struct segment *s = spool_segment(r->spool, i);
+        if (s->awaiting_reader) {
+            s->awaiting_reader = false;
+            ready_push(r, s);
+        }
+    }
+}
+
 static void on_segment_removed(void *ctx, struct segment *seg)
 {
     struct relay *r = ctx;
@@ -137,8 +163,8 @@ static void on_segment_removed(void *ctx, struct segment *seg)
                  seg->name, seg->records_read, seg->wm.committed_offset);
     }
     ready_forget(r, seg);
-    segment_reader_close(seg->reader);
-    seg->reader = NULL;
+    seg->awaiting_reader = false;
+    close_reader(r, seg);
     r->dirty = true;
     free_segment_if_unused(seg);
 }
@@ -342,8 +368,14 @@ static void handle_record(struct relay *r, struct segment *seg, const struct seg
 
 /* ---- reading ---- */
 
+/* Opens the segment's reader; false when it cannot now (logged), or when it is done and
+ * every done-reader slot is taken (it is queued again when one frees). */
 static bool open_reader(struct relay *r, struct segment *seg)
 {
+    if (seg->done && r->done_readers >= DONE_READERS) {
+        seg->awaiting_reader = true;
+        return false;
+    }
     char *err = NULL;
     seg->reader = segment_reader_open(seg->path, seg->resume_offset, seg->resume_ordinal,
                                       r->cfg->max_record_bytes, &err);
@@ -354,6 +386,10 @@ static bool open_reader(struct relay *r, struct segment *seg)
         return false;
     }
     segment_reader_set_header(seg->reader, r->cfg->spools[seg->dir].segment_header);
+    if (seg->done) {
+        seg->holds_done_slot = true;
+        r->done_readers++;
+    }
     return true;
 }
 
@@ -368,8 +404,7 @@ static void end_of_segment(struct relay *r, struct segment *seg)
                  "dropped segment=%s dropped_bytes=%zu frame_truncated=%s",
                  seg->name, tail.partial_bytes, tail.frame_truncated ? "yes" : "no");
     }
-    segment_reader_close(seg->reader);
-    seg->reader = NULL;
+    close_reader(r, seg);
     seg->state = SEGMENT_STATE_DRAINING;
     finish_if_drained(seg);
     r->dirty = true;
@@ -381,8 +416,7 @@ static void segment_failed(struct relay *r, struct segment *seg)
     log_error("segment cannot be decoded past this point, skipping the rest of it segment=%s "
               "offset=%" PRIu64 " error=\"%s\"",
               seg->name, segment_reader_offset(seg->reader), segment_reader_error(seg->reader));
-    segment_reader_close(seg->reader);
-    seg->reader = NULL;
+    close_reader(r, seg);
     seg->state = SEGMENT_STATE_DRAINING;
     finish_if_drained(seg);
     r->dirty = true;

@@ -43,6 +43,7 @@ struct relay {
     struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
     bool have_checkpoint;
     struct segment *ready_head, *ready_tail;
+    size_t done_readers; /* open readers of done segments (see DONE_READERS) */
     struct inflight_record *records, *free_records;
     size_t record_count, records_in_use;
     size_t publishes_in_flight; /* through every connection: the window */

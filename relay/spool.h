@@ -37,6 +37,8 @@ struct segment {
     bool skip_existing; /* start_at: end, no checkpoint: skip what is there now */
     struct segment *ready_next;
     struct segment_reader *reader; /* open while READING */
+    bool awaiting_reader;          /* done, backlog: waits for a free done-reader slot */
+    bool holds_done_slot;          /* its reader was opened while it was done */
     struct watermark wm;
     uint64_t resume_offset, resume_ordinal; /* from the checkpoint */
     uint64_t records_read;

@@ -272,6 +272,31 @@ class FaultTest(h.RelayTestCase):
         print(f"{time.monotonic() - started:.1f}s", flush=True)
         h.check_exactly_once(dump, expected, "30 s server outage")
 
+    def test_backlog_of_many_done_segments_memory_bounded(self):
+        """A backlog of 16 done zstd segments costs the relay no more memory than one of 2:
+        done segments are decoded a few at a time, in name order, not all at once (each
+        open decoder holds a zstd window)."""
+        server = self.nats()
+        h.create_stream(server.url, STREAM, storage="file", dup_window=DUP_WINDOW)
+        peaks, expected = {}, []
+        for count in (2, 16):
+            tag = f"b{count}"
+            spool, state = self.tmp / f"spool-{tag}", self.tmp / f"state-{tag}"
+            spool.mkdir()
+            for i, name in enumerate(h.segment_names(count)):
+                lines = h.many_records(3000, seed=i, prefix=f"{tag}-{i}-")
+                h.write_segment(spool / name, lines)
+                expected += h.expected_messages(tag, name, lines)
+            relay = self.relay(h.relay_config(spool, state, server.url, relay_id=tag), name=tag)
+            h.wait_count(server.url, STREAM, len(expected), timeout=120)
+            peaks[count] = h.proc_status_kb(relay.pid, "VmHWM")
+            self.assertEqual(0, relay.stop())
+        print(f"relay peak RSS kB: {peaks[2]} over 2 done segments, {peaks[16]} over 16 "
+              f"(3,000 records each)", flush=True)
+        if not h.SANITIZED:  # ASan's quarantine keeps freed decoders resident
+            self.assertLess(peaks[16] - peaks[2], 6 * 1024)
+        h.check_exactly_once(h.dump_stream(server.url, STREAM), expected, "16-segment backlog")
+
 
 if __name__ == "__main__":
     import unittest
