@@ -1,5 +1,6 @@
 #include "publish.h"
 
+#include "dupwindow.h"
 #include "log.h"
 #include "metrics.h"
 #include "loop.h"
@@ -378,6 +379,23 @@ static void free_slot(struct publisher *p, struct slot *s)
     move_slot(p, s, SLOT_FREE, 0);
 }
 
+/* The first ack from a stream: ask for its configuration (dupwindow.h). The answer comes
+ * on <inbox>.w.0, which the ack subscription (<inbox>.*.*) receives; no slot has that
+ * name, so it cannot be taken for an ack. */
+static void request_stream_info(struct publisher *p, const char *stream)
+{
+    char subject[192], reply[256];
+    snprintf(subject, sizeof(subject), "$JS.API.STREAM.INFO.%s", stream);
+    snprintf(reply, sizeof(reply), "%s.w.0", p->inbox);
+    if (p->conn)
+        natsConnection_PublishRequestString(p->conn, subject, reply, "");
+}
+
+static bool is_stream_info_reply(const struct publisher *p, const char *subject)
+{
+    return strlen(subject) == p->inbox_len + 4 && strcmp(subject + p->inbox_len, ".w.0") == 0;
+}
+
 static void handle_reply(struct publisher *p, const struct event *ev)
 {
     struct slot *s = slot_at(p, ev->slot);
@@ -395,6 +413,8 @@ static void handle_reply(struct publisher *p, const struct event *ev)
         METRIC_ADD(publishes_acked, 1);
         p->stats.acked++;
         free_slot(p, s);
+        if (dupwindow_first_ack(ack.stream))
+            request_stream_info(p, ack.stream);
         p->done(p->ctx, cookie, &ack);
         return;
     }
@@ -572,9 +592,12 @@ static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
 static void take_reply(struct publisher *p, natsMsg *msg)
 {
     struct event ev = {0};
-    if (parse_reply(natsMsg_GetSubject(msg), p->inbox_len, &ev.slot, &ev.generation)) {
+    const char *subject = natsMsg_GetSubject(msg);
+    if (parse_reply(subject, p->inbox_len, &ev.slot, &ev.generation)) {
         classify_reply(msg, &ev);
         handle_reply(p, &ev);
+    } else if (is_stream_info_reply(p, subject)) {
+        dupwindow_info_reply(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
     }
     natsMsg_Destroy(msg);
 }

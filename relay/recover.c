@@ -1,6 +1,7 @@
 #include "recover.h"
 
 #include "config.h"
+#include "dupwindow.h"
 #include "log.h"
 #include "nats_auth.h"
 #include "xalloc.h"
@@ -103,19 +104,6 @@ static json_t *api_request(natsConnection *nc, const char *subject, const char *
         return NULL;
     }
     return doc;
-}
-
-static void check_duplicate_window(const struct config *cfg, json_t *info)
-{
-    json_int_t window_ns =
-        json_integer_value(json_object_get(json_object_get(info, "config"), "duplicate_window"));
-    int64_t window_ms = (int64_t)(window_ns / 1000000);
-    if (window_ms < cfg->expected_max_downtime_ms)
-        log_warn("the stream's duplicate_window is shorter than expected_max_downtime: after a "
-                 "longer outage JetStream cannot drop copies the relay sends again (the relay "
-                 "still skips those it finds at the stream's tail) stream=%s "
-                 "duplicate_window_ms=%" PRId64 " expected_max_downtime_ms=%" PRId64,
-                 cfg->jetstream_stream, window_ms, cfg->expected_max_downtime_ms);
 }
 
 /* Reads the headers of the stream's last messages through an ephemeral push consumer
@@ -256,7 +244,7 @@ struct recovery *recover_read(const struct config *cfg)
     json_t *info = stream_info(nc, cfg);
     struct recovery *rc = NULL;
     if (info) {
-        check_duplicate_window(cfg, info);
+        dupwindow_check(info);
         json_t *state = json_object_get(info, "state");
         uint64_t first = (uint64_t)json_integer_value(json_object_get(state, "first_seq"));
         uint64_t last = (uint64_t)json_integer_value(json_object_get(state, "last_seq"));

@@ -1,8 +1,8 @@
 /* Recovery at start: read back the tail of the stream and remember which of this relay's
  * deterministic Nats-Msg-Ids JetStream already stores. A record whose id is there is not
  * published again, even when the relay was down longer than the stream's
- * duplicate_window (after which JetStream itself would store the copy). Also warns when
- * the stream's duplicate_window is shorter than expected_max_downtime. */
+ * duplicate_window (after which JetStream itself would store the copy). Also checks the
+ * stream's duplicate_window (dupwindow.h) before the first publish. */
 #ifndef RELAY_RECOVER_H
 #define RELAY_RECOVER_H
 

@@ -3,6 +3,7 @@
 
 #include "config.h"
 #include "deadletter.h"
+#include "dupwindow.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -714,6 +715,7 @@ static char *relay_start(struct relay *r)
     struct policy_env env = relay_policy_env(r);
     if (!(r->policy = policy_create(r->cfg, &env, &err)))
         return err;
+    dupwindow_configure(r->cfg->expected_max_downtime_ms);
     r->recovery = recover_read(r->cfg);
     struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
     if (!(r->spool = spool_open(r->cfg->spools, r->cfg->spool_count, r->loop, &events, &err)))
@@ -759,6 +761,7 @@ static void relay_stop(struct relay *r)
         close(r->signal_fd);
     offsets_checkpoint_free(&r->checkpoint);
     recover_free(r->recovery);
+    dupwindow_free();
     free(r->records);
 }
 

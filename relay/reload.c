@@ -3,6 +3,7 @@
  * its connections still carry unacknowledged publishes, and records it held (batches,
  * retries) are handed to the new policy in their place in the watermark. */
 #include "config.h"
+#include "dupwindow.h"
 #include "log.h"
 #include "notify.h"
 #include "policy.h"
@@ -101,6 +102,7 @@ void reload_run(struct relay *r)
     r->pub = pub;
     r->cfg = r->owned_cfg = cfg;
     log_set_level((enum log_level)cfg->log_level);
+    dupwindow_configure(cfg->expected_max_downtime_ms); /* streams are checked again */
     policy_release_held(old, resubmit, r);
     log_info("reloaded configuration and policy policy=%s",
              cfg->policy_script ? cfg->policy_script : "built-in");

@@ -4,11 +4,28 @@ back the stream's tail at start and does not publish what is already stored; wit
 (the control, run side by side) JetStream can no longer drop the copies."""
 
 import collections
+import re
 import time
 
 import harness as h
 
 DOWNTIME_S = 10  # the scenario itself: longer than the 5 s duplicate window
+
+LUA_TWO_STREAMS = """
+local kumo = require 'kumo'
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config { protocol = { custom_lua = { constructor = 'make.nats' } } }
+end)
+kumo.on('make.nats', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      client:publish { subject = 'short.x', payload = message:get_data() }
+      client:publish { subject = 'long.x', payload = message:get_data() }
+    end,
+  }
+end)
+"""
 
 
 class DuplicateWindowTest(h.RelayTestCase):
@@ -56,6 +73,40 @@ class DuplicateWindowTest(h.RelayTestCase):
         print(f"control without read-back: {len(dump)} stored for {len(control_expected)} "
               f"records, {sum(1 for c in copies.values() if c > 1)} duplicated")
         self.assertEqual(2 * len(control_expected), len(dump))
+
+    def test_short_duplicate_window_is_warned_for_every_stream_published_to(self):
+        """Without jetstream.stream the relay still learns each stream it writes into from
+        the acks, reads its configuration once, and warns once for each whose
+        duplicate_window is shorter than expected_max_downtime: the built-in policy's, and
+        of the two a Lua policy publishes to, the short one only."""
+        server = self.nats()
+        h.create_stream(server.url, "SHORT", ["short.>"], dup_window=5)
+        h.create_stream(server.url, "LONG", ["long.>"], dup_window=1200)
+        name = h.segment_name()
+        lines = h.make_records(600, seed=5, prefix="w")
+        h.write_segment(self.spool / name, lines)
+        warning = (r" warn the stream's duplicate_window is shorter than expected_max_downtime: "
+                   r".* stream=(\S+) duplicate_window_ms=(\d+) expected_max_downtime_ms=(\d+)$")
+
+        builtin = self.relay(self.relay_config(server.url, subject="short.{type}",
+                                               expected_max_downtime="10m"), start=False)
+        self.assertEqual(0, builtin.run_once())
+        self.assertEqual([("SHORT", "5000", "600000")],
+                         re.findall(warning, builtin.log_text(), flags=re.M))
+
+        # A Lua policy that sends each record to both streams.
+        policy = self.tmp / "policy.lua"
+        policy.write_text(LUA_TWO_STREAMS.replace("PORT", str(server.port)))
+        lua = self.relay(h.relay_config(self.spool, self.tmp / "state-lua", server.url,
+                                        relay_id="lua",
+                                        policy={"script": str(policy), "subject": None},
+                                        expected_max_downtime="10m"),
+                         start=False, name="lua")
+        self.assertEqual(0, lua.run_once())
+        self.assertEqual([("SHORT", "5000", "600000")],
+                         re.findall(warning, lua.log_text(), flags=re.M))
+        self.assertEqual(2 * len(lines), h.stream_count(server.url, "SHORT"))
+        self.assertEqual(len(lines), h.stream_count(server.url, "LONG"))
 
 
 if __name__ == "__main__":
