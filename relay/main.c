@@ -3,6 +3,7 @@
 #include "log.h"
 #include "policy.h"
 #include "relay.h"
+#include "replay.h"
 #include "status.h"
 
 #include <getopt.h>
@@ -17,6 +18,7 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: kumo-nats-relay [OPTIONS]\n"
             "       kumo-nats-relay status [--json] [-c FILE]\n"
+            "       kumo-nats-relay deadletter replay [-c FILE]\n"
             "\n"
             "Tails KumoMTA's log spool and publishes every record to NATS JetStream, exactly\n"
             "once: offsets advance only on JetStream's acknowledgement.\n"
@@ -40,6 +42,10 @@ static void usage(FILE *out)
             "Commands:\n"
             "  status               from the checkpoint and the spool: each segment's state,\n"
             "                       records and bytes committed, and how much is behind\n"
+            "  deadletter replay    write the dead letters recorded since the last replay\n"
+            "                       into the spool as a new done segment, for the running\n"
+            "                       relay to publish again once their cause is fixed (run\n"
+            "                       it as a user that can write the spool, e.g. root)\n"
             "\n"
             "Signals: SIGTERM and SIGINT stop reading, wait for in-flight acks (up to\n"
             "shutdown_timeout), write the checkpoint and exit 0. SIGHUP reloads the\n"
@@ -125,6 +131,10 @@ int main(int argc, char **argv)
     bool status = optind < argc && strcmp(argv[optind], "status") == 0;
     if (status)
         optind++;
+    bool replay = !status && optind + 1 < argc && strcmp(argv[optind], "deadletter") == 0 &&
+                  strcmp(argv[optind + 1], "replay") == 0;
+    if (replay)
+        optind += 2;
     if (optind < argc) {
         fprintf(stderr, "kumo-nats-relay: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
@@ -144,9 +154,10 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)level);
-    int rc = status  ? status_run(&cfg, json)
-             : check ? check_config(&cfg)
-                     : relay_run(&cfg, &options);
+    int rc = status   ? status_run(&cfg, json)
+             : replay ? replay_deadletters(&cfg)
+             : check  ? check_config(&cfg)
+                      : relay_run(&cfg, &options);
     config_free(&cfg);
     return rc;
 }

@@ -14,6 +14,24 @@ import harness as h
 
 STREAM = "KUMO"
 
+LUA_PARK_BOUNCES = """
+local kumo = require 'kumo'
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config { protocol = { custom_lua = { constructor = 'make.nats' } } }
+end)
+kumo.on('make.nats', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      if message:get_meta('log_record').type == 'Bounce' and not io.open('FLAG') then
+        kumo.reject(550, 'bounces are parked')
+      end
+      client:publish { subject = 'kumo.log.x', payload = message:get_data() }
+    end,
+  }
+end)
+"""
+
 
 def http_get(url):
     """(status, body) of a GET; 5xx answers are returned, not raised."""
@@ -206,6 +224,60 @@ end)
         self.assertEqual("10", stopped["records"])
         connected = next(p for p in parsed if p["msg"] == "connected to nats")
         self.assertEqual(self.server.url, connected["server"])
+
+    def test_deadletter_replay_hands_parked_records_back(self):
+        """A Lua policy rejects Bounce records (550) until the operator creates a file: they
+        are dead-lettered. `deadletter replay` writes them back into the spool as a new done
+        segment, which the running relay reads through the policy again; the second replay,
+        after the fix, takes only the dead letters written since the first, and a third has
+        nothing left. Every record ends in the stream once."""
+        fixed = self.tmp / "bounces-fixed"
+        policy = self.tmp / "policy.lua"
+        policy.write_text(LUA_PARK_BOUNCES.replace("PORT", str(self.server.port))
+                          .replace("FLAG", str(fixed)))
+        name = h.segment_name()
+        lines = h.make_records(300, seed=11, prefix="dl")
+        h.write_segment(self.spool / name, lines)
+        bounces = [x for x in lines if json.loads(x)["type"] == "Bounce"]
+        self.assertGreater(len(bounces), 5)
+        kept = [m for m in h.expected_messages("test", name, lines) if m[0] not in bounces]
+        relay = self.relay(self.config(policy={"script": str(policy), "subject": None}))
+        letters = self.state / "deadletter" / "deadletter.jsonl"
+
+        def dead_count():
+            return letters.read_bytes().count(b"\n") if letters.exists() else 0
+
+        h.wait_count(self.server.url, STREAM, len(kept), timeout=60)
+        h.poll(lambda: dead_count() == len(bounces), 30, "the bounces dead-lettered")
+
+        def replay():
+            return h.run_command([h.Tools.relay, "deadletter", "replay", "-c",
+                                  relay.config_path])
+
+        first = replay()  # the cause is not fixed yet: parked again, under the new name
+        self.assertRegex(first, rf"^replayed {len(bounces)} dead letters as segment "
+                                rf"{re.escape(str(self.spool))}/\d{{8}}-\d{{6}}\.\d{{9}}_replay\n$")
+        h.poll(lambda: dead_count() == 2 * len(bounces), 30, "the replayed bounces parked again")
+
+        fixed.write_text("")
+        second = replay()
+        m = re.fullmatch(rf"replayed {len(bounces)} dead letters as segment "
+                         rf"{re.escape(str(self.spool))}/(\S+_replay)\n", second)
+        self.assertTrue(m, second)
+        expected = kept + h.expected_messages("test", m.group(1), bounces)
+        h.wait_count(self.server.url, STREAM, len(expected), timeout=60)
+        # An oversize record's dead letter has no line to replay: counted, not written.
+        with open(letters, "ab") as f:
+            f.write(b'{"segment":"x","start":0,"end":99,"reason":"oversize","line":null}\n')
+        self.assertEqual("1 dead letters were not replayed: their line was not kept whole "
+                         "(over 1 MiB or over max_record_bytes); each names the segment and "
+                         "offsets that hold it\n", replay())
+        self.assertEqual("no dead letters to replay since the last replay "
+                         f"({letters})\n", replay())
+        self.assertEqual(0, relay.stop())
+        self.assertEqual(2 * len(bounces) + 1, dead_count())
+        h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
+                             "dead letters replayed")
 
 
 if __name__ == "__main__":
