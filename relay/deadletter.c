@@ -1,5 +1,6 @@
 #include "deadletter.h"
 
+#include "utf8.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -40,37 +41,6 @@ struct deadletter *deadletter_open(const char *state_dir, char **err)
         return NULL;
     }
     return dl;
-}
-
-/* Length of the valid UTF-8 sequence at p, or 0. Overlong forms, UTF-16 surrogates and
- * code points past U+10FFFF are not valid (JSON parsers refuse them). */
-static size_t utf8_sequence(const unsigned char *p, size_t left)
-{
-    unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
-    size_t n;
-    if (p[0] >= 0xC2 && p[0] <= 0xDF) {
-        n = 2;
-    } else if (p[0] >= 0xE0 && p[0] <= 0xEF) {
-        n = 3;
-        if (p[0] == 0xE0)
-            lo = 0xA0;
-        else if (p[0] == 0xED)
-            hi = 0x9F;
-    } else if (p[0] >= 0xF0 && p[0] <= 0xF4) {
-        n = 4;
-        if (p[0] == 0xF0)
-            lo = 0x90;
-        else if (p[0] == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n > left || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    return n;
 }
 
 /* JSON string body; bytes that are not UTF-8 become U+FFFD (the line is evidence for a

@@ -1,5 +1,7 @@
 #include "jscan.h"
 
+#include "utf8.h"
+
 #include <string.h>
 
 /* A cursor over the line; every scan_* function advances it past one JSON element and
@@ -253,30 +255,6 @@ static unsigned read_u16(const char *p)
                       hex_value(p[3]));
 }
 
-static size_t put_utf8(unsigned cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* Decodes one escape at p (just after the backslash) into tmp; returns bytes consumed. */
 static size_t decode_escape(const char *p, const char *end, char *tmp, size_t *tmp_len)
 {
@@ -298,7 +276,7 @@ static size_t decode_escape(const char *p, const char *end, char *tmp, size_t *t
     }
     if (cp >= 0xD800 && cp < 0xE000)
         cp = 0xFFFD; /* a surrogate without its partner: not a character, not UTF-8 */
-    *tmp_len = put_utf8(cp, tmp);
+    *tmp_len = utf8_encode(cp, tmp);
     return used;
 }
 

@@ -4,6 +4,7 @@
  * tree first: it is cheaper, and jansson would print 0.1 as 0.10000000000000001. */
 #include "lua_json.h"
 
+#include "utf8.h"
 #include "xalloc.h"
 
 #include <jansson.h>
@@ -145,35 +146,6 @@ static void out_text(struct json_out *o, const char *s)
     out_write(o, s, strlen(s));
 }
 
-/* Length of the well-formed UTF-8 sequence at p (no overlong forms, no surrogates, nothing
- * past U+10FFFF), or 0. */
-static size_t utf8_length(const unsigned char *p, size_t left)
-{
-    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
-    size_t n;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        lo = c == 0xE0 ? 0xA0 : 0x80;
-        hi = c == 0xED ? 0x9F : 0xBF;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        lo = c == 0xF0 ? 0x90 : 0x80;
-        hi = c == 0xF4 ? 0x8F : 0xBF;
-    } else {
-        return 0;
-    }
-    if (left < n || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    return n;
-}
-
 static void escape_char(struct json_out *o, unsigned char c)
 {
     char tmp[8];
@@ -212,7 +184,7 @@ static int encode_string(struct json_out *o, const char *s, size_t len)
     out_text(o, "\"");
     while (p < end) {
         if (*p >= 0x80) {
-            size_t n = utf8_length(p, (size_t)(end - p));
+            size_t n = utf8_sequence(p, (size_t)(end - p));
             if (n == 0)
                 return fail(o, "string is not valid UTF-8");
             p += n;
