@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -85,7 +86,7 @@ static void push_value(lua_State *L, json_t *value)
     }
 }
 
-int lua_json_push(lua_State *L, const char *text, size_t len, char **err)
+int lua_json_push_reference(lua_State *L, const char *text, size_t len, char **err)
 {
     json_error_t error;
     json_t *root = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
@@ -96,6 +97,342 @@ int lua_json_push(lua_State *L, const char *text, size_t len, char **err)
     push_value(L, root);
     json_decref(root);
     return 0;
+}
+
+/* ---- JSON text -> Lua, directly ------------------------------------------------------
+ *
+ * A record is parsed straight into Lua values: building jansson's tree first (a malloc per
+ * node, a hash table per object) cost more than half of the CPU of a policy that reads
+ * log_record. This parser is strict on purpose: whatever it is not sure of (a syntax
+ * error, invalid UTF-8, a lone surrogate escape, NUL in a key, an integer that does not
+ * fit, a float that overflows, deep nesting) makes it give up, and the text goes to
+ * jansson, which yields the same values or the error text it always gave. The values are
+ * push_value's: null members left out, null elements left as holes. */
+
+enum { FAST_MAX_DEPTH = 2048 }; /* jansson's own limit */
+
+struct fast_parser {
+    lua_State *L;
+    const char *p, *end;
+    int depth;
+    char *scratch; /* unescaped strings */
+    size_t scratch_cap;
+};
+
+static bool fast_value(struct fast_parser *f);
+
+static void fast_skip_space(struct fast_parser *f)
+{
+    while (f->p < f->end && (*f->p == ' ' || *f->p == '\n' || *f->p == '\r' || *f->p == '\t'))
+        f->p++;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The code unit of "\uXXXX" at p (which has 6 bytes), or -1. */
+static long escape_u16(const char *p)
+{
+    if (p[0] != '\\' || p[1] != 'u')
+        return -1;
+    long v = 0;
+    for (int i = 2; i < 6; i++) {
+        int d = hex_digit(p[i]);
+        if (d < 0)
+            return -1;
+        v = v << 4 | d;
+    }
+    return v;
+}
+
+/* Decodes the escapes of a string whose body starts at s into f->scratch; f->p is at the
+ * first backslash. Pushes the string and leaves f->p past the closing quote. */
+static bool fast_string_escaped(struct fast_parser *f, const char *s, bool key)
+{
+    /* Decoding never lengthens: the body so far, then at most as many bytes as remain. */
+    size_t need = (size_t)(f->end - s);
+    if (need > f->scratch_cap) {
+        f->scratch = xrealloc(f->scratch, need);
+        f->scratch_cap = need;
+    }
+    size_t n = (size_t)(f->p - s);
+    memcpy(f->scratch, s, n);
+    const char *p = f->p;
+    while (p < f->end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            lua_pushlstring(f->L, f->scratch, n);
+            f->p = p + 1;
+            return true;
+        }
+        if (c < 0x20)
+            return false;
+        if (c >= 0x80) {
+            size_t len = utf8_sequence((const unsigned char *)p, (size_t)(f->end - p));
+            if (len == 0)
+                return false;
+            memcpy(f->scratch + n, p, len);
+            n += len;
+            p += len;
+            continue;
+        }
+        if (c != '\\') {
+            f->scratch[n++] = (char)c;
+            p++;
+            continue;
+        }
+        if (f->end - p < 2)
+            return false;
+        static const char plain[] = "\"\\/bfnrt", decoded[] = "\"\\/\b\f\n\r\t";
+        const char *e = p[1] ? strchr(plain, p[1]) : NULL;
+        if (e) {
+            f->scratch[n++] = decoded[e - plain];
+            p += 2;
+            continue;
+        }
+        long cp = f->end - p >= 6 ? escape_u16(p) : -1;
+        if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF) || (cp == 0 && key))
+            return false;
+        p += 6;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            long low = f->end - p >= 6 ? escape_u16(p) : -1;
+            if (low < 0xDC00 || low > 0xDFFF)
+                return false;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            p += 6;
+        }
+        n += utf8_encode((unsigned)cp, f->scratch + n);
+    }
+    return false;
+}
+
+/* f->p is at the opening quote. A string without escapes is pushed from the text itself. */
+static bool fast_string(struct fast_parser *f, bool key)
+{
+    const char *s = ++f->p;
+    const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
+    while (p < end) {
+        if (*p == '"') {
+            lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
+            f->p = (const char *)p + 1;
+            return true;
+        }
+        if (*p == '\\') {
+            f->p = (const char *)p;
+            return fast_string_escaped(f, s, key);
+        }
+        if (*p < 0x20)
+            return false;
+        if (*p >= 0x80) {
+            size_t n = utf8_sequence(p, (size_t)(end - p));
+            if (n == 0)
+                return false;
+            p += n;
+        } else {
+            p++;
+        }
+    }
+    return false;
+}
+
+static const char *skip_digits(const char *p, const char *end)
+{
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p;
+}
+
+static bool fast_number(struct fast_parser *f)
+{
+    const char *s = f->p, *p = s, *end = f->end;
+    bool negative = p < end && *p == '-';
+    p += negative;
+    if (p >= end || *p < '0' || *p > '9')
+        return false;
+    const char *digits = p;
+    p = *p == '0' ? p + 1 : skip_digits(p, end);
+    const char *int_end = p;
+    bool real = false;
+    if (p < end && *p == '.') {
+        real = true;
+        const char *frac = ++p;
+        p = skip_digits(p, end);
+        if (p == frac)
+            return false;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        real = true;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        const char *exp = p;
+        p = skip_digits(p, end);
+        if (p == exp)
+            return false;
+    }
+    if (!real) {
+        uint64_t v = 0;
+        for (const char *d = digits; d < int_end; d++) {
+            if (v > (UINT64_MAX - 9) / 10)
+                return false; /* too many digits for any int64 */
+            v = v * 10 + (uint64_t)(*d - '0');
+        }
+        if (v > (uint64_t)INT64_MAX + negative)
+            return false;
+        lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
+    } else {
+        char buf[64];
+        size_t n = (size_t)(p - s);
+        if (n >= sizeof(buf))
+            return false;
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        double d = strtod(buf, NULL);
+        if (isinf(d))
+            return false;
+        lua_pushnumber(f->L, d);
+    }
+    f->p = p;
+    return true;
+}
+
+static bool fast_literal(struct fast_parser *f, const char *word, size_t len)
+{
+    if ((size_t)(f->end - f->p) < len || memcmp(f->p, word, len) != 0)
+        return false;
+    f->p += len;
+    return true;
+}
+
+static bool fast_object(struct fast_parser *f)
+{
+    lua_createtable(f->L, 0, 4);
+    f->p++;
+    fast_skip_space(f);
+    if (f->p < f->end && *f->p == '}') {
+        f->p++;
+        return true;
+    }
+    for (;;) {
+        if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
+            return false;
+        fast_skip_space(f);
+        if (f->p >= f->end || *f->p != ':')
+            return false;
+        f->p++;
+        fast_skip_space(f);
+        if (!fast_value(f))
+            return false;
+        lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as in jansson */
+        fast_skip_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            fast_skip_space(f);
+            continue;
+        }
+        if (f->p < f->end && *f->p == '}') {
+            f->p++;
+            return true;
+        }
+        return false;
+    }
+}
+
+static bool fast_array(struct fast_parser *f)
+{
+    lua_createtable(f->L, 4, 0);
+    f->p++;
+    fast_skip_space(f);
+    if (f->p < f->end && *f->p == ']') {
+        f->p++;
+        return true;
+    }
+    for (lua_Integer i = 1;; i++) {
+        if (!fast_value(f))
+            return false;
+        if (lua_isnil(f->L, -1))
+            lua_pop(f->L, 1);
+        else
+            lua_rawseti(f->L, -2, i);
+        fast_skip_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            fast_skip_space(f);
+            continue;
+        }
+        if (f->p < f->end && *f->p == ']') {
+            f->p++;
+            return true;
+        }
+        return false;
+    }
+}
+
+/* Pushes one value (nil for null); f->p is at its first byte. */
+static bool fast_value(struct fast_parser *f)
+{
+    if (f->p >= f->end || !lua_checkstack(f->L, 3))
+        return false;
+    bool ok;
+    switch (*f->p) {
+    case '{':
+    case '[':
+        if (++f->depth > FAST_MAX_DEPTH)
+            return false;
+        ok = *f->p == '{' ? fast_object(f) : fast_array(f);
+        f->depth--;
+        return ok;
+    case '"':
+        return fast_string(f, false);
+    case 't':
+        ok = fast_literal(f, "true", 4);
+        if (ok)
+            lua_pushboolean(f->L, 1);
+        return ok;
+    case 'f':
+        ok = fast_literal(f, "false", 5);
+        if (ok)
+            lua_pushboolean(f->L, 0);
+        return ok;
+    case 'n':
+        ok = fast_literal(f, "null", 4);
+        if (ok)
+            lua_pushnil(f->L);
+        return ok;
+    default:
+        return fast_number(f);
+    }
+}
+
+bool lua_json_push_direct(lua_State *L, const char *text, size_t len)
+{
+    int top = lua_gettop(L);
+    struct fast_parser f = {.L = L, .p = text, .end = text + len};
+    fast_skip_space(&f);
+    bool ok = fast_value(&f);
+    if (ok) {
+        fast_skip_space(&f);
+        ok = f.p == f.end;
+    }
+    free(f.scratch);
+    if (!ok)
+        lua_settop(L, top);
+    return ok;
+}
+
+int lua_json_push(lua_State *L, const char *text, size_t len, char **err)
+{
+    if (lua_json_push_direct(L, text, len))
+        return 0;
+    return lua_json_push_reference(L, text, len, err);
 }
 
 int lua_json_parse(lua_State *L)

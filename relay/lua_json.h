@@ -1,14 +1,22 @@
-/* JSON <-> Lua values, for kumo.serde and the message's log_record. Parsing goes through
- * jansson; encoding writes the text directly (sorted keys, compact, shortest floats). */
+/* JSON <-> Lua values, for kumo.serde and the message's log_record. Parsing builds Lua
+ * values straight from the text, and hands what it is not sure of to jansson; encoding
+ * writes the text directly (sorted keys, compact, shortest floats). */
 #ifndef RELAY_LUA_JSON_H
 #define RELAY_LUA_JSON_H
 
 #include <lua.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Push the Lua value of a JSON text (see lua_kumo_push_json). Returns 0, or -1 with *err
  * (malloc'd, "<reason> at line L column C") and nothing pushed. */
 int lua_json_push(lua_State *L, const char *text, size_t len, char **err);
+/* The two halves of lua_json_push. The direct parser pushes the value and returns true,
+ * or pushes nothing and returns false when it is not sure of the text; jansson then gives
+ * the same values or the error (and is the reference the tests and the fuzzer compare the
+ * direct parser with). */
+bool lua_json_push_direct(lua_State *L, const char *text, size_t len);
+int lua_json_push_reference(lua_State *L, const char *text, size_t len, char **err);
 
 /* kumo.serde.json_encode(value) and kumo.serde.json_parse(text), as lua_CFunctions. */
 int lua_json_encode(lua_State *L);

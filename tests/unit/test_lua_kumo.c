@@ -1,8 +1,11 @@
 /* The `kumo` module: serde round trips and edge cases, reject, make_queue_config and its
  * error texts, durations, the string helpers and the log prefix. */
 #include "log.h"
+#include "lua_json.h"
 #include "lua_kumo.h"
 #include "xalloc.h"
+
+#include "../lua_same.h"
 
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -199,6 +202,121 @@ Test(lua_kumo, json_parse_errors)
                  "policy.lua:1: json_parse: ']' expected near end of file at line 1 column 4");
     expect_error("return kumo.json_parse('{\"a\":1}\\nx')",
                  "policy.lua:1: json_parse: end of file expected near 'x' at line 2 column 1");
+}
+
+/* The direct parser against jansson's: the same values, or the same error text. */
+static void expect_same_as_jansson(const char *text, size_t len)
+{
+    char *direct_err = NULL, *ref_err = NULL;
+    int top = lua_gettop(L);
+    int ref = lua_json_push_reference(L, text, len, &ref_err);
+    int direct = lua_json_push(L, text, len, &direct_err);
+    cr_expect_eq(direct, ref, "%.*s: direct %d, jansson %d", (int)len, text, direct, ref);
+    if (direct == 0 && ref == 0)
+        cr_expect(lua_same(L, -1, -2), "%.*s: other values than jansson's", (int)len, text);
+    if (direct != 0 && ref != 0)
+        cr_expect_str_eq(direct_err, ref_err, "%.*s", (int)len, text);
+    free(direct_err);
+    free(ref_err);
+    lua_settop(L, top);
+}
+
+Test(lua_kumo, json_parse_direct_matches_jansson)
+{
+    static const char *const texts[] = {
+        "{}",
+        "[]",
+        " {\"a\" : [ 1 , 2.5 , -0 , -0.0 , 1e3 , 1E-3 , 0.1 ] } ",
+        "\"\"",
+        "{\"a\":null,\"a\":1}",
+        "{\"a\":1,\"a\":null}",
+        "[null,null,3,null]",
+        "{\"k\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\u20ac\\ud83d\\ude00\"}",
+        "\"\\u0000x\"",
+        "{\"\\u0000\":1}",
+        "\"\\ud800\"",
+        "\"\\udc00\"",
+        "\"\\ud800\\u0041\"",
+        "\"\\u12\"",
+        "\"\\x\"",
+        "\"caf\xc3\xa9\"",
+        "\"\xc3\"",
+        "\"\xc0\xaf\"",
+        "\"\xed\xa0\x80\"",
+        "\"\xf4\x90\x80\x80\"",
+        "\"tab\there\"",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "01",
+        "1.",
+        ".5",
+        "-",
+        "+1",
+        "1e",
+        "1e+",
+        "--1",
+        "tru",
+        "true",
+        "false",
+        "null",
+        "nul",
+        "truex",
+        "[1,]",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "{1:2}",
+        "[1 2]",
+        "",
+        "   ",
+        "{} x",
+        "\xef\xbb\xbf{}",
+        "[[[[[[[[[[]]]]]]]]]]",
+        "0.30000000000000004",
+        "1.7976931348623157e308",
+        "4.9e-324",
+        "-1.5E+10",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        expect_same_as_jansson(texts[i], strlen(texts[i]));
+    /* Escapes, surrogate pairs, UTF-8, the int64 range and duplicate keys are the direct
+     * parser's own work, not jansson's. */
+    for (size_t i = 0; i < 9; i++) {
+        cr_expect(lua_json_push_direct(L, texts[i], strlen(texts[i])), "%s went to jansson",
+                  texts[i]);
+        lua_settop(L, 0);
+    }
+    expect_same_as_jansson("\"a\0b\"", 5); /* a raw NUL is a control character */
+
+    char deep[2 * 2100 + 1];
+    for (int depth = 2047; depth <= 2049; depth++) {
+        memset(deep, '[', (size_t)depth);
+        memset(deep + depth, ']', (size_t)depth);
+        expect_same_as_jansson(deep, 2 * (size_t)depth);
+    }
+
+    FILE *f = fopen(SHARED_DIR "/kumomta/samples.jsonl", "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int records = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        expect_same_as_jansson(line, (size_t)n);
+        /* A record must not need jansson: that is the point of the direct parser. */
+        cr_expect(lua_json_push_direct(L, line, (size_t)n), "record %d went to jansson",
+                  records + 1);
+        lua_settop(L, 0);
+        records++;
+    }
+    free(line);
+    fclose(f);
+    cr_expect_gt(records, 0);
 }
 
 Test(lua_kumo, json_deprecated_aliases)
