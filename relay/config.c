@@ -694,7 +694,10 @@ static void load_section(struct loader *ld, const yaml_node_t *map, const struct
 
 static void join_keypath(const char *prefix, const char *name, char *buf, size_t size)
 {
-    snprintf(buf, size, "%s%s%s", prefix, *prefix ? "." : "", name);
+    /* Key paths are short (the longest is a few dozen bytes); a cut one only shortens an
+     * error message, so the truncation gcc -O3 warns about is harmless. */
+    int n = snprintf(buf, size, "%s%s%s", prefix, *prefix ? "." : "", name);
+    (void)n;
 }
 
 /* The first pair of the mapping whose key is this exact scalar, or NULL. */
