@@ -911,6 +911,26 @@ def _deep_merge(base, over):
     return out
 
 
+def connection_policy(port, send_body):
+    """A Lua policy in the connection-object shape: every record goes to the queue whose
+    constructor connects to 127.0.0.1:port; send_body is the Lua body of send(self,
+    message), with `client` the connection."""
+    return f"""
+local kumo = require 'kumo'
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{ protocol = {{ custom_lua = {{ constructor = 'make.nats' }} }} }}
+end)
+kumo.on('make.nats', function(domain, tenant, campaign)
+  local client = kumo.nats.connect {{ servers = {{ '127.0.0.1:{port}' }} }}
+  return {{
+    send = function(self, message)
+{send_body}
+    end,
+  }}
+end)
+"""
+
+
 def relay_config(spool_dir, state_dir, servers, relay_id="test", subject=DEFAULT_SUBJECT,
                  **overrides):
     """A typical config dict; keyword overrides are merged in (nested dicts too), and a

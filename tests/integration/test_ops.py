@@ -14,23 +14,11 @@ import harness as h
 
 STREAM = "KUMO"
 
-LUA_PARK_BOUNCES = """
-local kumo = require 'kumo'
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config { protocol = { custom_lua = { constructor = 'make.nats' } } }
-end)
-kumo.on('make.nats', function(domain, tenant, campaign)
-  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
-  return {
-    send = function(self, message)
+PARK_BOUNCES = """\
       if message:get_meta('log_record').type == 'Bounce' and not io.open('FLAG') then
         kumo.reject(550, 'bounces are parked')
       end
-      client:publish { subject = 'kumo.log.x', payload = message:get_data() }
-    end,
-  }
-end)
-"""
+      client:publish { subject = 'kumo.log.x', payload = message:get_data() }"""
 
 
 def http_get(url):
@@ -233,8 +221,8 @@ end)
         nothing left. Every record ends in the stream once."""
         fixed = self.tmp / "bounces-fixed"
         policy = self.tmp / "policy.lua"
-        policy.write_text(LUA_PARK_BOUNCES.replace("PORT", str(self.server.port))
-                          .replace("FLAG", str(fixed)))
+        policy.write_text(h.connection_policy(self.server.port,
+                                              PARK_BOUNCES.replace("FLAG", str(fixed))))
         name = h.segment_name()
         lines = h.make_records(300, seed=11, prefix="dl")
         h.write_segment(self.spool / name, lines)

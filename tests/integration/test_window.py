@@ -11,21 +11,9 @@ import harness as h
 
 DOWNTIME_S = 10  # the scenario itself: longer than the 5 s duplicate window
 
-LUA_TWO_STREAMS = """
-local kumo = require 'kumo'
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config { protocol = { custom_lua = { constructor = 'make.nats' } } }
-end)
-kumo.on('make.nats', function(domain, tenant, campaign)
-  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
-  return {
-    send = function(self, message)
+TWO_STREAMS = """\
       client:publish { subject = 'short.x', payload = message:get_data() }
-      client:publish { subject = 'long.x', payload = message:get_data() }
-    end,
-  }
-end)
-"""
+      client:publish { subject = 'long.x', payload = message:get_data() }"""
 
 
 class DuplicateWindowTest(h.RelayTestCase):
@@ -96,7 +84,7 @@ class DuplicateWindowTest(h.RelayTestCase):
 
         # A Lua policy that sends each record to both streams.
         policy = self.tmp / "policy.lua"
-        policy.write_text(LUA_TWO_STREAMS.replace("PORT", str(server.port)))
+        policy.write_text(h.connection_policy(server.port, TWO_STREAMS))
         lua = self.relay(h.relay_config(self.spool, self.tmp / "state-lua", server.url,
                                         relay_id="lua",
                                         policy={"script": str(policy), "subject": None},
