@@ -8,6 +8,7 @@
 #include "relay_internal.h"
 #include "spool.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -66,8 +67,16 @@ static void maybe_ready(struct relay *r, size_t disconnected)
     notify_ready();
 }
 
+/* The first health_update, at start (after the first scan): where --once's progress and
+ * average rate count from. */
+static uint64_t started_ms;
+static unsigned long long started_lag;
+
 void health_update(struct relay *r)
 {
+    bool first = !started_ms;
+    if (first)
+        started_ms = loop_now_ms();
     struct spool_stats st = {0};
     size_t dirs = spool_dir_count(r->spool);
     for (size_t dir = 0; dir < dirs; dir++) {
@@ -89,6 +98,8 @@ void health_update(struct relay *r)
     METRIC_SET(segments_done_pending, st.done_pending);
     METRIC_SET(segments_finished, st.finished);
     METRIC_SET(lag_bytes, st.lag_bytes);
+    if (first)
+        started_lag = st.lag_bytes;
     METRIC_SET(lag_segments, st.live + st.done_pending);
     METRIC_SET(oldest_unacked_ms, st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0);
     size_t total = 0, disconnected = publisher_disconnected_count(&total);
@@ -97,12 +108,53 @@ void health_update(struct relay *r)
     atomic_store(&metrics.health, judge_health(r, disconnected, total));
 }
 
-/* STATUS= for systemctl status, and the --once progress line on a terminal. */
+/* --once on a terminal: a bar over the bytes that were behind at start, the
+ * rate, and the time left at the rate the lag has been shrinking. */
+static void show_progress(uint64_t now, unsigned long long committed, double rate,
+                          unsigned long long lag, bool final)
+{
+    static unsigned long long first_lag, last_lag;
+    static uint64_t last_ms;
+    static double bytes_per_s; /* smoothed */
+    enum { WIDTH = 20 };
+    if (!last_ms) {
+        first_lag = last_lag = started_lag;
+        last_ms = started_ms;
+    }
+    if (lag > first_lag)
+        first_lag = lag; /* a live segment grew past what was behind at start */
+    if (last_ms && now > last_ms && last_lag >= lag) {
+        double sample = (double)(last_lag - lag) * 1000.0 / (double)(now - last_ms);
+        bytes_per_s = bytes_per_s > 0 ? 0.7 * bytes_per_s + 0.3 * sample : sample;
+    }
+    last_lag = lag;
+    last_ms = now;
+    double done = final || first_lag == 0 ? 1.0 : 1.0 - (double)lag / (double)first_lag;
+    char bar[WIDTH + 1];
+    for (int i = 0; i < WIDTH; i++)
+        bar[i] = i < (int)(done * WIDTH + 0.5) ? '#' : '-';
+    bar[WIDTH] = '\0';
+    char eta[32] = "--:--";
+    if (final || lag == 0) {
+        snprintf(eta, sizeof(eta), "0:00");
+    } else if (bytes_per_s > 0) {
+        unsigned long long left = (unsigned long long)((double)lag / bytes_per_s + 0.5);
+        snprintf(eta, sizeof(eta), "%llu:%02llu", left / 60, left % 60);
+    }
+    fprintf(stderr,
+            "\r[%s] %3.0f%%  %llu records relayed  %.0f records/s  %.1f MB behind  "
+            "ETA %s   %s",
+            bar, done * 100.0, committed, rate, (double)lag / 1e6, eta, final ? "\n" : "");
+}
+
+/* STATUS= for systemctl status, and the --once progress bar on a terminal. */
 void health_report(struct relay *r)
 {
     static unsigned long long last_read;
     static uint64_t last_ms;
     uint64_t now = loop_now_ms();
+    if (!last_ms)
+        last_ms = started_ms;
     unsigned long long read = LOADM(records_read);
     double secs = last_ms ? (double)(now - last_ms) / 1000.0 : 0;
     double rate = secs > 0 ? (double)(read - last_read) / secs : 0;
@@ -113,6 +165,15 @@ void health_report(struct relay *r)
                   "%llu segments",
                   rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
     if (r->options->once && isatty(STDERR_FILENO))
-        fprintf(stderr, "\r%llu records relayed  %.0f records/s  %.1f MB behind   ",
-                LOADM(records_committed), rate, (double)lag / 1e6);
+        show_progress(now, LOADM(records_committed), rate, lag, false);
+}
+
+void health_report_done(struct relay *r)
+{
+    if (!r->options->once || !isatty(STDERR_FILENO))
+        return;
+    uint64_t now = loop_now_ms();
+    unsigned long long committed = LOADM(records_committed);
+    double average = now > started_ms ? (double)committed * 1000.0 / (double)(now - started_ms) : 0;
+    show_progress(now, committed, average, 0, true);
 }

@@ -568,6 +568,7 @@ static void before_sleep(struct loop *loop, void *arg)
     if (publisher_in_flight_all() > 0)
         loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
     if (r->options->once && !r->draining && all_relayed(r)) {
+        health_report_done(r);
         health_log_totals("spool relayed");
         r->draining = true;
         finish_drain(r);

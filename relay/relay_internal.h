@@ -68,6 +68,7 @@ struct policy_env relay_policy_env(struct relay *r);
 /* health.c */
 void health_update(struct relay *r);
 void health_report(struct relay *r);
+void health_report_done(struct relay *r); /* --once finished: the bar at 100 % */
 void health_log_totals(const char *what);
 
 /* reload.c */

@@ -4,9 +4,11 @@ through a NOTIFY_SOCKET the test owns, JSON logs."""
 
 import json
 import os
+import pty
 import re
 import signal
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -266,6 +268,41 @@ end)
         self.assertEqual(2 * len(bounces) + 1, dead_count())
         h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
                              "dead letters replayed")
+
+    def test_once_shows_a_progress_bar_on_a_terminal(self):
+        """--once with stderr on a terminal draws a bar with records/s and the time left,
+        one line redrawn in place; the last one is full and ends the line. Without a
+        terminal (every other test) the log has no bar."""
+        names = h.segment_names(3)
+        for i, name in enumerate(names):
+            h.write_segment(self.spool / name, h.many_records(20000, seed=i, prefix=f"p{i}-"))
+        relay = self.relay(self.config(), start=False)
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([h.Tools.relay, "--once", "-c", relay.config_path],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=slave)
+        os.close(slave)
+        out = b""
+        while True:  # until the relay closes the terminal by exiting (EIO on Linux)
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        self.assertEqual(0, proc.wait(60))
+        text = out.decode()
+        bars = re.findall(r"\r\[([#-]{20})\] +(\d+)%  (\d+) records relayed  (\d+) records/s  "
+                          r"([0-9.]+) MB behind  ETA (\d+:\d\d|--:--) +(\r?\n)?", text)
+        self.assertTrue(bars, text[-2000:])
+        self.assertEqual(("#" * 20, "100", "60000", "0.0", "0:00"),
+                         (bars[-1][0], bars[-1][1], bars[-1][2], bars[-1][4], bars[-1][5]))
+        self.assertTrue(bars[-1][6], "the last bar ends its line")
+        self.assertGreater(int(bars[-1][3]), 0)
+        self.assertEqual(60000, h.stream_count(self.server.url, STREAM))
+        self.assertNotIn("records relayed  ", relay.log_text())
 
 
 if __name__ == "__main__":
