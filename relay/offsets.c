@@ -112,6 +112,7 @@ void offsets_checkpoint_free(struct checkpoint *cp)
         free(cp->entries[i].name);
     free(cp->entries);
     free(cp->spool_dir);
+    free(cp->stream);
     memset(cp, 0, sizeof(*cp));
 }
 
@@ -125,6 +126,11 @@ static char *render(const struct checkpoint *cp, size_t *len)
     fputs("spool ", f);
     put_escaped(f, cp->spool_dir);
     fputc('\n', f);
+    if (cp->stream) {
+        fputs("stream ", f);
+        put_escaped(f, cp->stream);
+        fprintf(f, " %" PRIu64 "\n", cp->stream_floor);
+    }
     for (size_t i = 0; i < cp->count; i++) {
         const struct checkpoint_entry *e = &cp->entries[i];
         fputs("segment ", f);
@@ -249,6 +255,24 @@ static bool parse_segment_line(const char *line, size_t len, struct checkpoint *
     return ok;
 }
 
+/* Parses "stream NAME FLOOR". */
+static bool parse_stream_line(const char *line, size_t len, struct checkpoint *cp)
+{
+    const char *name = line + strlen("stream "), *end = line + len;
+    const char *space = memchr(name, ' ', (size_t)(end - name));
+    if (!space || space == name || space + 1 >= end)
+        return false;
+    char *digits = xstrndup(space + 1, (size_t)(end - space - 1)), *after;
+    uint64_t floor = 0;
+    bool ok = parse_u64(digits, &after, &floor) && *after == '\0';
+    free(digits);
+    if (ok) {
+        cp->stream = unescape(name, (size_t)(space - name));
+        cp->stream_floor = floor;
+    }
+    return ok;
+}
+
 char *offsets_checkpoint_parse(const char *text, size_t len, struct checkpoint *cp)
 {
     memset(cp, 0, sizeof(*cp));
@@ -274,7 +298,10 @@ char *offsets_checkpoint_parse(const char *text, size_t len, struct checkpoint *
         }
         if (n > 6 && memcmp(p, "spool ", 6) == 0 && !cp->spool_dir)
             cp->spool_dir = unescape(p + 6, n - 6);
-        else if (!(n > 8 && memcmp(p, "segment ", 8) == 0 && parse_segment_line(p, n, cp)))
+        else if (n > 7 && memcmp(p, "stream ", 7) == 0 && !cp->stream) {
+            if (!parse_stream_line(p, n, cp))
+                break;
+        } else if (!(n > 8 && memcmp(p, "segment ", 8) == 0 && parse_segment_line(p, n, cp)))
             break;
         p = nl + 1;
     }

@@ -17,6 +17,9 @@ struct inflight_record {
     uint32_t publishes;   /* publishes made for it */
     bool complete;
     uint64_t read_at_ms; /* for the age of the oldest unacknowledged record */
+    /* The highest sequence jetstream.stream had acknowledged when the record was read: any
+     * message published for it is stored above (the stream's sequence only grows). */
+    uint64_t stream_floor;
 };
 
 /* Records of one segment in read order. The committed offset is the end of the longest
@@ -46,6 +49,11 @@ struct checkpoint_entry {
 
 struct checkpoint {
     char *spool_dir;
+    /* jetstream.stream, and a sequence of it below every message this relay may have
+     * stored for a record the checkpoint does not cover yet: where the read-back at the
+     * next start begins. stream is NULL when the floor is not known. */
+    char *stream;
+    uint64_t stream_floor;
     struct checkpoint_entry *entries;
     size_t count;
 };

@@ -14,7 +14,8 @@
 #include <string.h>
 
 enum {
-    TAIL_MESSAGES = 65536, /* covers a checkpoint interval at full rate plus the window */
+    TAIL_MESSAGES = 65536,    /* covers a checkpoint interval at full rate plus the window */
+    FLOOR_MESSAGES = 1 << 20, /* from the checkpoint's floor: ours are in the first few */
     REQUEST_MS = 5000,
     READ_DEADLINE_MS = 30000,
 };
@@ -22,7 +23,9 @@ enum {
 /* An open-addressing set of message ids. */
 struct recovery {
     char **slots;
-    size_t cap, count;
+    bool *pending; /* per slot: a record not yet re-read (see recover_keep_pending) */
+    size_t cap, count, pending_count;
+    uint64_t from_seq; /* the first sequence read */
 };
 
 static uint64_t hash(const char *s)
@@ -36,8 +39,8 @@ static uint64_t hash(const char *s)
 static void set_add(struct recovery *rc, const char *id)
 {
     if ((rc->count + 1) * 2 > rc->cap) {
-        struct recovery bigger = {xcalloc(rc->cap ? rc->cap * 2 : 1024, sizeof(char *)),
-                                  rc->cap ? rc->cap * 2 : 1024, 0};
+        size_t cap = rc->cap ? rc->cap * 2 : 1024;
+        struct recovery bigger = {.slots = xcalloc(cap, sizeof(char *)), .cap = cap};
         for (size_t i = 0; i < rc->cap; i++) {
             if (rc->slots[i]) {
                 set_add(&bigger, rc->slots[i]);
@@ -45,7 +48,9 @@ static void set_add(struct recovery *rc, const char *id)
             }
         }
         free(rc->slots);
-        *rc = bigger;
+        rc->slots = bigger.slots;
+        rc->cap = bigger.cap;
+        rc->count = bigger.count;
     }
     size_t i = hash(id) & (rc->cap - 1);
     while (rc->slots[i]) {
@@ -57,14 +62,47 @@ static void set_add(struct recovery *rc, const char *id)
     rc->count++;
 }
 
-bool recover_has(const struct recovery *rc, const char *msg_id)
+bool recover_has(struct recovery *rc, const char *msg_id)
 {
     if (!rc || rc->count == 0)
         return false;
-    for (size_t i = hash(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1))
-        if (strcmp(rc->slots[i], msg_id) == 0)
+    for (size_t i = hash(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1)) {
+        if (strcmp(rc->slots[i], msg_id) == 0) {
+            if (rc->pending && rc->pending[i]) {
+                rc->pending[i] = false;
+                rc->pending_count--;
+            }
             return true;
+        }
+    }
     return false;
+}
+
+size_t recover_keep_pending(struct recovery *rc, bool (*pending)(void *ctx, const char *msg_id),
+                            void *ctx)
+{
+    if (!rc || rc->cap == 0)
+        return 0;
+    free(rc->pending);
+    rc->pending = xcalloc(rc->cap, sizeof(*rc->pending));
+    rc->pending_count = 0;
+    for (size_t i = 0; i < rc->cap; i++) {
+        if (rc->slots[i] && pending(ctx, rc->slots[i])) {
+            rc->pending[i] = true;
+            rc->pending_count++;
+        }
+    }
+    return rc->pending_count;
+}
+
+size_t recover_pending(const struct recovery *rc)
+{
+    return rc ? rc->pending_count : 0;
+}
+
+uint64_t recover_from_seq(const struct recovery *rc)
+{
+    return rc ? rc->from_seq : 0;
 }
 
 size_t recover_count(const struct recovery *rc)
@@ -79,6 +117,7 @@ void recover_free(struct recovery *rc)
     for (size_t i = 0; i < rc->cap; i++)
         free(rc->slots[i]);
     free(rc->slots);
+    free(rc->pending);
     free(rc);
 }
 
@@ -106,14 +145,13 @@ static json_t *api_request(natsConnection *nc, const char *subject, const char *
     return doc;
 }
 
-/* Reads the headers of the stream's last messages through an ephemeral push consumer
- * (headers only, no acks) and keeps the ids that start with "<relay_id>:". */
-static void read_tail(natsConnection *nc, const struct config *cfg, uint64_t first, uint64_t last,
+/* Reads the headers of the stream's messages from sequence start on, at most limit of
+ * them, through an ephemeral push consumer (headers only, no acks) and keeps the ids that
+ * start with "<relay_id>:". */
+static void read_from(natsConnection *nc, const struct config *cfg, uint64_t start, uint64_t limit,
                       struct recovery *rc)
 {
-    uint64_t start = last >= TAIL_MESSAGES && last - TAIL_MESSAGES + 1 > first
-                         ? last - TAIL_MESSAGES + 1
-                         : first;
+    rc->from_seq = start;
     natsInbox *inbox = NULL;
     natsSubscription *sub = NULL;
     if (natsInbox_Create(&inbox) != NATS_OK ||
@@ -131,7 +169,9 @@ static void read_tail(natsConnection *nc, const struct config *cfg, uint64_t fir
                            cfg->jetstream_stream, start, inbox);
     json_t *created = api_request(nc, subject, body);
     size_t prefix_len = strlen(cfg->relay_id);
-    for (int64_t deadline = nats_Now() + READ_DEADLINE_MS; created && nats_Now() < deadline;) {
+    uint64_t seen = 0;
+    for (int64_t deadline = nats_Now() + READ_DEADLINE_MS;
+         created && seen < limit && nats_Now() < deadline; seen++) {
         natsMsg *msg = NULL;
         if (natsSubscription_NextMsg(&msg, sub, REQUEST_MS) != NATS_OK)
             break;
@@ -234,7 +274,7 @@ static json_t *stream_info(natsConnection *nc, const struct config *cfg)
     return info;
 }
 
-struct recovery *recover_read(const struct config *cfg)
+struct recovery *recover_read(const struct config *cfg, const uint64_t *floor, uint64_t *last_seq)
 {
     if (!cfg->jetstream_stream)
         return NULL;
@@ -248,11 +288,21 @@ struct recovery *recover_read(const struct config *cfg)
         json_t *state = json_object_get(info, "state");
         uint64_t first = (uint64_t)json_integer_value(json_object_get(state, "first_seq"));
         uint64_t last = (uint64_t)json_integer_value(json_object_get(state, "last_seq"));
+        *last_seq = last;
         rc = xcalloc(1, sizeof(*rc));
-        if (last > 0 && last >= first)
-            read_tail(nc, cfg, first, last, rc);
-        log_info("read back the stream's tail stream=%s last_seq=%" PRIu64 " ids_of_this_relay=%zu",
-                 cfg->jetstream_stream, last, rc->count);
+        /* From the checkpoint's floor: every message this relay stored for a record the
+         * checkpoint does not cover is above it, however many other relays stored since.
+         * Without one (an older checkpoint, a first start), the stream's last messages. */
+        uint64_t start = floor ? *floor + 1 : last >= TAIL_MESSAGES ? last - TAIL_MESSAGES + 1 : 1;
+        if (start < first)
+            start = first;
+        if (last > 0 && last >= start)
+            read_from(nc, cfg, start, floor ? FLOOR_MESSAGES : TAIL_MESSAGES, rc);
+        else
+            rc->from_seq = start;
+        log_info("read back the stream stream=%s from_seq=%" PRIu64 " last_seq=%" PRIu64
+                 " ids_of_this_relay=%zu",
+                 cfg->jetstream_stream, start, last, rc->count);
         json_decref(info);
     }
     natsConnection_Destroy(nc);

@@ -28,6 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A record read before the stream's sequence was known: no floor for the checkpoint. */
+#define UNKNOWN_FLOOR UINT64_MAX
+
 enum {
     RECORDS_PER_TURN = 256, /* records read from one segment before the next gets a turn */
     TICK_MS = 100,          /* ack timeouts and retries */
@@ -241,6 +244,11 @@ static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *a
 {
     struct relay *r = ctx;
     r->publishes_in_flight--;
+    if (r->cfg->jetstream_stream && ack->sequence > r->stream_seq &&
+        strcmp(ack->stream, r->cfg->jetstream_stream) == 0) {
+        r->stream_seq = ack->sequence;
+        r->stream_seq_known = true;
+    }
     if (ack->await_id)
         policy_acked(r->policy, ack);
     if ((uintptr_t)cookie & 1) {
@@ -359,6 +367,7 @@ static void handle_record(struct relay *r, struct segment *seg, const struct seg
     rec->publishes = 0;
     rec->complete = false;
     rec->read_at_ms = loop_now_ms();
+    rec->stream_floor = r->stream_seq_known ? r->stream_seq : UNKNOWN_FLOOR;
     seg->in_flight_records++;
     seg->records_read++;
     METRIC_ADD(records_read, 1);
@@ -484,9 +493,34 @@ static void pump(struct relay *r)
 
 /* ---- checkpoint ---- */
 
+/* A sequence of jetstream.stream below every message stored for a record the checkpoint
+ * does not cover: the lowest floor of the records still in flight (a segment's oldest has
+ * its lowest), else the last acknowledged sequence. While ids found at start wait to be
+ * read again, it stays below where that read began, or a crash now would lose them.
+ * False when not known (a record read before the stream's sequence was). */
+static bool stream_floor(const struct relay *r, uint64_t *floor)
+{
+    if (!r->cfg->jetstream_stream || !r->stream_seq_known)
+        return false;
+    *floor = r->stream_seq;
+    if (recover_pending(r->recovery) > 0 && recover_from_seq(r->recovery) - 1 < *floor)
+        *floor = recover_from_seq(r->recovery) - 1;
+    size_t n = spool_segment_count(r->spool);
+    for (size_t i = 0; i < n; i++) {
+        const struct inflight_record *head = spool_segment(r->spool, i)->wm.head;
+        if (head && head->stream_floor == UNKNOWN_FLOOR)
+            return false;
+        if (head && head->stream_floor < *floor)
+            *floor = head->stream_floor;
+    }
+    return true;
+}
+
 static void write_checkpoint(struct relay *r)
 {
     struct checkpoint cp = {.spool_dir = (char *)r->cfg->spool_dir};
+    if (stream_floor(r, &cp.stream_floor))
+        cp.stream = (char *)r->cfg->jetstream_stream;
     size_t n = spool_segment_count(r->spool);
     for (size_t i = 0; i < n; i++) {
         struct segment *seg = spool_segment(r->spool, i);
@@ -695,6 +729,52 @@ struct policy_env relay_policy_env(struct relay *r)
     };
 }
 
+/* The segment of one of this relay's ids ("<relay_id>:<segment id name>:<end>", maybe
+ * ":<n>" after), if it is in the spool; *end gets the record's end offset. A segment name
+ * may hold ':' itself, so both splits are tried against the names that exist. */
+static struct segment *segment_of_id(const struct relay *r, const char *id, uint64_t *end)
+{
+    size_t prefix = strlen(r->cfg->relay_id);
+    if (strncmp(id, r->cfg->relay_id, prefix) != 0 || id[prefix] != ':')
+        return NULL;
+    const char *rest = id + prefix + 1;
+    const char *cut = rest + strlen(rest);
+    for (int tries = 0; tries < 2; tries++) {
+        const char *colon = NULL;
+        for (const char *p = rest; p < cut; p++)
+            if (*p == ':')
+                colon = p;
+        if (!colon)
+            return NULL;
+        char *name = xstrndup(rest, (size_t)(colon - rest));
+        char *tilde = strrchr(name, '~');
+        uint32_t generation = 0;
+        struct segment *seg = spool_find(r->spool, name);
+        if (!seg && tilde) {
+            generation = (uint32_t)strtoul(tilde + 1, NULL, 10);
+            *tilde = '\0';
+            seg = spool_find(r->spool, name);
+        }
+        free(name);
+        if (seg && seg->generation == generation) {
+            *end = strtoull(colon + 1, NULL, 10);
+            return seg;
+        }
+        cut = colon;
+    }
+    return NULL;
+}
+
+/* Found in the stream at start, and its record is still ahead of the checkpoint: it will
+ * be read again (and skipped). Ids of records the checkpoint covers, or of segments gone,
+ * will never be looked up. */
+static bool id_to_read_again(void *ctx, const char *id)
+{
+    uint64_t end = 0;
+    struct segment *seg = segment_of_id(ctx, id, &end);
+    return seg && seg->state != SEGMENT_STATE_FINISHED && end > seg->resume_offset;
+}
+
 static char *relay_start(struct relay *r)
 {
     char *err = prepare_state_dir(r->cfg);
@@ -717,7 +797,15 @@ static char *relay_start(struct relay *r)
     if (!(r->policy = policy_create(r->cfg, &env, &err)))
         return err;
     dupwindow_configure(r->cfg->expected_max_downtime_ms);
-    r->recovery = recover_read(r->cfg);
+    bool floor_applies = r->have_checkpoint && r->checkpoint.stream && r->cfg->jetstream_stream &&
+                         strcmp(r->checkpoint.stream, r->cfg->jetstream_stream) == 0;
+    uint64_t last_seq = 0;
+    r->recovery =
+        recover_read(r->cfg, floor_applies ? &r->checkpoint.stream_floor : NULL, &last_seq);
+    if (r->recovery) {
+        r->stream_seq = last_seq;
+        r->stream_seq_known = true;
+    }
     struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
     if (!(r->spool = spool_open(r->cfg->spools, r->cfg->spool_count, r->loop, &events, &err)))
         return err;
@@ -725,6 +813,7 @@ static char *relay_start(struct relay *r)
         !(r->pub = relay_open_default_publisher(r, r->cfg, &err)))
         return err;
     spool_scan(r->spool);
+    recover_keep_pending(r->recovery, id_to_read_again, r);
     r->started = true;
     /* Prove at once that the state directory takes a checkpoint, not at the first ack. */
     write_checkpoint(r);

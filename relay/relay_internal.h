@@ -33,7 +33,11 @@ struct relay {
     const struct config *cfg;
     struct config *owned_cfg; /* cfg when a reload made it (else main owns cfg) */
     struct retired *retired;
-    struct recovery *recovery; /* ids found at the stream's tail at start */
+    struct recovery *recovery; /* this relay's ids found in the stream at start */
+    /* The highest sequence jetstream.stream acknowledged (its last one at start); known
+     * once the stream was read at start or acknowledged a publish. */
+    uint64_t stream_seq;
+    bool stream_seq_known;
     const struct relay_options *options;
     struct loop *loop;
     struct spool *spool;

@@ -249,7 +249,7 @@ class SecurityTest(h.RelayTestCase):
         self.assertEqual(0, relay.run_once())
         self.assert_stream(server, expected)
         self.assertIn('auth="user relay, tls with a client certificate"', relay.log_text())
-        self.assertIn(f"read back the stream's tail stream={STREAM}", relay.log_text())
+        self.assertIn(f"read back the stream stream={STREAM} ", relay.log_text())
         self.assertNotIn("cannot read back the stream", relay.log_text())
         self.assert_no_secret(relay)
 

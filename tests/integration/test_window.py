@@ -51,7 +51,7 @@ class DuplicateWindowTest(h.RelayTestCase):
         h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), expected)
         log = relay.log_text()
         self.assertIn("the stream's duplicate_window is shorter than expected_max_downtime", log)
-        self.assertRegex(log, r"read back the stream's tail stream=KUMO last_seq=3000 "
+        self.assertRegex(log, r"read back the stream stream=KUMO from_seq=1 last_seq=3000 "
                               r"ids_of_this_relay=3000")
         self.assertRegex(log, r"spool relayed records=3000 published=0 ")
 
@@ -95,6 +95,47 @@ class DuplicateWindowTest(h.RelayTestCase):
                          re.findall(warning, lua.log_text(), flags=re.M))
         self.assertEqual(2 * len(lines), h.stream_count(server.url, "SHORT"))
         self.assertEqual(len(lines), h.stream_count(server.url, "LONG"))
+
+    def test_shared_stream_restart_after_the_window_publishes_nothing_twice(self):
+        """Two relays share a stream. Relay a is killed -9 right after a burst; while it is
+        down (longer than the 5 s duplicate_window) relay b stores 70,000 more, past the
+        65,536 last messages a read of the stream's tail would see. a reads back from its
+        checkpoint's floor instead, finds its 3,000, and publishes nothing twice."""
+        server = self.nats()
+        h.create_stream(server.url, "KUMO", ["kumo.>"], dup_window=5)
+        name = h.segment_name()
+        lines = h.make_records(3000, seed=21, prefix="sa")
+        h.write_segment(self.spool / name, lines)
+        a = self.relay(h.relay_config(self.spool, self.state, server.url, relay_id="a",
+                                      checkpoint={"interval": "1h"},
+                                      jetstream={"stream": "KUMO", "max_in_flight": 1024}),
+                       name="a")
+        h.wait_count(server.url, "KUMO", len(lines), timeout=60)
+        burst_done = time.monotonic()
+        self.assertEqual(-9, a.kill())
+        # Written at start, before anything was published: the stream was empty.
+        self.assertIn("\nstream KUMO 0\n", (self.state / "checkpoint").read_text())
+
+        spool_b = self.tmp / "spool-b"
+        spool_b.mkdir()
+        lines_b = h.many_records(70000, seed=22, prefix="sb")
+        h.write_segment(spool_b / name, lines_b)
+        b = self.relay(h.relay_config(spool_b, self.tmp / "state-b", server.url, relay_id="b"),
+                       start=False, name="b")
+        self.assertEqual(0, b.run_once(timeout=180))
+        time.sleep(max(0.0, burst_done + DOWNTIME_S - time.monotonic()))
+
+        self.assertEqual(0, a.run_once())
+        log = a.log_text()
+        self.assertRegex(log, r"read back the stream stream=KUMO from_seq=1 last_seq=73000 "
+                              r"ids_of_this_relay=3000")
+        self.assertRegex(log, r"spool relayed records=3000 published=0 ")
+        # Every found id was read again and committed: the floor moves up to the stream's
+        # last sequence at that start.
+        self.assertIn("\nstream KUMO 73000\n", (self.state / "checkpoint").read_text())
+        expected = h.expected_messages("a", name, lines) + h.expected_messages("b", name, lines_b)
+        h.check_exactly_once(h.dump_stream(server.url, "KUMO"), expected,
+                             "shared stream, restart after the window")
 
 
 if __name__ == "__main__":

@@ -566,6 +566,61 @@ static void expect_parse_error(const char *text, const char *why)
     free(err);
 }
 
+/* The stream line: the read-back's floor survives a round trip, is written only when
+ * known, and a malformed one makes the checkpoint damaged. */
+Test(checkpoint, stream_floor)
+{
+    struct checkpoint cp = {.spool_dir = strdup("/var/log/kumomta"),
+                            .stream = strdup("KUMO LOGS"),
+                            .stream_floor = 18446744073709551615ULL};
+    offsets_checkpoint_add(&cp, &sample_entries[0]);
+    cr_assert_null(offsets_checkpoint_write(tmpdir, &cp));
+    size_t len;
+    char *text = read_file(in_tmp("checkpoint"), &len);
+    cr_assert(strstr(text, "\nspool /var/log/kumomta\nstream KUMO%20LOGS 18446744073709551615\n"
+                           "segment "),
+              "%s", text);
+    free(text);
+    struct checkpoint loaded;
+    bool exists;
+    cr_assert_null(offsets_checkpoint_load(tmpdir, &loaded, &exists));
+    expect_equal(&loaded, &cp);
+    cr_assert_str_eq(loaded.stream, "KUMO LOGS");
+    cr_assert_eq(loaded.stream_floor, 18446744073709551615ULL);
+    offsets_checkpoint_free(&loaded);
+
+    free(cp.stream); /* unknown: no line, as before there was one */
+    cp.stream = NULL;
+    cr_assert_null(offsets_checkpoint_write(tmpdir, &cp));
+    text = read_file(in_tmp("checkpoint"), &len);
+    cr_assert_null(strstr(text, "stream "), "%s", text);
+    free(text);
+    cr_assert_null(offsets_checkpoint_load(tmpdir, &loaded, &exists));
+    cr_assert_null(loaded.stream);
+    cr_assert_eq(loaded.stream_floor, 0);
+    offsets_checkpoint_free(&loaded);
+
+    cp.stream = strdup("KUMO"); /* an empty stream: 0 is a floor like any other */
+    cp.stream_floor = 0;
+    cr_assert_null(offsets_checkpoint_write(tmpdir, &cp));
+    cr_assert_null(offsets_checkpoint_load(tmpdir, &loaded, &exists));
+    cr_assert_str_eq(loaded.stream, "KUMO");
+    cr_assert_eq(loaded.stream_floor, 0);
+    offsets_checkpoint_free(&loaded);
+    offsets_checkpoint_free(&cp);
+
+    const char *bad[] = {"stream KUMO\n",     "stream KUMO x\n",
+                         "stream KUMO -1\n",   "stream  5\n",
+                         "stream KUMO 5 6\n", "stream KUMO 18446744073709551616\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "kumo-nats-relay checkpoint 1\nspool /s\n%s", bad[i]);
+        char *t = with_end(body, 0);
+        expect_parse_error(t, bad[i]);
+        free(t);
+    }
+}
+
 Test(checkpoint, well_checksummed_but_invalid)
 {
     /* The checksum is right but the content is not what the relay writes. */
