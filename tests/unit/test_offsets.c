@@ -610,7 +610,7 @@ Test(checkpoint, stream_floor)
     offsets_checkpoint_free(&cp);
 
     const char *bad[] = {"stream KUMO\n",     "stream KUMO x\n",
-                         "stream KUMO -1\n",   "stream  5\n",
+                         "stream KUMO -1\n",  "stream  5\n",
                          "stream KUMO 5 6\n", "stream KUMO 18446744073709551616\n"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char body[256];
