@@ -27,6 +27,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (values[i].raw)
             jscan_string(&values[i], out, 1 + (size % sizeof(out)));
 
+    /* jansson takes a NUL byte right after a number for the end of the number and reads
+     * on ({"a":1<NUL>} is {"a":1} to it); jscan rightly refuses. Compare only without. */
+    if (memchr(data, '\0', size))
+        return 0;
     json_t *root = json_loadb((const char *)data, size, 0, NULL);
     if (json_is_object(root) && brackets(data, size) < 100 && !scanned)
         abort(); /* jansson read an object that jscan refused */
