@@ -7,7 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { ANSWER_WAIT_MS = 2000 };
+
 static int64_t floor_ms;
+static size_t unanswered; /* requests sent, replies not yet taken */
+static uint64_t asked_at_ms;
 static char **seen; /* streams asked about; a handful at most */
 static size_t seen_count;
 
@@ -18,6 +22,18 @@ void dupwindow_free(void)
     free(seen);
     seen = NULL;
     seen_count = 0;
+    unanswered = 0;
+}
+
+void dupwindow_asked(uint64_t now_ms)
+{
+    unanswered++;
+    asked_at_ms = now_ms;
+}
+
+bool dupwindow_waiting(uint64_t now_ms)
+{
+    return unanswered > 0 && now_ms - asked_at_ms < ANSWER_WAIT_MS;
 }
 
 void dupwindow_configure(int64_t expected_max_downtime_ms)
@@ -64,6 +80,8 @@ void dupwindow_check(json_t *info)
 
 void dupwindow_info_reply(const char *data, size_t len)
 {
+    if (unanswered > 0)
+        unanswered--;
     json_t *info = json_loadb(data, len, 0, NULL);
     json_t *error = info ? json_object_get(info, "error") : NULL;
     if (!info || error)

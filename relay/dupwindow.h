@@ -19,6 +19,10 @@
 void dupwindow_configure(int64_t expected_max_downtime_ms);
 /* An ack came from this stream. True the first time: the caller requests its info. */
 bool dupwindow_first_ack(const char *stream);
+/* The caller sent the request for a stream first_ack named. */
+void dupwindow_asked(uint64_t now_ms);
+/* A request is unanswered and younger than 2 s: --once waits for it before exiting. */
+bool dupwindow_waiting(uint64_t now_ms);
 /* A $JS.API.STREAM.INFO reply: warns if the window is too short. */
 void dupwindow_info_reply(const char *data, size_t len);
 /* The same for an already parsed reply (jetstream.stream, read at start). */

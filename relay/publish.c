@@ -387,8 +387,8 @@ static void request_stream_info(struct publisher *p, const char *stream)
     char subject[192], reply[256];
     snprintf(subject, sizeof(subject), "$JS.API.STREAM.INFO.%s", stream);
     snprintf(reply, sizeof(reply), "%s.w.0", p->inbox);
-    if (p->conn)
-        natsConnection_PublishRequestString(p->conn, subject, reply, "");
+    if (p->conn && natsConnection_PublishRequestString(p->conn, subject, reply, "") == NATS_OK)
+        dupwindow_asked(loop_now_ms());
 }
 
 static bool is_stream_info_reply(const struct publisher *p, const char *subject)

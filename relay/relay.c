@@ -601,7 +601,12 @@ static void before_sleep(struct loop *loop, void *arg)
         pump(r);
     if (publisher_in_flight_all() > 0)
         loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
-    if (r->options->once && !r->draining && all_relayed(r)) {
+    /* A duplicate_window check still on its way is worth a moment (dupwindow.h bounds
+     * it): a backfill warns about a short window as the daemon does. */
+    bool checking = dupwindow_waiting(loop_now_ms());
+    if (checking)
+        loop_wake_within(r->loop, 1);
+    if (r->options->once && !r->draining && all_relayed(r) && !checking) {
         health_report_done(r);
         health_log_totals("spool relayed");
         r->draining = true;
