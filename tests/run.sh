@@ -8,6 +8,8 @@
 #
 #   tests/run.sh [integration run.py arguments, e.g. test_core -k restart]
 #
+# Without arguments, the core, window, deploy and fault suites then run again on each
+# current nats-server release of the matrix (tests/run-matrix.sh; MATRIX=0 leaves it out).
 # FUZZ=0 or SANITIZE=0 leaves that suite out. Under the sanitizers the integration tests
 # are those selected by the arguments, or without any all but the two fault suites
 # (test_faults, test_faults_spool: timing-bound, minutes more under ASan); run
@@ -49,6 +51,11 @@ echo "unit: $unit_passed passed, $unit_failed failed"
 set +e
 /usr/bin/python3 tests/integration/run.py "$@"
 integration_rc=$?
+matrix_rc=0
+if [[ ${MATRIX:-1} != 0 && $# -eq 0 ]]; then
+    tests/run-matrix.sh
+    matrix_rc=$?
+fi
 tests/packaging/run.sh
 packaging_rc=$?
 fuzz_rc=0
@@ -73,7 +80,7 @@ fi
 set -e
 
 echo "unit: $unit_passed passed, $unit_failed failed"
-if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 || $packaging_rc -ne 0 ||
+if [[ $unit_rc -ne 0 || $unit_failed -ne 0 || $integration_rc -ne 0 || $matrix_rc -ne 0 || $packaging_rc -ne 0 ||
     $fuzz_rc -ne 0 || $sanitize_rc -ne 0 ]]; then
     echo "tests FAILED"
     exit 1

@@ -4,7 +4,7 @@ Everything a test needs to drive the real binary against a real nats-server:
 
 - ``Tools``: where the binaries are (``build/`` next to this repository; override with
   KNR_BUILD_DIR, or per binary with KNR_RELAY, KNR_SPOOLWRITE, KNR_STREAMTOOL,
-  KNR_NATS_SERVER).
+  KNR_NATS_SERVER or NATS_SERVER).
 - ``NatsServer`` / ``NatsCluster``: nats-server with JetStream on loopback, started on a free
   port in the test's temp dir; stop, kill, restart on the same port and store.
 - ``SegmentWriter``: a spool segment written exactly the way kumod writes it (tests/tools/
@@ -62,8 +62,11 @@ class Tools:
     spoolwrite = _binary("KNR_SPOOLWRITE", build_dir / "tests" / "spoolwrite")
     streamtool = _binary("KNR_STREAMTOOL", build_dir / "tests" / "streamtool")
     zstdpeek = _binary("KNR_ZSTDPEEK", build_dir / "tests" / "zstdpeek")
+    # NATS_SERVER (the name tests/run.sh's server matrix sets) or KNR_NATS_SERVER; default
+    # Debian's package.
     nats_server = _binary(
-        "KNR_NATS_SERVER", Path(shutil.which("nats-server") or "/usr/sbin/nats-server")
+        "NATS_SERVER" if os.environ.get("NATS_SERVER") else "KNR_NATS_SERVER",
+        Path(shutil.which("nats-server") or "/usr/sbin/nats-server"),
     )
 
     @classmethod

@@ -117,6 +117,8 @@ def main():
     parser.add_argument("-k", dest="patterns", action="append", default=[],
                         help="only tests matching this pattern (unittest -k)")
     parser.add_argument("-q", dest="quiet", action="store_true", help="less output")
+    parser.add_argument("--label", default="integration",
+                        help="the word the summary lines start with (e.g. the server's name)")
     parser.add_argument("-v", dest="verbosity", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("FILE", "RESULT"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -135,7 +137,7 @@ def main():
             return 2
         files = [f for f in files if f.stem in wanted]
     if not files:
-        print("integration: no test files found")
+        print(f"{opts.label}: no test files found")
         return 0
 
     timeout = float(os.environ.get("KNR_TEST_FILE_TIMEOUT", "600"))
@@ -147,13 +149,13 @@ def main():
         counts = run_file(path, opts.patterns, verbosity, timeout)
         for k in total:
             total[k] += counts.get(k, 0)
-        lines.append(f"integration {path.stem}: {counts['passed']} passed, {counts['failed']} "
+        lines.append(f"{opts.label} {path.stem}: {counts['passed']} passed, {counts['failed']} "
                      f"failed, {counts['skipped']} skipped ({time.monotonic() - t0:.1f}s)")
         print(lines[-1], flush=True)
     print()
     for line in lines:
         print(line)
-    print(f"integration: {total['passed']} passed, {total['failed']} failed, "
+    print(f"{opts.label}: {total['passed']} passed, {total['failed']} failed, "
           f"{total['skipped']} skipped ({time.monotonic() - started:.1f}s)", flush=True)
     return 1 if total["failed"] else 0
 
