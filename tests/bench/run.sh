@@ -5,6 +5,8 @@
 # otherwise) and the benchmark's own nats.c programs, then runs bench.py: it starts its own
 # nats-server -js on a free loopback port and prints the machine, the runs and the tables.
 # See bench.py for the BENCH_* environment variables (BENCH_BIG=1 adds the ~1 GB backlog).
+# NATS_SERVER=PATH runs it on another nats-server (e.g. one that tests/tools/nats-servers.sh
+# built).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -29,5 +31,10 @@ if ! build >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "run.sh: build failed (full log: $log)" >&2
     exit 1
+fi
+# natscli for the `nats bench` row (built once, cached; see tests/tools/nats-servers.sh).
+if [ -z "${BENCH_NATS:-}" ]; then
+    BENCH_NATS=$("$repo/tests/tools/nats-servers.sh" --natscli) || BENCH_NATS=
+    export BENCH_NATS
 fi
 exec /usr/bin/python3 "$here/bench.py" "$@"
