@@ -299,7 +299,8 @@ class NatsServer:
     """
 
     def __init__(self, tmpdir, port=None, name=None, cluster=None, extra_args=(), start=True,
-                 ready_timeout=30):
+                 ready_timeout=30, binary=None):
+        self.binary = binary  # None: Tools.nats_server
         self.tmpdir = Path(tmpdir)
         self.port = port or free_port()
         self.name = name or f"n{self.port}"
@@ -321,7 +322,7 @@ class NatsServer:
         return self.proc is not None and self.proc.poll() is None
 
     def args(self):
-        args = [Tools.nats_server, "-js", "-a", "127.0.0.1", "-p", self.port,
+        args = [self.binary or Tools.nats_server, "-js", "-a", "127.0.0.1", "-p", self.port,
                 "-sd", self.store_dir, "-n", self.name]
         if self.cluster:
             args += ["--cluster_name", self.cluster["name"],
