@@ -342,6 +342,10 @@ usermod -a -G kumod kumo-nats-relay" "$(scriptlet_calls PREIN 1)"
 sysusers_lines() { sed '/^#/d; /^$/d' "$1"; }
 pre_feeds_sysusers_file() {
     scriptlet_calls PREIN 1 >/dev/null
+    [[ -s "$work/sysusers.stdin" ]] || {
+        echo "systemd-sysusers read nothing on stdin"
+        return 1
+    }
     diff <(sysusers_lines "$repo/packaging/sysusers/kumo-nats-relay.conf") \
         <(sysusers_lines "$work/sysusers.stdin")
 }
