@@ -6,17 +6,22 @@
 # /usr/local does not write /etc or a systemd unit, and the packages contain exactly the
 # components CPack is told to take (CPACK_COMPONENTS_ALL), never a test tool.
 #
-#   relay  the binary, the configuration, the documentation (both packages)
+#   relay  the binary, the configuration, the documentation, the sysusers.d file
+#          (both packages)
 #   deb    the unit in /lib/systemd/system (Debian 12's systemdsystemunitdir),
 #          copyright and changelog.Debian.gz
-#   rpm    the unit in /usr/lib/systemd/system (%{_unitdir})
+#   rpm    the unit in /usr/lib/systemd/system (%{_unitdir}), LICENSE as %license
 #
 # packaging/cpack-generator.cmake picks `relay;deb` or `relay;rpm` per generator.
 
 set(RELAY_PACKAGE_NAME kumo-nats-relay)
+# Who builds the packages answers for them: set it to your name and address when you
+# distribute your own build (-DRELAY_PACKAGE_MAINTAINER="Jane Doe <jane@example.org>").
 set(RELAY_PACKAGE_MAINTAINER
-    "kumo-nats-relay maintainers <maintainers@users.noreply.r-seed-dd23509c.example>"
-    CACHE STRING "Maintainer field of the packages")
+    "kumo-nats-relay maintainers <kumo-nats-relay@users.noreply.github.com>"
+    CACHE STRING "Maintainer of the .deb and Packager of the .rpm")
+set(RELAY_PACKAGE_HOMEPAGE "https://github.com/kumo-nats-relay/kumo-nats-relay"
+    CACHE STRING "Homepage of the .deb and URL of the .rpm")
 set(RELAY_PACKAGE_RELEASE 1 CACHE STRING "Package release (Debian revision, RPM Release)")
 set(_pkg_doc share/doc/${RELAY_PACKAGE_NAME})
 set(_pkg_src ${CMAKE_CURRENT_LIST_DIR})
@@ -30,6 +35,9 @@ install(FILES ${PROJECT_SOURCE_DIR}/config/relay.yaml ${PROJECT_SOURCE_DIR}/conf
         PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ
         COMPONENT relay EXCLUDE_FROM_ALL)
 install(FILES ${PROJECT_SOURCE_DIR}/README.md DESTINATION ${_pkg_doc}
+        COMPONENT relay EXCLUDE_FROM_ALL)
+# The system user, declared once for systemd-sysusers; the maintainer scripts apply it.
+install(FILES ${_pkg_src}/sysusers/kumo-nats-relay.conf DESTINATION lib/sysusers.d
         COMPONENT relay EXCLUDE_FROM_ALL)
 # The manual page is the binary's own --help and --version, through help2man, made when
 # the packages are (an install step, so everyday builds never run it) and never out of
@@ -85,13 +93,21 @@ install(FILES ${_pkg_src}/debian/lintian-overrides DESTINATION share/lintian/ove
 install(FILES ${PROJECT_SOURCE_DIR}/systemd/kumo-nats-relay.service
         DESTINATION lib/systemd/system
         COMPONENT rpm EXCLUDE_FROM_ALL)
+# Debian points at /usr/share/common-licenses from debian/copyright instead.
+install(FILES ${PROJECT_SOURCE_DIR}/LICENSE DESTINATION share/licenses/${RELAY_PACKAGE_NAME}
+        COMPONENT rpm EXCLUDE_FROM_ALL)
+# %pre creates the user before the files (and the sysusers.d file) land: the file's
+# text goes into the scriptlet.
+file(READ ${_pkg_src}/sysusers/kumo-nats-relay.conf RELAY_SYSUSERS_CONF)
+string(STRIP "${RELAY_SYSUSERS_CONF}" RELAY_SYSUSERS_CONF)
+configure_file(${_pkg_src}/rpm/pre.sh.in ${CMAKE_BINARY_DIR}/packaging/rpm-pre.sh @ONLY)
 
 # Both generators.
 set(CPACK_PACKAGE_NAME ${RELAY_PACKAGE_NAME})
 set(CPACK_PACKAGE_VENDOR "kumo-nats-relay")
 set(CPACK_PACKAGE_CONTACT "${RELAY_PACKAGE_MAINTAINER}")
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
-set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "relay KumoMTA's log spool to NATS JetStream")
+set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "Relay KumoMTA's log spool to NATS JetStream")
 # Wrapped by hand: the DEB generator keeps the line breaks (Debian wants < 80 columns).
 string(CONCAT CPACK_PACKAGE_DESCRIPTION
   "kumo-nats-relay runs next to KumoMTA, reads the zstd log segments kumod\n"
@@ -103,7 +119,7 @@ string(CONCAT CPACK_PACKAGE_DESCRIPTION
   "every message carries a deterministic Nats-Msg-Id: after a crash the\n"
   "records are sent again and JetStream drops the copies it already has.")
 set(CPACK_RPM_PACKAGE_DESCRIPTION "${CPACK_PACKAGE_DESCRIPTION}")
-set(CPACK_PACKAGE_HOMEPAGE_URL "https://kumomta.com")
+set(CPACK_PACKAGE_HOMEPAGE_URL "${RELAY_PACKAGE_HOMEPAGE}")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
 set(CPACK_PACKAGE_RELOCATABLE OFF)
@@ -134,19 +150,20 @@ set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
 set(CPACK_RPM_FILE_NAME RPM-DEFAULT)
 set(CPACK_RPM_PACKAGE_RELEASE ${RELAY_PACKAGE_RELEASE})
 set(CPACK_RPM_PACKAGE_RELEASE_DIST ON)
-set(CPACK_RPM_PACKAGE_LICENSE "Unspecified")
+set(CPACK_RPM_PACKAGE_LICENSE "Apache-2.0")
 set(CPACK_RPM_PACKAGE_GROUP "System Environment/Daemons")
 set(CPACK_RPM_PACKAGE_URL "${CPACK_PACKAGE_HOMEPAGE_URL}")
 set(CPACK_RPM_PACKAGE_AUTOREQ ON) # runtime libraries, from rpmbuild's ELF dependency generator
 set(CPACK_RPM_PACKAGE_AUTOPROV OFF)
 set(CPACK_RPM_PACKAGE_RELOCATABLE OFF)
 # No /usr/lib/.build-id links: the package holds the files listed in the README, no more.
-set(CPACK_RPM_SPEC_MORE_DEFINE "%define _build_id_links none")
+# %packager: the Packager tag, the RPM's counterpart of the .deb's Maintainer.
+set(CPACK_RPM_SPEC_MORE_DEFINE "%define _build_id_links none\n%define packager ${RELAY_PACKAGE_MAINTAINER}")
 set(CPACK_RPM_PACKAGE_REQUIRES_PRE "shadow-utils")
 set(CPACK_RPM_PACKAGE_REQUIRES_POST "systemd")
 set(CPACK_RPM_PACKAGE_REQUIRES_PREUN "systemd")
 set(CPACK_RPM_PACKAGE_REQUIRES_POSTUN "systemd")
-set(CPACK_RPM_PRE_INSTALL_SCRIPT_FILE ${_pkg_src}/rpm/pre.sh)
+set(CPACK_RPM_PRE_INSTALL_SCRIPT_FILE ${CMAKE_BINARY_DIR}/packaging/rpm-pre.sh)
 set(CPACK_RPM_POST_INSTALL_SCRIPT_FILE ${_pkg_src}/rpm/post.sh)
 set(CPACK_RPM_PRE_UNINSTALL_SCRIPT_FILE ${_pkg_src}/rpm/preun.sh)
 set(CPACK_RPM_POST_UNINSTALL_SCRIPT_FILE ${_pkg_src}/rpm/postun.sh)
@@ -155,8 +172,10 @@ set(CPACK_RPM_POST_UNINSTALL_SCRIPT_FILE ${_pkg_src}/rpm/postun.sh)
 set(CPACK_RPM_USER_FILELIST
     "%dir %attr(0750,root,kumo-nats-relay) /etc/kumo-nats-relay"
     "%config(noreplace) /etc/kumo-nats-relay/relay.yaml"
-    "%config(noreplace) /etc/kumo-nats-relay/policy.lua")
+    "%config(noreplace) /etc/kumo-nats-relay/policy.lua"
+    "%license /usr/share/licenses/kumo-nats-relay/LICENSE")
 set(CPACK_RPM_EXCLUDE_FROM_AUTO_FILELIST_ADDITION
-    /usr/lib/systemd /usr/lib/systemd/system /usr/share/man /usr/share/man/man8)
+    /usr/lib/systemd /usr/lib/systemd/system /usr/lib/sysusers.d /usr/share/man
+    /usr/share/man/man8 /usr/share/licenses)
 
 include(CPack)

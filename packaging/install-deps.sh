@@ -10,7 +10,7 @@ packages=(
   libcriterion-dev nats-server zstd python3 procps openssl
   clang libclang-rt-14-dev valgrind
   # tests/packaging: build, inspect, lint and install the .deb and the .rpm
-  rpm lintian cpio dpkg-dev file help2man systemd adduser init-system-helpers
+  rpm rpmlint lintian cpio dpkg-dev file help2man systemd adduser init-system-helpers man-db
 )
 
 missing=()

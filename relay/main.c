@@ -1,5 +1,6 @@
 /* kumo-nats-relay: command line and startup order. */
 #include "config.h"
+#include "exit_codes.h"
 #include "log.h"
 #include "policy.h"
 #include "relay.h"
@@ -7,6 +8,7 @@
 #include "status.h"
 
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +53,21 @@ static void usage(FILE *out)
             "shutdown_timeout), write the checkpoint and exit 0. SIGHUP reloads the\n"
             "configuration and the policy; if they fail to load, the running ones stay.\n"
             "\n"
-            "Exit status: 0 success, 1 configuration or startup error, 2 bad usage.\n");
+            "Exit status: 0 success, 1 runtime or startup failure, 2 bad usage,\n"
+            "78 configuration error (EX_CONFIG: systemd does not restart on it).\n");
+}
+
+/* One line saying what is wrong, then where to look: the full help would bury it. */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kumo-nats-relay: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'kumo-nats-relay --help'.\n", stderr);
+    return RELAY_EXIT_USAGE;
 }
 
 /* --check: everything that can be validated without connecting or reading the spool. */
@@ -63,7 +79,7 @@ static int check_config(const struct config *cfg)
     if (!policy) {
         fprintf(stderr, "%s: %s\n", cfg->path, err);
         free(err);
-        return 1;
+        return RELAY_EXIT_CONFIG;
     }
     policy_destroy(policy);
     printf("configuration OK\n");
@@ -89,7 +105,8 @@ int main(int argc, char **argv)
     bool check = false, json = false;
     struct relay_options options = {0};
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:l:Vh", long_options, NULL)) != -1) {
+    opterr = 0; /* usage_error() words the message; ':' first reports a missing argument */
+    while ((opt = getopt_long(argc, argv, ":c:l:Vh", long_options, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -110,8 +127,7 @@ int main(int argc, char **argv)
             if (strcmp(optarg, "json") == 0) {
                 log_set_json(true);
             } else if (strcmp(optarg, "text") != 0) {
-                fprintf(stderr, "kumo-nats-relay: --log-format is text or json\n");
-                return 2;
+                return usage_error("--log-format is text or json");
             }
             break;
         case 'j':
@@ -123,9 +139,12 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case ':':
+            return usage_error("option '%s' requires an argument", argv[optind - 1]);
         default:
-            usage(stderr);
-            return 2;
+            if (optopt)
+                return usage_error("unknown option '-%c'", optopt);
+            return usage_error("unknown option '%s'", argv[optind - 1]);
         }
     }
     bool status = optind < argc && strcmp(argv[optind], "status") == 0;
@@ -135,23 +154,19 @@ int main(int argc, char **argv)
                   strcmp(argv[optind + 1], "replay") == 0;
     if (replay)
         optind += 2;
-    if (optind < argc) {
-        fprintf(stderr, "kumo-nats-relay: unexpected argument \"%s\"\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
+    if (optind < argc)
+        return usage_error("unexpected argument \"%s\"", argv[optind]);
     struct config cfg;
     char *errors = config_load(config_path, &cfg);
     if (errors) {
         fputs(errors, stderr);
         free(errors);
-        return 1;
+        return RELAY_EXIT_CONFIG;
     }
     int level = log_level ? log_level_parse(log_level) : cfg.log_level;
     if (level < 0) {
-        fprintf(stderr, "kumo-nats-relay: unknown log level \"%s\"\n", log_level);
         config_free(&cfg);
-        return 2;
+        return usage_error("unknown log level \"%s\"", log_level);
     }
     log_set_level((enum log_level)level);
     int rc = status   ? status_run(&cfg, json)

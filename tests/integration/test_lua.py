@@ -231,7 +231,7 @@ end)
         policy = self.write_policy("local kumo = require 'kumo'\nlocal x = = 1\n")
         relay = self.relay(self.lua_config(server, policy), start=False)
         rc, out = relay.check()
-        self.assertEqual(1, rc)
+        self.assertEqual(78, rc)  # EX_CONFIG
         self.assertIn(f"relay.yaml: policy.script {policy}: policy.lua:2: unexpected symbol "
                       "near '='", out)
 
@@ -243,7 +243,7 @@ end)
                                    "kumo.on('init', function() end)\n")
         relay = self.relay(self.lua_config(server, policy), start=False)
         rc, out = relay.check()
-        self.assertEqual(1, rc)
+        self.assertEqual(78, rc)  # EX_CONFIG
         self.assertIn("policy.lua:4: init event already has a handler defined at policy.lua:2\n",
                       out)
 

@@ -364,14 +364,14 @@ class SecurityTest(h.RelayTestCase):
                  "client_key must be a file path")):
             write_policy(extra, client_keys)
             rc, out = relay.check()
-            self.assertEqual(1, rc, out)
+            self.assertEqual(78, rc, out)  # EX_CONFIG
             self.assertIn(message, out)
         # A password written as a plain string is read as a file name, as in KumoMTA; the
         # error must not repeat it.
         policy.write_text(LUA_POLICY.format(port=server.port, password_file=PASSWORD, tls=tls,
                                             extra="", client=client))
         rc, out = relay.check()
-        self.assertEqual(1, rc, out)
+        self.assertEqual(78, rc, out)  # EX_CONFIG
         self.assertIn("auth.password: a string names a file holding the value", out)
         self.assert_no_secret(relay)
 
@@ -406,7 +406,7 @@ class SecurityTest(h.RelayTestCase):
             with self.subTest(message=message):
                 relay.set_config(self.relay_config("nats://127.0.0.1:4222", nats=nats))
                 rc, out = relay.check()
-                self.assertEqual(1, rc, out)
+                self.assertEqual(78, rc, out)  # EX_CONFIG
                 self.assertIn(message, out)
         self.assert_no_secret(relay)
 
