@@ -420,12 +420,36 @@ static void end_of_segment(struct relay *r, struct segment *seg)
     r->dirty = true;
 }
 
+/* The segment cannot be read past a point: every record before it was handed on (the
+ * reader salvages what a decode error would lose); the rest is written down as one dead
+ * letter, and the segment finishes once those records are complete, so its checkpoint
+ * moves past it and the relay is not stuck on it. */
 static void segment_failed(struct relay *r, struct segment *seg)
 {
+    struct segment_damage d;
+    segment_reader_damage(seg->reader, &d);
+    uint64_t last = segment_reader_offset(seg->reader);
+    const char *error = segment_reader_error(seg->reader);
+    char *reason = xasprintf("undecodable: %s at compressed offset %" PRIu64 " of %" PRIu64
+                             " bytes, after %" PRIu64 " decompressed bytes; the rest of the "
+                             "segment after offset %" PRIu64 " is lost",
+                             error, d.compressed_offset, d.compressed_size, d.decoded_offset, last);
+    char *err = deadletter_write(r->deadletter, seg->name, last, d.decoded_offset, reason, NULL, 0);
+    free(reason);
+    if (err) {
+        /* The reader keeps its error: the next scan (or change) brings us back here. */
+        log_error("cannot dead-letter the undecodable rest of a segment, will retry segment=%s "
+                  "error=\"%s\"",
+                  seg->name, err);
+        free(err);
+        return;
+    }
     METRIC_ADD(segments_corrupt, 1);
-    log_error("segment cannot be decoded past this point, skipping the rest of it segment=%s "
-              "offset=%" PRIu64 " error=\"%s\"",
-              seg->name, segment_reader_offset(seg->reader), segment_reader_error(seg->reader));
+    METRIC_ADD(deadlettered[DEADLETTER_UNDECODABLE], 1);
+    log_error("segment cannot be decoded past this point; the records before it are relayed, "
+              "the rest is dead-lettered segment=%s offset=%" PRIu64 " decoded=%" PRIu64
+              " compressed_offset=%" PRIu64 " error=\"%s\"",
+              seg->name, last, d.decoded_offset, d.compressed_offset, error);
     close_reader(r, seg);
     seg->state = SEGMENT_STATE_DRAINING;
     finish_if_drained(seg);
