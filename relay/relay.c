@@ -101,13 +101,13 @@ static void on_segment_added(void *ctx, struct segment *seg)
     const struct checkpoint_entry *e = checkpoint_entry(r, seg->name);
     if (e && seg->generation < e->generation)
         spool_set_generation(seg, e->generation);
-    if (e && e->inode != seg->inode) {
+    const char *why = e ? spool_check_identity(seg, e) : NULL;
+    if (why) {
         /* A new file under a known name: its offsets start again at 0, so its ids need a
          * new generation or they would equal the old file's, and be dropped as copies. */
         spool_set_generation(seg, e->generation + 1);
-        log_warn("segment has a new inode since the checkpoint, reading it from the start "
-                 "segment=%s generation=%u",
-                 seg->name, seg->generation);
+        log_warn("segment %s, reading it from the start segment=%s generation=%u", why, seg->name,
+                 seg->generation);
         e = NULL;
     }
     if (e) {
@@ -136,11 +136,28 @@ static void free_segment_if_unused(struct segment *seg)
         spool_segment_free(seg);
 }
 
+/* The segment's size and the fingerprint of its first bytes, for its checkpoint entry: an
+ * open reader has read the file from its start, so it knows them without a system call. */
+static void keep_identity(struct segment *seg)
+{
+    uint64_t hash;
+    size_t len;
+    segment_reader_fingerprint(seg->reader, &hash, &len);
+    if (len > seg->fp_len) {
+        seg->fp_len = (uint32_t)len;
+        seg->fp_hash = hash;
+    }
+    if (segment_reader_bytes_read(seg->reader) > seg->size)
+        seg->size = segment_reader_bytes_read(seg->reader);
+}
+
 /* Closes a segment's reader. A done reader's slot goes to the waiting backlog: all of it
  * is queued again, in name order, and the first to run takes the slot. Waking all (not
  * one) means a segment that fails to open cannot leave the others waiting. */
 static void close_reader(struct relay *r, struct segment *seg)
 {
+    if (seg->reader)
+        keep_identity(seg);
     segment_reader_close(seg->reader);
     seg->reader = NULL;
     if (!seg->holds_done_slot)
@@ -456,6 +473,22 @@ static void segment_failed(struct relay *r, struct segment *seg)
     r->dirty = true;
 }
 
+/* The whole file decodes to less than the checkpoint's offset: it is not the file the
+ * checkpoint was written for (made again under the same name and inode, or the checkpoint
+ * edited by hand). Read it from the start as a new generation rather than call it done. */
+static void read_again_from_start(struct relay *r, struct segment *seg)
+{
+    log_warn("segment ends before the checkpoint's offset, reading it from the start "
+             "segment=%s offset=%" PRIu64 " decoded=%" PRIu64 " generation=%u",
+             seg->name, seg->resume_offset, segment_reader_decoded(seg->reader),
+             seg->generation + 1);
+    close_reader(r, seg);
+    spool_set_generation(seg, seg->generation + 1);
+    seg->resume_offset = seg->resume_ordinal = 0;
+    seg->wm.committed_offset = seg->wm.committed_ordinal = 0;
+    r->dirty = true;
+}
+
 static bool window_open(const struct relay *r)
 {
     return r->free_records && r->publishes_in_flight < r->cfg->max_in_flight && !r->draining &&
@@ -484,6 +517,10 @@ static bool read_segment(struct relay *r, struct segment *seg)
         if (res == SEGMENT_ERROR) {
             segment_failed(r, seg);
             return false;
+        }
+        if (segment_reader_decoded(seg->reader) < seg->resume_offset && seg->records_read == 0) {
+            read_again_from_start(r, seg);
+            return true;
         }
         if (seg->skip_existing) {
             seg->skip_existing = false;
@@ -556,6 +593,11 @@ static void write_checkpoint(struct relay *r)
             .finished = seg->state == SEGMENT_STATE_FINISHED,
             .generation = seg->generation,
         };
+        if (seg->reader)
+            keep_identity(seg);
+        e.size = seg->size;
+        e.fp_len = seg->fp_len;
+        e.fp_hash = seg->fp_hash;
         offsets_checkpoint_add(&cp, &e);
     }
     /* Dead letters must be durable before the offsets that skip their records are. */
