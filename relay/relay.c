@@ -104,8 +104,10 @@ static void on_segment_added(void *ctx, struct segment *seg)
     const char *why = e ? spool_check_identity(seg, e) : NULL;
     if (why) {
         /* A new file under a known name: its offsets start again at 0, so its ids need a
-         * new generation or they would equal the old file's, and be dropped as copies. */
-        spool_set_generation(seg, e->generation + 1);
+         * new generation or they would equal the old file's, and be dropped as copies. One
+         * replaced while we run may already have a later one from the spool. */
+        spool_set_generation(seg,
+                             seg->generation > e->generation ? seg->generation : e->generation + 1);
         log_warn("segment %s, reading it from the start segment=%s generation=%u", why, seg->name,
                  seg->generation);
         e = NULL;
