@@ -32,7 +32,8 @@ static const uint64_t bucket_us[ACK_LATENCY_BUCKETS] = {
 };
 
 static const char *const deadletter_names[DEADLETTER_REASON_COUNT] = {
-    "not_json", "oversize", "rejected", "max_age", "no_custom_lua", "publish_refused", "policy",
+    "not_json",      "oversize",        "rejected", "max_age",
+    "no_custom_lua", "publish_refused", "policy",   "undecodable",
 };
 
 void metrics_observe_ack_latency(uint64_t us)

@@ -15,6 +15,7 @@ enum deadletter_reason {
     DEADLETTER_NO_PROTOCOL,
     DEADLETTER_PUBLISH,
     DEADLETTER_POLICY,
+    DEADLETTER_UNDECODABLE, /* the rest of a segment that cannot be decoded */
     DEADLETTER_REASON_COUNT
 };
 

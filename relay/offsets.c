@@ -137,10 +137,13 @@ static char *render(const struct checkpoint *cp, size_t *len)
         put_escaped(f, e->name);
         fprintf(f, " %" PRIu64 " %" PRIu64 " %" PRIu64 " %d", e->inode, e->offset, e->ordinal,
                 e->finished ? 1 : 0);
-        /* The generation is written only when not 0: files of checkpoints that never saw a
-         * replaced segment stay as they were. */
-        if (e->generation > 0)
+        /* The generation is written only when not 0 or followed by the identity: files of
+         * checkpoints that never saw a replaced segment stay as they were. */
+        bool identity = e->size > 0 || e->fp_len > 0;
+        if (e->generation > 0 || identity)
             fprintf(f, " %" PRIu32, e->generation);
+        if (identity)
+            fprintf(f, " %" PRIu64 " %" PRIu32 " %016" PRIx64, e->size, e->fp_len, e->fp_hash);
         fputc('\n', f);
     }
     fflush(f);
@@ -224,7 +227,34 @@ static bool parse_u64(const char *s, char **end, uint64_t *out)
     return true;
 }
 
-/* Parses "segment NAME INODE OFFSET ORDINAL FINISHED". */
+/* Exactly 16 lowercase or uppercase hex digits. */
+static bool parse_hex64(const char *s, char **end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 16; i++) {
+        int d = hex_digit(s[i]);
+        if (d < 0)
+            return false;
+        v = v << 4 | (uint64_t)d;
+    }
+    *end = (char *)s + 16;
+    *out = v;
+    return true;
+}
+
+/* " SIZE FP_LEN FP_HASH" after the generation. */
+static bool parse_identity(char **q, struct checkpoint_entry *e)
+{
+    uint64_t fp_len = 0;
+    bool ok = *(*q)++ == ' ' && parse_u64(*q, q, &e->size) && *(*q)++ == ' ' &&
+              parse_u64(*q, q, &fp_len) && fp_len <= UINT32_MAX && *(*q)++ == ' ' &&
+              parse_hex64(*q, q, &e->fp_hash);
+    e->fp_len = (uint32_t)fp_len;
+    return ok;
+}
+
+/* Parses "segment NAME INODE OFFSET ORDINAL FINISHED [GENERATION [SIZE FP_LEN FP_HASH]]":
+ * a generation of 0 is written only before the identity. */
 static bool parse_segment_line(const char *line, size_t len, struct checkpoint *cp)
 {
     char *copy = xstrndup(line, len);
@@ -240,7 +270,11 @@ static bool parse_segment_line(const char *line, size_t len, struct checkpoint *
              parse_u64(q, &q, &finished) && finished <= 1;
         if (ok && *q == ' ') {
             q++;
-            ok = parse_u64(q, &q, &generation) && generation > 0 && generation <= UINT32_MAX;
+            ok = parse_u64(q, &q, &generation) && generation <= UINT32_MAX;
+            if (ok && *q == ' ')
+                ok = parse_identity(&q, &e);
+            else
+                ok = ok && generation > 0;
         }
         ok = ok && *q == '\0';
         e.generation = (uint32_t)generation;

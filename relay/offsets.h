@@ -45,6 +45,12 @@ struct checkpoint_entry {
     uint64_t ordinal;    /* records committed */
     bool finished;       /* done and every record committed */
     uint32_t generation; /* files seen under this name before this one (replacements) */
+    /* What tells this file from a later one of the same name and inode (file systems reuse
+     * inode numbers): its size when last seen, and a hash of its first fp_len bytes (see
+     * segment_fingerprint). 0 when not known (checkpoints written before these were). */
+    uint64_t size;
+    uint32_t fp_len;
+    uint64_t fp_hash;
 };
 
 struct checkpoint {

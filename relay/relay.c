@@ -101,13 +101,15 @@ static void on_segment_added(void *ctx, struct segment *seg)
     const struct checkpoint_entry *e = checkpoint_entry(r, seg->name);
     if (e && seg->generation < e->generation)
         spool_set_generation(seg, e->generation);
-    if (e && e->inode != seg->inode) {
+    const char *why = e ? spool_check_identity(seg, e) : NULL;
+    if (why) {
         /* A new file under a known name: its offsets start again at 0, so its ids need a
-         * new generation or they would equal the old file's, and be dropped as copies. */
-        spool_set_generation(seg, e->generation + 1);
-        log_warn("segment has a new inode since the checkpoint, reading it from the start "
-                 "segment=%s generation=%u",
-                 seg->name, seg->generation);
+         * new generation or they would equal the old file's, and be dropped as copies. One
+         * replaced while we run may already have a later one from the spool. */
+        spool_set_generation(seg,
+                             seg->generation > e->generation ? seg->generation : e->generation + 1);
+        log_warn("segment %s, reading it from the start segment=%s generation=%u", why, seg->name,
+                 seg->generation);
         e = NULL;
     }
     if (e) {
@@ -136,11 +138,28 @@ static void free_segment_if_unused(struct segment *seg)
         spool_segment_free(seg);
 }
 
+/* The segment's size and the fingerprint of its first bytes, for its checkpoint entry: an
+ * open reader has read the file from its start, so it knows them without a system call. */
+static void keep_identity(struct segment *seg)
+{
+    uint64_t hash;
+    size_t len;
+    segment_reader_fingerprint(seg->reader, &hash, &len);
+    if (len > seg->fp_len) {
+        seg->fp_len = (uint32_t)len;
+        seg->fp_hash = hash;
+    }
+    if (segment_reader_bytes_read(seg->reader) > seg->size)
+        seg->size = segment_reader_bytes_read(seg->reader);
+}
+
 /* Closes a segment's reader. A done reader's slot goes to the waiting backlog: all of it
  * is queued again, in name order, and the first to run takes the slot. Waking all (not
  * one) means a segment that fails to open cannot leave the others waiting. */
 static void close_reader(struct relay *r, struct segment *seg)
 {
+    if (seg->reader)
+        keep_identity(seg);
     segment_reader_close(seg->reader);
     seg->reader = NULL;
     if (!seg->holds_done_slot)
@@ -420,15 +439,55 @@ static void end_of_segment(struct relay *r, struct segment *seg)
     r->dirty = true;
 }
 
+/* The segment cannot be read past a point: every record before it was handed on (the
+ * reader salvages what a decode error would lose); the rest is written down as one dead
+ * letter, and the segment finishes once those records are complete, so its checkpoint
+ * moves past it and the relay is not stuck on it. */
 static void segment_failed(struct relay *r, struct segment *seg)
 {
+    struct segment_damage d;
+    segment_reader_damage(seg->reader, &d);
+    uint64_t last = segment_reader_offset(seg->reader);
+    const char *error = segment_reader_error(seg->reader);
+    char *reason = xasprintf("undecodable: %s at compressed offset %" PRIu64 " of %" PRIu64
+                             " bytes, after %" PRIu64 " decompressed bytes; the rest of the "
+                             "segment after offset %" PRIu64 " is lost",
+                             error, d.compressed_offset, d.compressed_size, d.decoded_offset, last);
+    char *err = deadletter_write(r->deadletter, seg->name, last, d.decoded_offset, reason, NULL, 0);
+    free(reason);
+    if (err) {
+        /* The reader keeps its error: the next scan (or change) brings us back here. */
+        log_error("cannot dead-letter the undecodable rest of a segment, will retry segment=%s "
+                  "error=\"%s\"",
+                  seg->name, err);
+        free(err);
+        return;
+    }
     METRIC_ADD(segments_corrupt, 1);
-    log_error("segment cannot be decoded past this point, skipping the rest of it segment=%s "
-              "offset=%" PRIu64 " error=\"%s\"",
-              seg->name, segment_reader_offset(seg->reader), segment_reader_error(seg->reader));
+    METRIC_ADD(deadlettered[DEADLETTER_UNDECODABLE], 1);
+    log_error("segment cannot be decoded past this point; the records before it are relayed, "
+              "the rest is dead-lettered segment=%s offset=%" PRIu64 " decoded=%" PRIu64
+              " compressed_offset=%" PRIu64 " error=\"%s\"",
+              seg->name, last, d.decoded_offset, d.compressed_offset, error);
     close_reader(r, seg);
     seg->state = SEGMENT_STATE_DRAINING;
     finish_if_drained(seg);
+    r->dirty = true;
+}
+
+/* The whole file decodes to less than the checkpoint's offset: it is not the file the
+ * checkpoint was written for (made again under the same name and inode, or the checkpoint
+ * edited by hand). Read it from the start as a new generation rather than call it done. */
+static void read_again_from_start(struct relay *r, struct segment *seg)
+{
+    log_warn("segment ends before the checkpoint's offset, reading it from the start "
+             "segment=%s offset=%" PRIu64 " decoded=%" PRIu64 " generation=%u",
+             seg->name, seg->resume_offset, segment_reader_decoded(seg->reader),
+             seg->generation + 1);
+    close_reader(r, seg);
+    spool_set_generation(seg, seg->generation + 1);
+    seg->resume_offset = seg->resume_ordinal = 0;
+    seg->wm.committed_offset = seg->wm.committed_ordinal = 0;
     r->dirty = true;
 }
 
@@ -460,6 +519,10 @@ static bool read_segment(struct relay *r, struct segment *seg)
         if (res == SEGMENT_ERROR) {
             segment_failed(r, seg);
             return false;
+        }
+        if (segment_reader_decoded(seg->reader) < seg->resume_offset && seg->records_read == 0) {
+            read_again_from_start(r, seg);
+            return true;
         }
         if (seg->skip_existing) {
             seg->skip_existing = false;
@@ -532,6 +595,11 @@ static void write_checkpoint(struct relay *r)
             .finished = seg->state == SEGMENT_STATE_FINISHED,
             .generation = seg->generation,
         };
+        if (seg->reader)
+            keep_identity(seg);
+        e.size = seg->size;
+        e.fp_len = seg->fp_len;
+        e.fp_hash = seg->fp_hash;
         offsets_checkpoint_add(&cp, &e);
     }
     /* Dead letters must be durable before the offsets that skip their records are. */

@@ -7,10 +7,15 @@
 #include <stdio.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
 enum { MIN_BUFFER = 256 * 1024 };
+
+/* FNV-1a, 64 bits: the fingerprint of a segment's first bytes (see segment.h). */
+#define FNV64_OFFSET 0xcbf29ce484222325ull
+#define FNV64_PRIME  0x100000001b3ull
 
 static const unsigned char zstd_magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
 
@@ -21,6 +26,24 @@ struct segment_reader {
     size_t last_zstd_hint; /* last ZSTD_decompressStream result: 0 = at a frame end */
     bool zstd_started;     /* some compressed input was fed to the decoder */
     bool zstd_out_full;    /* the last call filled its output: decoded bytes may wait inside */
+    bool failed;           /* undecodable data was met: every later call says so again */
+
+    /* A decode error loses the output of the call that met it (zstd reports no partial
+     * output), which may be many blocks of good records. Salvage decodes the file again
+     * from its start with a fresh decoder, drops the output given out before, and feeds
+     * the bytes of the failed call one at a time, so every block before the bad one comes
+     * out. Only the error path pays for this. */
+    bool salvaging;
+    uint64_t salvage_in_from;  /* compressed offset where the failed call began */
+    uint64_t salvage_in_to;    /* ... and the end of the input it had */
+    uint64_t salvage_out_from; /* decompressed bytes given out before the failed call */
+    uint64_t salvage_out;      /* decompressed bytes of the salvage decode so far */
+    uint64_t good_in;          /* compressed offset after the last block that decoded */
+    uint64_t error_in, error_out;
+
+    uint64_t file_pos; /* bytes read from the file (its next read offset) */
+    uint64_t fp_hash;  /* fingerprint of the file's first fp_len bytes */
+    size_t fp_len;
 
     unsigned char *in; /* compressed input (zstd) or the first bytes while sniffing */
     size_t in_cap, in_len, in_pos;
@@ -89,6 +112,7 @@ struct segment_reader *segment_reader_open(const char *path, uint64_t resume_off
     r->in_cap = ZSTD_DStreamInSize();
     r->in = xmalloc(r->in_cap);
     r->skip_to = resume_offset;
+    r->fp_hash = FNV64_OFFSET;
     /* Skipped records are counted again from 0; the ordinal given is only a cross-check
      * for callers and is what the first record after the skip must carry. */
     (void)resume_ordinal;
@@ -106,6 +130,35 @@ void segment_reader_close(struct segment_reader *r)
     free(r);
 }
 
+uint64_t segment_fingerprint_update(uint64_t hash, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++)
+        hash = (hash ^ p[i]) * FNV64_PRIME;
+    return hash;
+}
+
+uint64_t segment_fingerprint(const void *data, size_t len)
+{
+    return segment_fingerprint_update(FNV64_OFFSET, data, len);
+}
+
+/* n bytes were read at r->file_pos: the fingerprint takes those of the first
+ * SEGMENT_FINGERPRINT_BYTES it has not seen (a salvage reads them again). */
+static void note_read(struct segment_reader *r, const char *data, size_t n)
+{
+    uint64_t at = r->file_pos;
+    r->file_pos += (uint64_t)n;
+    if (r->fp_len >= SEGMENT_FINGERPRINT_BYTES || r->fp_len < at || r->fp_len >= r->file_pos)
+        return;
+    size_t from = (size_t)(r->fp_len - at);
+    size_t upto = n;
+    if (at + upto > SEGMENT_FINGERPRINT_BYTES)
+        upto = (size_t)(SEGMENT_FINGERPRINT_BYTES - at);
+    r->fp_hash = segment_fingerprint_update(r->fp_hash, data + from, upto - from);
+    r->fp_len = (size_t)at + upto;
+}
+
 /* Reads more raw bytes into r->in. Returns bytes read, 0 at EOF, -1 on error. */
 static ssize_t read_input(struct segment_reader *r)
 {
@@ -119,8 +172,15 @@ static ssize_t read_input(struct segment_reader *r)
         snprintf(r->error, sizeof(r->error), "read failed: %s", strerror(errno));
         return -1;
     }
+    note_read(r, (const char *)r->in + r->in_len, (size_t)n);
     r->in_len += (size_t)n;
     return n;
+}
+
+/* The compressed offset of r->in[pos]. */
+static uint64_t input_offset(const struct segment_reader *r, size_t pos)
+{
+    return r->file_pos - r->in_len + pos;
 }
 
 /* Decides zstd or plain from the first four bytes. Returns false while the bytes so far
@@ -146,6 +206,96 @@ static bool sniff_kind(struct segment_reader *r, bool *failed)
     return true;
 }
 
+/* The first decode error: start the salvage decode (see struct segment_reader). */
+static bool start_salvage(struct segment_reader *r)
+{
+    r->salvage_in_from = input_offset(r, r->in_pos);
+    r->salvage_in_to = r->file_pos;
+    r->salvage_out_from = r->base + r->end;
+    r->salvage_out = 0;
+    r->good_in = 0;
+    if (lseek(r->fd, 0, SEEK_SET) != 0) {
+        snprintf(r->error, sizeof(r->error), "cannot seek to decode again: %s", strerror(errno));
+        return false;
+    }
+    ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+    r->file_pos = 0;
+    r->in_pos = r->in_len = 0;
+    r->zstd_out_full = false;
+    r->salvaging = true;
+    return true;
+}
+
+/* How much of r->in the next salvage call may take: everything the failed call's decoder
+ * had taken without error, then one byte at a time through that call's input. */
+static size_t salvage_input_end(const struct segment_reader *r)
+{
+    uint64_t at = input_offset(r, r->in_pos);
+    uint64_t step = at < r->salvage_in_from ? r->salvage_in_from - at
+                    : at < r->salvage_in_to ? 1
+                                            : r->in_len - r->in_pos;
+    return r->in_len - r->in_pos < step ? r->in_len : r->in_pos + (size_t)step;
+}
+
+/* Drops the part of n decoded bytes at buf[end..) that was given out before the salvage
+ * began. Returns the bytes left. */
+static size_t drop_given_out(struct segment_reader *r, size_t n)
+{
+    uint64_t at = r->salvage_out;
+    r->salvage_out += n;
+    if (at >= r->salvage_out_from)
+        return n;
+    size_t skip = r->salvage_out_from - at < n ? (size_t)(r->salvage_out_from - at) : n;
+    memmove(r->buf + r->end, r->buf + r->end + skip, n - skip);
+    return n - skip;
+}
+
+static void note_decode_error(struct segment_reader *r, size_t ret)
+{
+    r->failed = true;
+    r->error_in = r->good_in;
+    r->error_out = r->base + r->end;
+    snprintf(r->error, sizeof(r->error), "zstd: %s", ZSTD_getErrorName(ret));
+}
+
+static ssize_t decode_zstd(struct segment_reader *r)
+{
+    for (;;) {
+        /* The decoder can consume a whole block and still hold part of its output when the
+         * buffer filled: drain it before asking the file for more, or a live segment's last
+         * block (and a crashed one's records) waits for bytes that may never come. */
+        if (r->in_pos == r->in_len && !r->zstd_out_full) {
+            ssize_t n = read_input(r);
+            if (n <= 0)
+                return n;
+        }
+        size_t in_end = r->salvaging ? salvage_input_end(r) : r->in_len;
+        ZSTD_inBuffer in = {r->in, in_end, r->in_pos};
+        ZSTD_outBuffer out = {r->buf + r->end, r->cap - r->end, 0};
+        size_t ret = ZSTD_decompressStream(r->dctx, &out, &in);
+        if (ZSTD_isError(ret)) {
+            if (!r->salvaging && start_salvage(r))
+                continue;
+            if (r->salvaging)
+                note_decode_error(r, ret);
+            r->failed = true;
+            r->error_out = r->base + r->end;
+            return -1;
+        }
+        r->zstd_started = true;
+        r->in_pos = in.pos;
+        r->last_zstd_hint = ret;
+        r->zstd_out_full = out.pos == out.size;
+        size_t n = out.pos;
+        if (r->salvaging && (n > 0 || ret == 0))
+            r->good_in = input_offset(r, r->in_pos);
+        if (r->salvaging)
+            n = drop_given_out(r, n);
+        if (n > 0)
+            return (ssize_t)n;
+    }
+}
+
 /* Appends decoded bytes at buf[end..cap). Returns bytes added, 0 when nothing more is on
  * disk now, -1 on a read or decode error. */
 static ssize_t decode_more(struct segment_reader *r)
@@ -166,31 +316,11 @@ static ssize_t decode_more(struct segment_reader *r)
         } while (n < 0 && errno == EINTR);
         if (n < 0)
             snprintf(r->error, sizeof(r->error), "read failed: %s", strerror(errno));
+        else
+            note_read(r, r->buf + r->end, (size_t)n);
         return n;
     }
-    for (;;) {
-        /* The decoder can consume a whole block and still hold part of its output when the
-         * buffer filled: drain it before asking the file for more, or a live segment's last
-         * block (and a crashed one's records) waits for bytes that may never come. */
-        if (r->in_pos == r->in_len && !r->zstd_out_full) {
-            ssize_t n = read_input(r);
-            if (n <= 0)
-                return n;
-        }
-        ZSTD_inBuffer in = {r->in, r->in_len, r->in_pos};
-        ZSTD_outBuffer out = {r->buf + r->end, r->cap - r->end, 0};
-        size_t ret = ZSTD_decompressStream(r->dctx, &out, &in);
-        if (ZSTD_isError(ret)) {
-            snprintf(r->error, sizeof(r->error), "zstd: %s", ZSTD_getErrorName(ret));
-            return -1;
-        }
-        r->zstd_started = true;
-        r->in_pos = in.pos;
-        r->last_zstd_hint = ret;
-        r->zstd_out_full = out.pos == out.size;
-        if (out.pos > 0)
-            return (ssize_t)out.pos;
-    }
+    return decode_zstd(r);
 }
 
 /* Makes room at the end of buf: moves the unframed bytes to the front, then grows up to
@@ -249,6 +379,8 @@ static bool frame_line(struct segment_reader *r, struct segment_record *rec)
 
 enum segment_read segment_reader_next(struct segment_reader *r, struct segment_record *rec)
 {
+    if (r->failed)
+        return SEGMENT_ERROR;
     if (r->kind == SEGMENT_KIND_UNKNOWN) {
         bool failed = false;
         if (!sniff_kind(r, &failed))
@@ -295,6 +427,30 @@ const char *segment_reader_error(const struct segment_reader *r)
 uint64_t segment_reader_offset(const struct segment_reader *r)
 {
     return r->offset > r->skip_to ? r->offset : r->skip_to;
+}
+
+void segment_reader_damage(const struct segment_reader *r, struct segment_damage *damage)
+{
+    damage->compressed_offset = r->error_in;
+    damage->decoded_offset = r->error_out;
+    struct stat st;
+    damage->compressed_size = fstat(r->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+uint64_t segment_reader_bytes_read(const struct segment_reader *r)
+{
+    return r->file_pos;
+}
+
+uint64_t segment_reader_decoded(const struct segment_reader *r)
+{
+    return r->base + r->end;
+}
+
+void segment_reader_fingerprint(const struct segment_reader *r, uint64_t *hash, size_t *len)
+{
+    *hash = r->fp_hash;
+    *len = r->fp_len;
 }
 
 uint64_t segment_reader_ordinal(const struct segment_reader *r)

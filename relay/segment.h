@@ -31,6 +31,21 @@ struct segment_tail {
     bool frame_truncated; /* the zstd frame did not end */
 };
 
+/* Where a segment stopped decoding (SEGMENT_ERROR). Every record that ended before
+ * decoded_offset was returned; the bytes from compressed_offset on could not be decoded. */
+struct segment_damage {
+    uint64_t compressed_offset; /* file offset after the last block that decoded */
+    uint64_t compressed_size;   /* the file's size now */
+    uint64_t decoded_offset;    /* decompressed bytes that came out */
+};
+
+/* A segment's identity beyond its inode (which a file system reuses): a hash of its first
+ * bytes, up to this many. The same file always starts with the same bytes; kumod's zstd
+ * frame header is the same in every segment, but its first block is not. */
+enum { SEGMENT_FINGERPRINT_BYTES = 4096 };
+uint64_t segment_fingerprint(const void *data, size_t len);
+uint64_t segment_fingerprint_update(uint64_t hash, const void *data, size_t len);
+
 struct segment_reader;
 
 /* Open path and prepare to return records ending after resume_offset (those before it
@@ -45,7 +60,16 @@ enum segment_read segment_reader_next(struct segment_reader *r, struct segment_r
 void segment_reader_tail(const struct segment_reader *r, struct segment_tail *tail);
 enum segment_kind segment_reader_kind(const struct segment_reader *r);
 const char *segment_reader_error(const struct segment_reader *r);
-uint64_t segment_reader_offset(const struct segment_reader *r);  /* end of the last record */
+uint64_t segment_reader_offset(const struct segment_reader *r); /* end of the last record */
+/* Decompressed bytes decoded so far (at SEGMENT_AGAIN: the whole file as it is now). */
+uint64_t segment_reader_decoded(const struct segment_reader *r);
+/* The fingerprint of the bytes read so far (the first *len of the file, *len at most
+ * SEGMENT_FINGERPRINT_BYTES). */
+void segment_reader_fingerprint(const struct segment_reader *r, uint64_t *hash, size_t *len);
+/* Bytes read from the file: it is at least this long. */
+uint64_t segment_reader_bytes_read(const struct segment_reader *r);
+/* After SEGMENT_ERROR: where decoding stopped. */
+void segment_reader_damage(const struct segment_reader *r, struct segment_damage *damage);
 uint64_t segment_reader_ordinal(const struct segment_reader *r); /* ordinal of the next */
 int segment_reader_fd(const struct segment_reader *r);
 void segment_reader_close(struct segment_reader *r);

@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,90 @@ bool spool_refresh_mode(struct segment *seg)
     return true;
 }
 
+/* A file's inode, size and first bytes. */
+struct file_head {
+    uint64_t inode, size;
+    size_t len;
+    unsigned char bytes[SEGMENT_FINGERPRINT_BYTES];
+};
+
+static bool read_head(const char *path, struct file_head *head)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return false;
+    struct stat st = {0};
+    bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    head->len = 0;
+    while (ok && head->len < sizeof(head->bytes)) {
+        ssize_t n =
+            pread(fd, head->bytes + head->len, sizeof(head->bytes) - head->len, (off_t)head->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ok = n == 0;
+            break;
+        }
+        head->len += (size_t)n;
+    }
+    close(fd);
+    head->inode = (uint64_t)st.st_ino;
+    /* Read after the stat: a live file may have grown in between. */
+    head->size = (uint64_t)st.st_size > head->len ? (uint64_t)st.st_size : head->len;
+    return ok;
+}
+
+/* The checks, cheapest first. The inode alone is not enough: ext4 gives a file deleted
+ * and made again at once the same number. A file only grows, so one smaller than it was,
+ * or one that starts with other bytes, is another file. A plain segment's offsets are its
+ * bytes; a zstd one's are checked when it is read to its end (relay.c). */
+static const char *head_differs(const struct file_head *head, const struct checkpoint_entry *e)
+{
+    static const unsigned char zstd_magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
+    if (head->inode != e->inode)
+        return "has a new inode since the checkpoint";
+    if (head->size < e->size)
+        return "is smaller than at the checkpoint";
+    if (e->fp_len > 0 &&
+        (e->fp_len > head->len || segment_fingerprint(head->bytes, e->fp_len) != e->fp_hash))
+        return "starts with other bytes than at the checkpoint";
+    bool zstd = head->len >= 4 && memcmp(head->bytes, zstd_magic, 4) == 0;
+    if (!zstd && e->offset > head->size)
+        return "ends before the checkpoint's offset";
+    return NULL;
+}
+
+const char *spool_check_identity(struct segment *seg, const struct checkpoint_entry *e)
+{
+    struct file_head *head = xmalloc(sizeof(*head));
+    const char *why = NULL;
+    if (read_head(seg->path, head)) {
+        why = head_differs(head, e);
+        seg->fp_len = (uint32_t)head->len;
+        seg->fp_hash = segment_fingerprint(head->bytes, head->len);
+        if (head->size > seg->size)
+            seg->size = head->size;
+    } else if (seg->inode != e->inode) {
+        why = "has a new inode since the checkpoint";
+    } else {
+        /* Unreadable now (its reader will say why): keep what the checkpoint knew. */
+        seg->fp_len = e->fp_len;
+        seg->fp_hash = e->fp_hash;
+        if (e->size > seg->size)
+            seg->size = e->size;
+    }
+    free(head);
+    return why;
+}
+
+const char *spool_file_differs(const char *path, const struct checkpoint_entry *e)
+{
+    struct file_head *head = xmalloc(sizeof(*head));
+    const char *why = read_head(path, head) ? head_differs(head, e) : NULL;
+    free(head);
+    return why;
+}
+
 /* Bytes of the file not read yet: from the reader's position when it is open. */
 static uint64_t unread_bytes(const struct segment *seg)
 {
@@ -184,6 +269,7 @@ static struct segment *add_segment(struct spool *spool, size_t dir, const char *
     seg->dir = dir;
     seg->path = xasprintf("%s/%s", spool->dirs[dir].path, file);
     seg->inode = (uint64_t)st->st_ino;
+    seg->size = (uint64_t)st->st_size;
     seg->done = (st->st_mode & 0222) == 0;
     seg->scan_mark = spool->scan_generation;
     spool->segments[i] = seg;
@@ -246,6 +332,8 @@ static void note_file(struct spool *spool, size_t dir, const char *file)
             seg = add_segment(spool, dir, name, file, &st);
         seg->scan_mark = spool->scan_generation;
         seg->done = (st.st_mode & 0222) == 0;
+        if ((uint64_t)st.st_size > seg->size)
+            seg->size = (uint64_t)st.st_size;
         spool->events.changed(spool->events.ctx, seg);
     }
     free(name);

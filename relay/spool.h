@@ -30,6 +30,11 @@ struct segment {
     size_t dir;    /* index of its spool directory */
     char *path;
     uint64_t inode;
+    /* Its size when last seen and the fingerprint of its first bytes: with the inode, what
+     * the checkpoint keeps to know the file again (see checkpoint_entry). */
+    uint64_t size;
+    uint64_t fp_hash;
+    uint32_t fp_len;
     enum segment_state state;
     bool done;          /* write bits cleared: kumod closed it */
     bool gone;          /* deleted or replaced; kept only while records reference it */
@@ -90,6 +95,13 @@ struct spool_stats {
 void spool_stats(const struct spool *spool, size_t dir, struct spool_stats *stats);
 size_t spool_dir_count(const struct spool *spool);
 const char *spool_dir_path(const struct spool *spool, size_t dir);
+
+/* Why the file now at seg->path is not the one the checkpoint entry e was written for
+ * ("has a new inode since the checkpoint", ...), or NULL when it is. Takes the fingerprint
+ * of the file's first bytes into seg either way (or e's, when the file cannot be read). */
+const char *spool_check_identity(struct segment *seg, const struct checkpoint_entry *e);
+/* The same for a file the relay does not have open (status): NULL when it is e's file. */
+const char *spool_file_differs(const char *path, const struct checkpoint_entry *e);
 
 /* stat the segment: sets seg->done from the write bits. Returns false if it is gone. */
 bool spool_refresh_mode(struct segment *seg);

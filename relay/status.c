@@ -77,7 +77,8 @@ static void note_file(const struct config *cfg, size_t dir, const char *file,
     if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
         struct segment_status *row = add_row(t, name);
         const struct checkpoint_entry *e = find_entry(cp, name);
-        bool same = e && e->inode == (uint64_t)st.st_ino;
+        /* Name and inode are not enough: a file made again at once gets the same inode. */
+        bool same = e && e->inode == (uint64_t)st.st_ino && !spool_file_differs(path, e);
         bool done = (st.st_mode & 0222) == 0;
         row->dir = dir;
         row->state = e && !same    ? "replaced"

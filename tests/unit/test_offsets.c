@@ -204,12 +204,16 @@ Test(offsets, crc_reference)
 }
 
 static const struct checkpoint_entry sample_entries[] = {
-    {"20250912-110801.440526026", 1234567, 987654321, 1200, false, 0},
-    {"20250912-110801.440526026_recv", 42, 0, 0, false, 0},
-    {"name with space", UINT64_MAX, UINT64_MAX, UINT64_MAX, true, 0},
-    {"100%done%41", 1, 2, 3, true, 0},
-    {"new\nline\ttab\r\x7f\x01 \xc3\xa9", 5, 6, 7, false, 0},
-    {"20250912-110901_replaced", 8, 9, 10, false, 2},
+    {"20250912-110801.440526026", 1234567, 987654321, 1200, false, 0, 0, 0, 0},
+    {"20250912-110801.440526026_recv", 42, 0, 0, false, 0, 0, 0, 0},
+    {"name with space", UINT64_MAX, UINT64_MAX, UINT64_MAX, true, 0, 0, 0, 0},
+    {"100%done%41", 1, 2, 3, true, 0, 0, 0, 0},
+    {"new\nline\ttab\r\x7f\x01 \xc3\xa9", 5, 6, 7, false, 0, 0, 0, 0},
+    {"20250912-110901_replaced", 8, 9, 10, false, 2, 0, 0, 0},
+    /* With the identity that tells a file from a later one of the same inode. */
+    {"20250912-111001_identity", 11, 12, 13, true, 0, 5000, 4096, 0xcbf29ce484222325ull},
+    {"20250912-111101_both", 14, 15, 16, false, 3, UINT64_MAX, UINT32_MAX, UINT64_MAX},
+    {"20250912-111201_small", 17, 0, 0, false, 0, 7, 7, 1},
 };
 enum { SAMPLE_COUNT = sizeof(sample_entries) / sizeof(sample_entries[0]) };
 
@@ -233,6 +237,9 @@ static void expect_equal(const struct checkpoint *got, const struct checkpoint *
         cr_assert_eq(g->ordinal, w->ordinal, "entry %zu ordinal", i);
         cr_assert_eq(g->finished, w->finished, "entry %zu finished", i);
         cr_assert_eq(g->generation, w->generation, "entry %zu generation", i);
+        cr_assert_eq(g->size, w->size, "entry %zu size", i);
+        cr_assert_eq(g->fp_len, w->fp_len, "entry %zu fp_len", i);
+        cr_assert_eq(g->fp_hash, w->fp_hash, "entry %zu fp_hash", i);
     }
 }
 
@@ -253,9 +260,14 @@ Test(checkpoint, write_exact_bytes)
                        "18446744073709551615 1\n"
                        "segment 100%25done%2541 1 2 3 1\n"
                        "segment new%0Aline%09tab%0D%7F%01%20%C3%A9 5 6 7 0\n"
-                       "segment 20250912-110901_replaced 8 9 10 0 2\n";
-    char want[1024];
-    snprintf(want, sizeof(want), "%send 6 %08x\n", body, crc32_ref(body, strlen(body)));
+                       "segment 20250912-110901_replaced 8 9 10 0 2\n"
+                       "segment 20250912-111001_identity 11 12 13 1 0 5000 4096 "
+                       "cbf29ce484222325\n"
+                       "segment 20250912-111101_both 14 15 16 0 3 18446744073709551615 "
+                       "4294967295 ffffffffffffffff\n"
+                       "segment 20250912-111201_small 17 0 0 0 0 7 7 0000000000000001\n";
+    char want[2048];
+    snprintf(want, sizeof(want), "%send 9 %08x\n", body, crc32_ref(body, strlen(body)));
     cr_assert_str_eq(text, want);
     cr_assert_eq(len, strlen(want));
     /* No temp file is left behind. */
@@ -334,7 +346,7 @@ Test(checkpoint, failed_write_keeps_old_checkpoint)
     /* A directory where the temp file goes: creating the temp file fails even as root. */
     cr_assert_eq(mkdir(in_tmp(".checkpoint.tmp"), 0700), 0);
     struct checkpoint next = {.spool_dir = strdup("/var/log/kumomta")};
-    offsets_checkpoint_add(&next, &(struct checkpoint_entry){"other", 1, 2, 3, false, 0});
+    offsets_checkpoint_add(&next, &(struct checkpoint_entry){.name = "other", 1, 2, 3});
     char *err = offsets_checkpoint_write(tmpdir, &next);
     char want[256];
     snprintf(want, sizeof(want), "cannot create %s/.checkpoint.tmp: Is a directory", tmpdir);
@@ -657,6 +669,22 @@ Test(checkpoint, well_checksummed_but_invalid)
     text = with_end(body, 1);
     expect_parse_error(text, "trailing space");
     free(text);
+
+    snprintf(body, sizeof(body), "%ssegment a 1 2 3 0 0\n", head);
+    text = with_end(body, 1);
+    expect_parse_error(text, "generation 0 without the identity");
+    free(text);
+
+    const char *bad_identity[] = {
+        "0 5", "0 5 6", "0 5 6 abc", "0 5 6 0123456789abcdef0", "0 5 6 0123456789abcdeg",
+        "0 5 4294967296 0123456789abcdef", "0 -5 6 0123456789abcdef", "0 5 6 0123456789abcdef ",
+    };
+    for (size_t i = 0; i < sizeof(bad_identity) / sizeof(bad_identity[0]); i++) {
+        snprintf(body, sizeof(body), "%ssegment a 1 2 3 0 %s\n", head, bad_identity[i]);
+        text = with_end(body, 1);
+        expect_parse_error(text, bad_identity[i]);
+        free(text);
+    }
 
     snprintf(body, sizeof(body), "%swhat 1\n", head);
     text = with_end(body, 0);

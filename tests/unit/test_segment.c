@@ -798,6 +798,79 @@ Test(segment, zstd_corrupt_block)
     records_free(&rs);
 }
 
+/* The records that end within the first `blocks` 128 KiB blocks. */
+static size_t records_within(const struct records *rs, size_t blocks)
+{
+    size_t n = 0;
+    while (n < rs->count && rs->ends[n] <= blocks * 128 * 1024)
+        n++;
+    return n;
+}
+
+Test(segment, zstd_corrupt_block_keeps_every_block_before_it)
+{
+    /* zstd gives no output for a call that meets an error, and one call decodes many
+     * blocks: the reader decodes again so that every block before the bad one comes out,
+     * from the start or from a resume offset, and says where it stopped. */
+    struct records rs = make_records(1500);
+    size_t zlen;
+    unsigned char *z = (unsigned char *)compress_records(&rs, &zlen);
+    size_t off = block_header_offset(z, zlen, 7);
+    z[off] |= 0x06;
+    append(z, zlen);
+    size_t want = records_within(&rs, 7);
+    for (size_t resume = 0; resume < want; resume += want / 3) {
+        struct segment_reader *r =
+            open_reader(resume ? rs.ends[resume - 1] : 0, resume, MAX_RECORD);
+        struct got g = {0};
+        cr_assert_eq(drain(r, &g), SEGMENT_ERROR);
+        cr_assert_eq(g.count, want - resume, "resume %zu: got %zu records, want %zu", resume,
+                     g.count, want - resume);
+        expect_records(&g, 0, &rs, resume, g.count);
+        cr_assert_eq(segment_reader_offset(r), rs.ends[want - 1]);
+        struct segment_damage d;
+        segment_reader_damage(r, &d);
+        cr_assert_eq(d.compressed_offset, off, "compressed offset %lu, want %zu",
+                     (unsigned long)d.compressed_offset, off);
+        cr_assert_eq(d.compressed_size, zlen);
+        cr_assert_eq(d.decoded_offset, 7 * 128 * 1024);
+        cr_assert_str_eq(segment_reader_error(r), "zstd: Data corruption detected");
+        /* The error stays: nothing more, and no second salvage. */
+        cr_assert_eq(drain(r, &g), SEGMENT_ERROR);
+        cr_assert_eq(g.count, want - resume);
+        /* The fingerprint is of the file's first bytes, read twice or not. */
+        uint64_t hash;
+        size_t len;
+        segment_reader_fingerprint(r, &hash, &len);
+        cr_assert_eq(len, SEGMENT_FINGERPRINT_BYTES);
+        cr_assert_eq(hash, segment_fingerprint(z, SEGMENT_FINGERPRINT_BYTES));
+        segment_reader_close(r);
+        got_free(&g);
+    }
+    free(z);
+    records_free(&rs);
+}
+
+Test(segment, fingerprint_and_decoded_bytes)
+{
+    append_str("{\"a\":1}\n{\"b\":2}\npartial");
+    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct got g = {0};
+    cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
+    uint64_t hash;
+    size_t len;
+    segment_reader_fingerprint(r, &hash, &len);
+    cr_assert_eq(len, 23, "len %zu", len);
+    cr_assert_eq(hash, segment_fingerprint("{\"a\":1}\n{\"b\":2}\npartial", 23));
+    cr_assert_eq(hash, segment_fingerprint_update(segment_fingerprint("{\"a\":1}\n", 8),
+                                                  "{\"b\":2}\npartial", 15));
+    cr_assert_eq(segment_reader_decoded(r), 23);
+    cr_assert_eq(segment_reader_bytes_read(r), 23);
+    cr_assert_eq(segment_reader_offset(r), 16);
+    segment_reader_close(r);
+    got_free(&g);
+}
+
 Test(segment, zstd_corrupt_first_block)
 {
     struct records rs = make_records(100);
