@@ -6,6 +6,7 @@
 #include "lua_kumo.h"
 #include "lua_message.h"
 #include "lua_nats.h"
+#include "lua_sandbox.h"
 #include "offsets.h"
 #include "segment.h"
 #include "spool.h"
@@ -829,6 +830,7 @@ struct policy_lua *policy_lua_create(const struct config *cfg, const struct poli
         return NULL;
     }
     luaL_openlibs(p->L);
+    lua_sandbox_open(p->L);
     lua_sethook(p->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     set_package_path(p->L, cfg->policy_script);
     open_kumo(p);
