@@ -801,7 +801,7 @@ static char *relay_start(struct relay *r)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
-    if ((err = poison_open(r->cfg->state_dir, r->record_count * 2)) != NULL)
+    if ((err = poison_open(r->cfg->state_dir, r->record_count)) != NULL)
         return err;
     hook_watchdog_start((uint64_t)r->cfg->shutdown_timeout_ms);
     struct policy_env env = relay_policy_env(r);
