@@ -1,5 +1,6 @@
 #include "metrics.h"
 
+#include "hook_watchdog.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -248,6 +249,12 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
                     : reply(conn, 500, xstrdup("out of memory\n"), "text/plain");
     }
     if (strcmp(url, "/healthz") == 0) {
+        char *stuck = hook_watchdog_health(); /* the loop cannot judge while it is stuck */
+        if (stuck) {
+            char *body = xasprintf("%s\n", stuck);
+            free(stuck);
+            return reply(conn, 503, body, "text/plain");
+        }
         enum health_state state = (enum health_state)atomic_load(&metrics.health);
         return reply(conn, state == HEALTH_OK ? 200 : 503,
                      xasprintf("%s\n", metrics_health_text(state)), "text/plain");

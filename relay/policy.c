@@ -2,7 +2,9 @@
 
 #include "builtin.h"
 #include "config.h"
+#include "hook_watchdog.h"
 #include "policy_lua.h"
+#include "poison.h"
 #include "xalloc.h"
 
 #include <stdlib.h>
@@ -27,12 +29,38 @@ struct policy *policy_create(const struct config *cfg, const struct policy_env *
     return policy;
 }
 
+/* The Lua policy, with the hook watchdog told which record its hooks work for. */
+static enum policy_verdict handle_lua(struct policy_lua *lua, struct inflight_record *rec,
+                                      const struct segment_record *sr, char **reason)
+{
+    hook_watchdog_set_record(rec);
+    enum policy_verdict v = policy_lua_handle(lua, rec, sr, reason);
+    hook_watchdog_set_record(NULL);
+    return v;
+}
+
+/* After a run that died: the poison record is not handed to the policy again, and the
+ * record being handled is on disk before the policy runs (poison.h). */
+static enum policy_verdict handle_guarded(struct policy_lua *lua, struct inflight_record *rec,
+                                          const struct segment_record *sr, char **reason)
+{
+    if (poison_before(rec)) {
+        *reason = xstrdup(POISON_REASON);
+        return POLICY_DEADLETTER;
+    }
+    enum policy_verdict v = handle_lua(lua, rec, sr, reason);
+    poison_after(rec);
+    return v;
+}
+
 enum policy_verdict policy_handle(struct policy *policy, struct inflight_record *rec,
                                   const struct segment_record *sr, char **reason)
 {
-    if (policy->lua)
-        return policy_lua_handle(policy->lua, rec, sr, reason);
-    return builtin_handle(policy->builtin, rec, sr, reason);
+    if (!policy->lua)
+        return builtin_handle(policy->builtin, rec, sr, reason);
+    if (poison_armed)
+        return handle_guarded(policy->lua, rec, sr, reason);
+    return handle_lua(policy->lua, rec, sr, reason);
 }
 
 void policy_tick(struct policy *policy)

@@ -1,11 +1,13 @@
 #include "policy_lua.h"
 
 #include "config.h"
+#include "hook_watchdog.h"
 #include "log.h"
 #include "loop.h"
 #include "lua_kumo.h"
 #include "lua_message.h"
 #include "lua_nats.h"
+#include "lua_sandbox.h"
 #include "offsets.h"
 #include "segment.h"
 #include "spool.h"
@@ -24,9 +26,10 @@
 
 enum {
     INSTRUCTION_BUDGET = 100 * 1000 * 1000, /* per hook call: a runaway loop becomes an error */
-    HOOK_EVERY = 10000,                     /* instructions between budget checks */
-    MEMORY_CEILING = 512 * 1024 * 1024,     /* bytes for the whole Lua state */
-    SEEN_ERRORS = 256,                      /* distinct error messages logged at warn */
+    STOPPING_BUDGET = 1000 * 1000,      /* per hook call once the relay stops: the drain waits */
+    HOOK_EVERY = 10000,                 /* instructions between budget checks */
+    MEMORY_CEILING = 512 * 1024 * 1024, /* bytes for the whole Lua state */
+    SEEN_ERRORS = 256,                  /* distinct error messages logged at warn */
 };
 
 /* A record the policy holds: in a batch, or waiting to be sent again. */
@@ -68,6 +71,7 @@ struct policy_lua {
     lua_State *L;
     size_t memory_used;
     long budget;
+    bool stopping; /* the budget is STOPPING_BUDGET */
     const char *current_event;
     struct lua_nats nats;
     struct queue_state *queues;
@@ -114,20 +118,31 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     struct policy_lua *p = policy_of(L);
     p->budget -= HOOK_EVERY;
-    if (p->budget < 0) {
-        p->budget = INSTRUCTION_BUDGET; /* room for the error handling itself */
-        luaL_error(L, "instruction budget of %d exceeded in the '%s' event", INSTRUCTION_BUDGET,
-                   p->current_event ? p->current_event : "?");
+    if (!p->stopping && hook_watchdog_stopping()) {
+        /* SIGTERM while this hook runs: cut it short, so the drain can begin. */
+        p->stopping = true;
+        if (p->budget > STOPPING_BUDGET)
+            p->budget = STOPPING_BUDGET;
     }
+    if (p->budget >= 0)
+        return;
+    p->budget = INSTRUCTION_BUDGET; /* room for the error handling itself */
+    const char *event = p->current_event ? p->current_event : "?";
+    if (p->stopping)
+        luaL_error(L, "the relay is stopping: the '%s' event was cut short", event);
+    luaL_error(L, "instruction budget of %d exceeded in the '%s' event", INSTRUCTION_BUDGET, event);
 }
 
 /* Calls the function below nargs arguments, protected, under a fresh budget. Leaves
  * nresults results, or the error value, on the stack. */
 static int call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
 {
-    p->budget = INSTRUCTION_BUDGET;
+    p->stopping = hook_watchdog_stopping();
+    p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
     p->current_event = event;
+    hook_watchdog_enter(event);
     int rc = lua_pcall(p->L, nargs, nresults, 0);
+    hook_watchdog_leave();
     p->current_event = NULL;
     return rc;
 }
@@ -829,6 +844,7 @@ struct policy_lua *policy_lua_create(const struct config *cfg, const struct poli
         return NULL;
     }
     luaL_openlibs(p->L);
+    lua_sandbox_open(p->L);
     lua_sethook(p->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     set_package_path(p->L, cfg->policy_script);
     open_kumo(p);

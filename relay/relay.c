@@ -4,12 +4,14 @@
 #include "config.h"
 #include "deadletter.h"
 #include "dupwindow.h"
+#include "hook_watchdog.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
 #include "loop.h"
 #include "offsets.h"
 #include "policy.h"
+#include "poison.h"
 #include "publish.h"
 #include "recover.h"
 #include "segment.h"
@@ -640,6 +642,7 @@ static void begin_drain(struct relay *r, const char *why)
     if (r->draining)
         return;
     r->draining = true;
+    hook_watchdog_request_stop(); /* policy hooks get a short budget from now on */
     notify_stopping();
     r->drain_deadline_ms = loop_now_ms() + (uint64_t)r->cfg->shutdown_timeout_ms;
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
@@ -866,6 +869,9 @@ static char *relay_start(struct relay *r)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
+    if ((err = poison_open(r->cfg->state_dir, r->record_count)) != NULL)
+        return err;
+    hook_watchdog_start((uint64_t)r->cfg->shutdown_timeout_ms);
     struct policy_env env = relay_policy_env(r);
     if (!(r->policy = policy_create(r->cfg, &env, &err)))
         return err;
@@ -915,6 +921,8 @@ static void relay_stop(struct relay *r)
     metrics_stop();
     policy_destroy(r->policy); /* calls the connections' close, which may still publish */
     reload_release_all(r);
+    hook_watchdog_stop(); /* after the last hook: the connections' close */
+    poison_close();       /* a clean stop: the next start need not guard */
     publisher_destroy(r->pub);
     spool_close(r->spool);
     deadletter_close(r->deadletter);
