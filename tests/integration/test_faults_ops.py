@@ -4,6 +4,7 @@ that cannot finish, and a record nested deeper than the JSON parsers go. Each ou
 checked exactly: the log line word for word, the exit status, every record once."""
 
 import errno
+import fcntl
 import os
 import re
 import signal
@@ -110,6 +111,74 @@ class OpsFaultTest(h.RelayTestCase):
         self.assertEqual(0, relay.stop())
         h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
                              "spool list changed under SIGHUP")
+
+    # ---- one relay per state_dir ----------------------------------------------------------
+
+    def lock_fd_flags(self, pid):
+        """The open flags of the process's descriptor of state_dir/lock."""
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(self.state / "lock"):
+                text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                return int(re.search(r"^flags:\s+([0-7]+)$", text, re.M).group(1), 8)
+        raise AssertionError(f"pid {pid} holds no descriptor of {self.state}/lock")
+
+    def test_second_relay_on_a_state_dir_is_refused(self):
+        """A relay runs; a second daemon and a second --once on its state_dir exit 1 naming
+        the first one's pid, and write nothing (one dead letter, not two). `status` and
+        `deadletter replay` still run beside it. Once the first stops, the next starts."""
+        name = h.segment_name()
+        lines = h.many_records(50, seed=3, prefix="lock")
+        bad = b"not JSON at all\n"
+        h.write_segment(self.spool / name, lines[:25] + [bad] + lines[25:], plain=True)
+        expected = h.expected_messages("test", name, lines[:25])
+        expected += h.expected_messages("test", name, lines[25:],
+                                        start_offset=sum(map(len, lines[:25])) + len(bad))
+        first = self.relay(self.relay_config(self.server.url))
+        h.wait_count(self.server.url, STREAM, 50, timeout=60)
+        self.assertEqual(f"{first.pid}\n", (self.state / "lock").read_text())
+        self.assertTrue(self.lock_fd_flags(first.pid) & os.O_CLOEXEC)
+        held = (f"{self.state}/lock is locked by kumo-nats-relay pid {first.pid}: another "
+                f"relay runs on state_dir {self.state}")
+        for args in ((), ("--once",), ("--once", "--reset-offsets")):
+            second = self.relay(self.relay_config(self.server.url), start=False,
+                                name=f"second{len(args)}")
+            self.assertEqual(1, second.run(*args, timeout=30))
+            self.assertEqual(1, len(log_lines(second.log_text(), "error", held)),
+                             second.log_text())
+        self.assertEqual([], list(self.state.glob("checkpoint.reset-*")))
+        self.assertEqual(f"{first.pid}\n", (self.state / "lock").read_text())
+        status = h.run_command([h.Tools.relay, "status", "-c", first.config_path])
+        self.assertIn(name, status)
+        replayed = h.run_command([h.Tools.relay, "deadletter", "replay", "-c",
+                                  first.config_path])
+        self.assertRegex(replayed, r"^replayed 1 dead letters as segment ")
+        letters = self.state / "deadletter" / "deadletter.jsonl"
+        h.poll(lambda: len(letters.read_text().splitlines()) == 2, 30,
+               "the replayed record parked again")
+        # A replay while another replay runs (its lock held here) is refused.
+        with open(self.state / "deadletter" / "replay.lock", "r+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            proc = subprocess.run([h.Tools.relay, "deadletter", "replay", "-c",
+                                   first.config_path], capture_output=True, text=True)
+        self.assertEqual(1, proc.returncode)
+        self.assertEqual(f"kumo-nats-relay: deadletter replay: {self.state}/deadletter/"
+                         f"replay.lock is locked by kumo-nats-relay pid {os.getpid()}: another "
+                         "deadletter replay is running\n", proc.stderr)
+        self.assertTrue(first.running)
+        self.assertEqual(0, first.stop())
+        dead = letters.read_text().splitlines()
+        self.assertEqual(2, len(dead))  # the record, and its replay parked again
+        self.assertIn('"reason":"not JSON"', dead[0])
+        self.assertIn('"reason":"not JSON"', dead[1])
+        self.assertNotEqual(re.search(r'"segment":"([^"]+)"', dead[0]).group(1),
+                            re.search(r'"segment":"([^"]+)"', dead[1]).group(1))
+        again = self.relay(self.relay_config(self.server.url), start=False, name="again")
+        self.assertEqual(0, again.run_once())
+        h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
+                             "a second relay on the state_dir refused")
 
 
 if __name__ == "__main__":
