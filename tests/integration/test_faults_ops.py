@@ -180,6 +180,81 @@ class OpsFaultTest(h.RelayTestCase):
         h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
                              "a second relay on the state_dir refused")
 
+    # ---- a full state_dir when a record must be dead-lettered ---------------------------
+
+    def mount_tmpfs(self, path, size="64k"):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        self.addCleanup(subprocess.run, ["umount", "-l", str(path)], capture_output=True)
+
+    def test_full_state_dir_holds_the_dead_letter(self):
+        """state_dir on a 64 KiB tmpfs, filled up; a segment with a line that is not JSON
+        and another of good records arrive. The relay neither stops nor skips: the bad
+        record is held (its segment waits behind it), the other segment is relayed,
+        /healthz says why it is 503. Stopped and started again while the disk is still
+        full, it starts. Once there is room, the dead letter is written, the rest of its
+        segment follows, and every record is in the stream once."""
+        port = h.free_port()
+        health = f"http://127.0.0.1:{port}/healthz"
+        self.mount_tmpfs(self.state)
+        cfg = self.relay_config(self.server.url, metrics={"listen": f"127.0.0.1:{port}"})
+        names = h.segment_names(3)
+        expected = self.segment_of(self.spool, names[0], 500, "full0")
+        relay = self.relay(cfg)
+        h.wait_count(self.server.url, STREAM, 500, timeout=60)
+        h.poll(lambda: names[0] in (self.state / "checkpoint").read_text(), 30,
+               "the first segment in the checkpoint", ignore=(OSError,))
+
+        filler = fill(self.state)
+        good = h.many_records(30, seed=11, prefix="held")
+        bad = b"this line is not JSON\n"
+        lines = good[:10] + [bad] + good[10:]
+        h.write_segment(self.spool / names[1], lines, plain=True)
+        start = sum(map(len, good[:10]))
+        expected += self.segment_of(self.spool, names[2], 300, "full2")
+        h.wait_count(self.server.url, STREAM, 810, timeout=60)
+        holding = (f"cannot dead-letter a record, holding it and retrying segment={names[1]} "
+                   f"offset={start} error=\"cannot append to {self.state}/deadletter/"
+                   "deadletter.jsonl: No space left on device\"")
+        h.poll(lambda: log_lines(relay.log_text(), "error", holding), 30, "the held record")
+        held = (503, "dead letters cannot be written: their records are held and retried\n")
+        h.poll(lambda: http_get(health) == held, 30, "/healthz 503 with the reason")
+        self.assertTrue(relay.running)
+        self.assertEqual(810, h.stream_count(self.server.url, STREAM))  # not past the bad one
+        self.assertEqual(0, relay.stop())
+
+        # Still full: the start goes on (the state is readable), and holds the record again.
+        relay.start()
+        h.poll(lambda: len(log_lines(relay.log_text(), "error", holding)) == 2, 30,
+               "the record held again after the restart")
+        self.assertEqual(1, len(log_lines(
+            relay.log_text(), "warn", "state_dir is full, relaying anyway: the checkpoint is "
+                                      f"written as soon as there is room state_dir={self.state}")))
+        self.assertEqual(810, h.stream_count(self.server.url, STREAM))
+        filler.unlink()
+        h.poll(lambda: re.search(r" info dead letters written again after retries=\d+$",
+                                 relay.log_text(), flags=re.M), 30, "the dead letter written")
+        expected += [m for m in h.expected_messages("test", names[1], lines) if m[0] != bad]
+        h.wait_count(self.server.url, STREAM, len(expected), timeout=60)
+        h.poll(lambda: http_get(health) == (200, "ok\n"), 30, "/healthz ok again")
+
+        def finished():
+            segs = h.read_checkpoint(self.state / "checkpoint")["segments"]
+            return all(n in segs and segs[n][3] for n in names)
+        h.poll(finished, 30, "every segment finished in the checkpoint",
+               ignore=(OSError, ValueError))
+        self.assertEqual(0, relay.stop())
+        dead = (self.state / "deadletter" / "deadletter.jsonl").read_text().splitlines()
+        self.assertEqual(1, len(dead), dead)
+        self.assertIn(f'"segment":"{names[1]}","start":{start},"end":{start + len(bad)},'
+                      '"reason":"not JSON","line":"this line is not JSON\\n"}', dead[0])
+        dump = h.dump_stream(self.server.url, STREAM)
+        h.assert_checkpoint_covered(h.read_checkpoint(self.state / "checkpoint"), dump,
+                                    deadlettered={f"test:{names[1]}:{start + len(bad)}"})
+        h.check_exactly_once(dump, expected, "dead letter held while state_dir was full")
+
 
 if __name__ == "__main__":
     import unittest
