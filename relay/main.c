@@ -55,7 +55,10 @@ static void usage(FILE *out)
             "shutdown_timeout), write the checkpoint and exit 0. SIGHUP reloads the\n"
             "configuration and the policy; if they fail to load, the running ones stay.\n"
             "\n"
-            "Exit status: 0 success, 1 configuration or startup error, 2 bad usage.\n");
+            "Exit status: 0 success; 1 configuration or startup error (also: another relay\n"
+            "holds state_dir); 2 bad usage; 3 --once stopped before it relayed the whole\n"
+            "spool (a segment it cannot open, SIGTERM before every ack, a checkpoint it\n"
+            "cannot write): the log says what is left, and the next run relays it.\n");
 }
 
 /* --check: everything that can be validated without connecting or reading the spool. */

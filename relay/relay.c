@@ -631,6 +631,42 @@ static void begin_drain(struct relay *r, const char *why)
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
 }
 
+/* Not relayed to its end: done (or live with more to read) and not finished, never
+ * opened, or with records not yet acknowledged. A live segment read to its current end is
+ * relayed, as far as --once goes. */
+static bool segment_left(const struct segment *seg)
+{
+    if (seg->gone || seg->state == SEGMENT_STATE_FINISHED)
+        return false;
+    return seg->done || !seg->reader || seg->ready || seg->wm.pending > 0;
+}
+
+/* --once promised what the spool held: if it stops short of that (a segment it cannot
+ * open, SIGTERM before the acks, a checkpoint it cannot write), it says what is left and
+ * exits RELAY_EXIT_INCOMPLETE, so that cron or a script does not take it for done. */
+static void once_report(struct relay *r)
+{
+    enum { NAMED = 10 }; /* segments named in the log, of a backlog maybe much longer */
+    size_t segments = 0, n = spool_segment_count(r->spool);
+    for (size_t i = 0; i < n; i++) {
+        const struct segment *seg = spool_segment(r->spool, i);
+        if (!segment_left(seg))
+            continue;
+        if (segments++ < NAMED)
+            log_warn("--once: segment not relayed completely segment=%s committed_offset=%" PRIu64
+                     " records_unacknowledged=%zu opened=%s",
+                     seg->name, seg->wm.committed_offset, seg->wm.pending,
+                     seg->reader || seg->state != SEGMENT_STATE_READING ? "yes" : "no");
+    }
+    if (segments == 0 && r->records_in_use == 0 && r->checkpoint_failures == 0)
+        return;
+    log_error("--once stopped before the spool was relayed, exit status %d "
+              "records_unacknowledged=%zu segments_left=%zu checkpoint=%s",
+              RELAY_EXIT_INCOMPLETE, r->records_in_use, segments,
+              r->checkpoint_failures ? "not written" : "written");
+    r->exit_status = RELAY_EXIT_INCOMPLETE;
+}
+
 static void finish_drain(struct relay *r)
 {
     size_t left = r->publishes_in_flight;
@@ -639,6 +675,8 @@ static void finish_drain(struct relay *r)
                  "the next start",
                  left);
     write_checkpoint(r);
+    if (r->options->once)
+        once_report(r);
     loop_stop(r->loop);
 }
 

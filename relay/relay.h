@@ -11,8 +11,11 @@ struct relay_options {
     bool reset_offsets; /* set the checkpoint aside and start over */
 };
 
+/* --once stopped with part of the spool not relayed (1 is a startup error, 2 bad usage). */
+#define RELAY_EXIT_INCOMPLETE 3
+
 /* Runs until SIGTERM/SIGINT (or, with once, until the spool is relayed). Returns the exit
- * status. */
+ * status: 0, or 1 when it could not start, or RELAY_EXIT_INCOMPLETE. */
 int relay_run(const struct config *cfg, const struct relay_options *options);
 
 #endif

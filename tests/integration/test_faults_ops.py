@@ -255,6 +255,79 @@ class OpsFaultTest(h.RelayTestCase):
                                     deadlettered={f"test:{names[1]}:{start + len(bad)}"})
         h.check_exactly_once(dump, expected, "dead letter held while state_dir was full")
 
+    # ---- --once that cannot finish ------------------------------------------------------
+
+    def run_without_dac_override(self, relay, *args, timeout=60):
+        """Run the relay as root without CAP_DAC_OVERRIDE/DAC_READ_SEARCH, so that a file
+        of mode 000 cannot be opened (the tests run as root). Returns the exit code."""
+        with open(relay.log_path, "ab") as log:
+            log.write(f"==== unprivileged: {' '.join(args)}\n".encode())
+            log.flush()
+            return subprocess.run(
+                ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--",
+                 str(h.Tools.relay), "-c", str(relay.config_path), *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                timeout=timeout).returncode
+
+    def test_once_with_a_segment_it_cannot_open(self):
+        """--once with a done segment of mode 000 among readable ones: it relays the others,
+        names what it could not relay and exits 3. Once the segment is readable, the next
+        --once relays it and exits 0."""
+        names = h.segment_names(3)
+        expected = self.segment_of(self.spool, names[0], 200, "open0")
+        locked = self.segment_of(self.spool, names[1], 100, "open1")
+        expected += self.segment_of(self.spool, names[2], 200, "open2")
+        os.chmod(self.spool / names[1], 0)
+        relay = self.relay(self.relay_config(self.server.url), start=False)
+        mark = len(relay.log_text())
+        self.assertEqual(3, self.run_without_dac_override(relay, "--once"))
+        text = relay.log_text()[mark:]
+        print(text.strip().splitlines()[-1], flush=True)
+        self.assertEqual(1, len(log_lines(
+            text, "warn", f"--once: segment not relayed completely segment={names[1]} "
+                          "committed_offset=0 records_unacknowledged=0 opened=no")), text)
+        self.assertEqual(1, len(log_lines(
+            text, "error", "--once stopped before the spool was relayed, exit status 3 "
+                           "records_unacknowledged=0 segments_left=1 checkpoint=written")), text)
+        h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
+                             "--once, one segment unreadable")
+        os.chmod(self.spool / names[1], 0o444)
+        self.assertEqual(0, self.run_without_dac_override(relay, "--once"))
+        h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected + locked,
+                             "--once again, the segment readable")
+
+    def test_once_stopped_before_the_acks(self):
+        """--once whose publishes cannot be acknowledged (no stream takes the subject),
+        stopped by SIGTERM: exit 3, the log says how many records and segments are left,
+        and the checkpoint moved past none of them. With the stream there, the next --once
+        relays everything and exits 0."""
+        names = h.segment_names(2)
+        expected = self.segment_of(self.spool, names[0], 300, "term0")
+        expected += self.segment_of(self.spool, names[1], 300, "term1")
+        cfg = self.relay_config(self.server.url, subject="other.{type}",
+                                shutdown_timeout="1s")
+        relay = self.relay(cfg, start=False)
+        relay.start("--once")
+        h.poll(lambda: "no stream listens" in relay.log_text() or
+               "no responders" in relay.log_text(), 30, "the refused publishes")
+        self.assertEqual(3, relay.stop())
+        text = relay.log_text()
+        summary = [line for line in text.splitlines()
+                   if " error --once stopped before the spool was relayed" in line]
+        print(summary, flush=True)
+        self.assertEqual(1, len(summary), text[-3000:])
+        m = re.search(r" error --once stopped before the spool was relayed, exit status 3 "
+                      r"records_unacknowledged=(\d+) segments_left=2 checkpoint=written$",
+                      summary[0])
+        self.assertTrue(m, summary[0])
+        self.assertGreater(int(m.group(1)), 0)
+        segs = h.read_checkpoint(self.state / "checkpoint")["segments"]
+        self.assertEqual([0, 0], [segs[n][1] for n in names])
+        h.create_stream(self.server.url, "OTHER", ["other.>"], storage="file", dup_window=900)
+        self.assertEqual(0, relay.run_once())
+        got = h.dump_stream(self.server.url, "OTHER")
+        h.check_exactly_once(got, expected, "--once after a SIGTERM before the acks")
+
 
 if __name__ == "__main__":
     import unittest
