@@ -5,8 +5,10 @@ checked exactly: the log line word for word, the exit status, every record once.
 
 import errno
 import fcntl
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import urllib.error
@@ -327,6 +329,57 @@ class OpsFaultTest(h.RelayTestCase):
         self.assertEqual(0, relay.run_once())
         got = h.dump_stream(self.server.url, "OTHER")
         h.check_exactly_once(got, expected, "--once after a SIGTERM before the acks")
+
+    # ---- a record nested deeper than the parsers go ----------------------------------------
+
+    def deep_records(self, name):
+        """A segment of: a good record, one nested 2000 deep (within the limit), one nested
+        100,000 deep, a good record. Returns (lines, the too-deep one's start offset)."""
+        good = h.many_records(2, seed=21, prefix="deep")
+        within = b'{"type":"Delivery","n":' + b"[" * 1999 + b"1" + b"]" * 1999 + b"}\n"
+        beyond = b'{"type":"Delivery","n":' + b"[" * 100000 + b"]" * 100000 + b"}\n"
+        lines = [good[0], within, beyond, good[1]]
+        h.write_segment(self.spool / name, lines)
+        return lines, len(good[0]) + len(within)
+
+    def dead_letters(self):
+        path = self.state / "deadletter" / "deadletter.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def test_nesting_deeper_than_the_parsers_go(self):
+        """Both policies read a record nested 2000 deep, and refuse one nested 100,000 deep
+        saying the same thing: "nesting deeper than 2048" (jansson's limit, which the
+        built-in scanner and the Lua parser share), not "not JSON"."""
+        name = h.segment_name()
+        lines, start = self.deep_records(name)
+        relay = self.relay(self.relay_config(self.server.url), start=False)
+        self.assertEqual(0, relay.run_once())
+        dead = self.dead_letters()
+        self.assertEqual([(name, start, "nesting deeper than 2048")],
+                         [(d["segment"], d["start"], d["reason"]) for d in dead])
+        expected = [m for m in h.expected_messages("test", name, lines) if m[0] != lines[2]]
+        h.check_exactly_once(h.dump_stream(self.server.url, STREAM), expected,
+                             "built-in policy, deep records")
+
+        # The Lua policy: log_record and kumo.serde.json_parse read the same records, and
+        # the parse error names the same cause.
+        shutil.rmtree(self.state)
+        h.create_stream(self.server.url, "LUA", ["lua.>"], storage="file", dup_window=900)
+        (self.tmp / "policy.lua").write_text(h.connection_policy(self.server.port, """      local ok, err = pcall(kumo.serde.json_parse, message:get_data())
+      if not ok then kumo.reject(550, err) end
+      local record = message:get_meta('log_record')
+      client:publish { subject = 'lua.' .. record.type, payload = message:get_data() }"""))
+        lua = self.relay(self.relay_config(
+            self.server.url, policy={"script": str(self.tmp / "policy.lua"), "subject": None}),
+            start=False, name="lua")
+        self.assertEqual(0, lua.run_once())
+        dead = self.dead_letters()
+        self.assertEqual(1, len(dead), dead)
+        self.assertEqual((name, start), (dead[0]["segment"], dead[0]["start"]))
+        self.assertRegex(dead[0]["reason"], r"^rejected: 550 .*json_parse: nesting deeper "
+                                            r"than 2048 at line 1 column \d+$")
+        h.check_exactly_once(h.dump_stream(self.server.url, "LUA"), expected,
+                             "Lua policy, deep records")
 
 
 if __name__ == "__main__":
