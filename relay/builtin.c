@@ -50,12 +50,13 @@ struct record_fields {
     char type[128], queue[512], nodeid[128];
     char queue_parts_buf[520];
     bool log_hook; /* reception_protocol "LogRecord": kumod logged its own log hook */
+    bool too_deep; /* not read: nested deeper than JSCAN_MAX_DEPTH */
 };
 
 static bool read_fields(const struct segment_record *rec, struct record_fields *f)
 {
     struct jscan_value values[KEY_COUNT];
-    if (!jscan_object(rec->data, rec->len, record_keys, KEY_COUNT, values))
+    if (!jscan_object_depth(rec->data, rec->len, record_keys, KEY_COUNT, values, &f->too_deep))
         return false;
     /* A missing or non-string field renders as "_". */
     if (jscan_string(&values[KEY_TYPE], f->type, sizeof(f->type)) < 0)
@@ -89,7 +90,7 @@ enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *re
     }
     if (b->subject.needs_record) {
         if (!is_json) {
-            *reason = xstrdup("not JSON");
+            *reason = fields.too_deep ? xstrdup(JSCAN_TOO_DEEP) : xstrdup("not JSON");
             return POLICY_DEADLETTER;
         }
         struct queue_parts q;

@@ -16,10 +16,21 @@
 
 enum { DEADLETTER_LINE_CAP = 1024 * 1024 };
 
+/* A dead letter that could not be written (state_dir full), with a copy of its line. */
+struct held {
+    void *cookie;
+    char *segment, *reason, *line;
+    uint64_t start, end;
+    size_t len;
+    struct held *next;
+};
+
 struct deadletter {
     int fd;
     char *path;
     bool dirty;
+    struct held *held, **held_tail;
+    size_t held_count;
 };
 
 struct deadletter *deadletter_open(const char *state_dir, char **err)
@@ -31,6 +42,7 @@ struct deadletter *deadletter_open(const char *state_dir, char **err)
         return NULL;
     }
     struct deadletter *dl = xcalloc(1, sizeof(*dl));
+    dl->held_tail = &dl->held;
     dl->path = xasprintf("%s/deadletter.jsonl", dir);
     free(dir);
     dl->fd = open(dl->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
@@ -76,6 +88,18 @@ static void put_json_string(FILE *f, const char *s, size_t len)
     fputc('"', f);
 }
 
+/* A full disk can take part of a line: cut it off, or the retry's line would be glued to
+ * it and neither could be read back (one writer: state_dir is locked). */
+static void cut_partial_line(struct deadletter *dl, ssize_t written)
+{
+    if (written <= 0)
+        return;
+    off_t end = lseek(dl->fd, 0, SEEK_END);
+    if (end >= written && ftruncate(dl->fd, end - written) != 0) {
+        /* Nothing better to do: replay counts the glued line as unreadable. */
+    }
+}
+
 char *deadletter_write(struct deadletter *dl, const char *segment, uint64_t start, uint64_t end,
                        const char *reason, const char *line, size_t len)
 {
@@ -103,11 +127,13 @@ char *deadletter_write(struct deadletter *dl, const char *segment, uint64_t star
     char *err = NULL;
     /* O_APPEND and one write per line: a crash leaves whole lines. */
     ssize_t n = write(dl->fd, text, text_len);
-    if (n != (ssize_t)text_len)
+    if (n != (ssize_t)text_len) {
         err =
             xasprintf("cannot append to %s: %s", dl->path, n < 0 ? strerror(errno) : "short write");
-    else
+        cut_partial_line(dl, n);
+    } else {
         dl->dirty = true;
+    }
     free(text);
     return err;
 }
@@ -122,10 +148,72 @@ char *deadletter_sync(struct deadletter *dl)
     return NULL;
 }
 
+void deadletter_hold(struct deadletter *dl, void *cookie, const char *segment, uint64_t start,
+                     uint64_t end, const char *reason, const char *line, size_t len)
+{
+    struct held *h = xcalloc(1, sizeof(*h));
+    h->cookie = cookie;
+    h->segment = xstrdup(segment);
+    h->reason = xstrdup(reason);
+    if (line) {
+        h->line = xmalloc(len + 1);
+        memcpy(h->line, line, len);
+        h->len = len;
+    }
+    h->start = start;
+    h->end = end;
+    *dl->held_tail = h;
+    dl->held_tail = &h->next;
+    dl->held_count++;
+}
+
+size_t deadletter_held(const struct deadletter *dl)
+{
+    return dl->held_count;
+}
+
+bool deadletter_holds(const struct deadletter *dl, const char *segment)
+{
+    for (const struct held *h = dl->held; h; h = h->next)
+        if (strcmp(h->segment, segment) == 0)
+            return true;
+    return false;
+}
+
+static void free_held(struct held *h)
+{
+    free(h->segment);
+    free(h->reason);
+    free(h->line);
+    free(h);
+}
+
+char *deadletter_retry(struct deadletter *dl, deadletter_written_fn *written, void *ctx)
+{
+    while (dl->held) {
+        struct held *h = dl->held;
+        char *err = deadletter_write(dl, h->segment, h->start, h->end, h->reason, h->line, h->len);
+        if (err)
+            return err; /* the next ones would fail alike */
+        dl->held = h->next;
+        if (!dl->held)
+            dl->held_tail = &dl->held;
+        dl->held_count--;
+        written(ctx, h->cookie, h->reason);
+        free_held(h);
+    }
+    return NULL;
+}
+
 void deadletter_close(struct deadletter *dl)
 {
     if (!dl)
         return;
+    while (dl->held) {
+        struct held *h = dl->held;
+        dl->held = h->next;
+        free_held(h);
+    }
     close(dl->fd);
     free(dl->path);
     free(dl);

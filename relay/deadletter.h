@@ -5,6 +5,7 @@
 #ifndef RELAY_DEADLETTER_H
 #define RELAY_DEADLETTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,20 @@ char *deadletter_write(struct deadletter *dl, const char *segment, uint64_t star
 /* fsync what was written since the last sync; called before a checkpoint commits offsets
  * past dead-lettered records. */
 char *deadletter_sync(struct deadletter *dl);
+/* A dead letter that could not be written (a full state_dir) is held: copied here, with
+ * the caller's cookie (its record, which stays in flight so its offset does not move),
+ * and written by deadletter_retry once the disk takes it. */
+void deadletter_hold(struct deadletter *dl, void *cookie, const char *segment, uint64_t start,
+                     uint64_t end, const char *reason, const char *line, size_t len);
+size_t deadletter_held(const struct deadletter *dl);
+/* A dead letter of this segment is held (the relay reads no further in it meanwhile). */
+bool deadletter_holds(const struct deadletter *dl, const char *segment);
+typedef void deadletter_written_fn(void *ctx, void *cookie, const char *reason);
+/* Writes the held dead letters in order, calling written for each; stops at the first
+ * failure and returns its error (malloc'd), or NULL when none is held any more. */
+char *deadletter_retry(struct deadletter *dl, deadletter_written_fn *written, void *ctx);
+/* Frees the held ones too: their records were not committed and are read again at the
+ * next start. */
 void deadletter_close(struct deadletter *dl);
 
 #endif

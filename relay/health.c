@@ -50,6 +50,8 @@ static enum health_state judge_health(struct relay *r, size_t disconnected, size
         return HEALTH_STARTING;
     if (disconnected > 0 || (total == 0 && policy_uses_default_connection(r->policy)))
         return HEALTH_DISCONNECTED;
+    if (r->deadletters_held > 0)
+        return HEALTH_DEADLETTER_FAILING;
     if (r->checkpoint_failures > 0)
         return HEALTH_CHECKPOINT_FAILING;
     if (r->publishes_in_flight > 0 && now - r->last_progress_ms > stall_after_ms(r->cfg))

@@ -7,14 +7,13 @@
 
 /* A cursor over the line; every scan_* function advances it past one JSON element and
  * returns false on malformed input. Depth is bounded so hostile nesting cannot recurse
- * the stack away. */
+ * the stack away (2048 levels take ~200 KB of the loop thread's stack). */
 struct cursor {
     const char *p;
     const char *end;
     int depth;
+    bool too_deep; /* stopped at JSCAN_MAX_DEPTH, not at a syntax error */
 };
-
-enum { MAX_DEPTH = 128 };
 
 static void skip_ws(struct cursor *c)
 {
@@ -146,8 +145,10 @@ static bool scan_value(struct cursor *c);
 /* Scans the members of an object or the elements of an array after its opening bracket. */
 static bool scan_container(struct cursor *c, char close, bool is_object)
 {
-    if (++c->depth > MAX_DEPTH)
+    if (++c->depth > JSCAN_MAX_DEPTH) {
+        c->too_deep = true;
         return false;
+    }
     skip_ws(c);
     if (c->p < c->end && *c->p == close) {
         c->p++;
@@ -226,46 +227,64 @@ static void note_key(const char *key, size_t key_len, const char *value, size_t 
 bool jscan_object(const char *line, size_t len, const char *const *keys, size_t key_count,
                   struct jscan_value *values)
 {
-    struct cursor c = {line, line + len, 1};
+    bool too_deep;
+    return jscan_object_depth(line, len, keys, key_count, values, &too_deep);
+}
+
+static bool scan_object(struct cursor *c, const char *const *keys, size_t key_count,
+                        struct jscan_value *values);
+
+bool jscan_object_depth(const char *line, size_t len, const char *const *keys, size_t key_count,
+                        struct jscan_value *values, bool *too_deep)
+{
+    struct cursor c = {line, line + len, 1, false};
+    bool ok = scan_object(&c, keys, key_count, values);
+    *too_deep = !ok && c.too_deep;
+    return ok;
+}
+
+static bool scan_object(struct cursor *c, const char *const *keys, size_t key_count,
+                        struct jscan_value *values)
+{
     for (size_t i = 0; i < key_count; i++)
         values[i] = (struct jscan_value){NULL, 0};
-    skip_ws(&c);
-    if (c.p >= c.end || *c.p != '{')
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '{')
         return false;
-    c.p++;
-    skip_ws(&c);
-    if (c.p < c.end && *c.p == '}') {
-        c.p++;
+    c->p++;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
     } else {
         for (;;) {
-            skip_ws(&c);
-            const char *key = c.p;
-            if (!scan_string(&c))
+            skip_ws(c);
+            const char *key = c->p;
+            if (!scan_string(c))
                 return false;
-            size_t key_len = (size_t)(c.p - key);
-            skip_ws(&c);
-            if (c.p >= c.end || *c.p != ':')
+            size_t key_len = (size_t)(c->p - key);
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':')
                 return false;
-            c.p++;
-            skip_ws(&c);
-            const char *value = c.p;
-            if (!scan_value(&c))
+            c->p++;
+            skip_ws(c);
+            const char *value = c->p;
+            if (!scan_value(c))
                 return false;
-            note_key(key, key_len, value, (size_t)(c.p - value), keys, key_count, values);
-            skip_ws(&c);
-            if (c.p < c.end && *c.p == ',') {
-                c.p++;
+            note_key(key, key_len, value, (size_t)(c->p - value), keys, key_count, values);
+            skip_ws(c);
+            if (c->p < c->end && *c->p == ',') {
+                c->p++;
                 continue;
             }
-            if (c.p < c.end && *c.p == '}') {
-                c.p++;
+            if (c->p < c->end && *c->p == '}') {
+                c->p++;
                 break;
             }
             return false;
         }
     }
-    skip_ws(&c);
-    return c.p == c.end;
+    skip_ws(c);
+    return c->p == c->end;
 }
 
 static int hex_value(char ch)

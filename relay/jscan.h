@@ -21,6 +21,18 @@ struct jscan_value {
 bool jscan_object(const char *line, size_t len, const char *const *keys, size_t key_count,
                   struct jscan_value *values);
 
+/* The deepest nesting jscan reads: jansson's JSON_PARSER_MAX_DEPTH, which the Lua
+ * policy's parser shares (lua_json.c checks), so both policies read the same records. */
+#define JSCAN_MAX_DEPTH 2048
+/* The dead-letter reason of such a record, the same in both policies. */
+#define JSCAN_TOO_DEEP "nesting deeper than 2048"
+
+/* jscan_object, and when it returns false, *too_deep tells whether it stopped because the
+ * line nests deeper than JSCAN_MAX_DEPTH (before any syntax error): a dead letter must say
+ * so, not "not JSON". */
+bool jscan_object_depth(const char *line, size_t len, const char *const *keys, size_t key_count,
+                        struct jscan_value *values, bool *too_deep);
+
 /* Decode a raw JSON string value (with quotes) into out (NUL-terminated, truncated to
  * cap-1 bytes). Returns the decoded length, or -1 if value is not a string. */
 long jscan_string(const struct jscan_value *value, char *out, size_t cap);

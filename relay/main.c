@@ -5,13 +5,17 @@
 #include "policy.h"
 #include "relay.h"
 #include "replay.h"
+#include "statelock.h"
 #include "status.h"
+#include "xalloc.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define DEFAULT_CONFIG "/etc/kumo-nats-relay/relay.yaml"
 
@@ -53,8 +57,11 @@ static void usage(FILE *out)
             "shutdown_timeout), write the checkpoint and exit 0. SIGHUP reloads the\n"
             "configuration and the policy; if they fail to load, the running ones stay.\n"
             "\n"
-            "Exit status: 0 success, 1 runtime or startup failure, 2 bad usage,\n"
-            "78 configuration error (EX_CONFIG: systemd does not restart on it).\n");
+            "Exit status: 0 success; 1 runtime or startup failure (also: another relay holds\n"
+            "state_dir); 2 bad usage; 3 --once stopped before it relayed the whole spool (a\n"
+            "segment it cannot open, SIGTERM before every ack, a checkpoint it cannot\n"
+            "write): the log says what is left, and the next run relays it; 78 configuration\n"
+            "error (EX_CONFIG: systemd does not restart on it).\n");
 }
 
 /* One line saying what is wrong, then where to look: the full help would bury it. */
@@ -84,6 +91,27 @@ static int check_config(const struct config *cfg)
     policy_destroy(policy);
     printf("configuration OK\n");
     return 0;
+}
+
+/* One relay per state_dir: a second one would dead-letter the same records again (and a
+ * replay would publish them twice) and write the same .checkpoint.tmp. `status` only
+ * reads, and takes no lock. */
+static int lock_state_dir(const struct config *cfg)
+{
+    if (mkdir(cfg->state_dir, 0750) != 0 && errno != EEXIST) {
+        log_error("cannot create state_dir %s: %s", cfg->state_dir, strerror(errno));
+        return -1;
+    }
+    char *path = xasprintf("%s/lock", cfg->state_dir);
+    char *err = NULL;
+    int rc = statelock_take(path, &err);
+    if (rc > 0)
+        log_error("%s: another relay runs on state_dir %s", err, cfg->state_dir);
+    else if (rc < 0)
+        log_error("%s", err);
+    free(err);
+    free(path);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -169,6 +197,10 @@ int main(int argc, char **argv)
         return usage_error("unknown log level \"%s\"", log_level);
     }
     log_set_level((enum log_level)level);
+    if (!status && !replay && !check && lock_state_dir(&cfg) != 0) {
+        config_free(&cfg);
+        return 1;
+    }
     int rc = status   ? status_run(&cfg, json)
              : replay ? replay_deadletters(&cfg)
              : check  ? check_config(&cfg)

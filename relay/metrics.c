@@ -76,6 +76,8 @@ const char *metrics_health_text(enum health_state state)
         return "stalled: records are waiting and no acknowledgement came for a while";
     case HEALTH_CHECKPOINT_FAILING:
         return "checkpoint writes are failing";
+    case HEALTH_DEADLETTER_FAILING:
+        return "dead letters cannot be written: their records are held and retried";
     }
     return "unknown";
 }

@@ -27,6 +27,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -332,20 +333,70 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
     return 0;
 }
 
-static void deadletter_record(struct relay *r, const struct inflight_record *rec,
-                              const char *reason, const char *data, size_t len)
+static void deadletter_counted(const struct inflight_record *rec, const char *reason)
+{
+    const struct segment *seg = rec->segment;
+    METRIC_ADD(deadlettered[metrics_deadletter_reason(reason)], 1);
+    log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
+             rec->start, reason);
+}
+
+static void deadletter_record(struct relay *r, struct inflight_record *rec, const char *reason,
+                              const char *data, size_t len)
 {
     const struct segment *seg = rec->segment;
     char *err = deadletter_write(r->deadletter, seg->name, rec->start, rec->end, reason, data,
                                  data ? len : 0);
-    /* Moving the offset past a record we could not even write down would lose it; stop
-     * and let the operator (or systemd) restart us once the disk is fixed. */
-    if (err)
-        fatalx("cannot dead-letter a record, stopping segment=%s offset=%" PRIu64 " error=\"%s\"",
-               seg->name, rec->start, err);
-    METRIC_ADD(deadlettered[metrics_deadletter_reason(reason)], 1);
-    log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
-             rec->start, reason);
+    if (!err) {
+        deadletter_counted(rec, reason);
+        return;
+    }
+    /* Moving the offset past a record we could not even write down would lose it, and
+     * stopping would relay nothing else. As with a checkpoint that cannot be written: the
+     * record is held (one more hold: its offset stays), its segment is read no further,
+     * the others go on, and the dead letter is written again every second. */
+    rec->outstanding++;
+    deadletter_hold(r->deadletter, rec, seg->name, rec->start, rec->end, reason, data,
+                    data ? len : 0);
+    r->deadletters_held = deadletter_held(r->deadletter);
+    log_error("cannot dead-letter a record, holding it and retrying segment=%s offset=%" PRIu64
+              " error=\"%s\"",
+              seg->name, rec->start, err);
+    free(err);
+}
+
+static void on_deadletter_written(void *ctx, void *cookie, const char *reason)
+{
+    struct relay *r = ctx;
+    struct inflight_record *rec = cookie;
+    struct segment *seg = rec->segment;
+    deadletter_counted(rec, reason);
+    relay_release_hold(r, rec);
+    ready_push(r, seg); /* read on, if nothing else of it is held */
+}
+
+static void retry_deadletters(struct relay *r)
+{
+    if (!r->deadletters_held)
+        return;
+    char *err = deadletter_retry(r->deadletter, on_deadletter_written, r);
+    r->deadletter_retries++;
+    r->deadletters_held = deadletter_held(r->deadletter);
+    if (err && r->deadletter_retries % 60 == 0)
+        log_error("cannot dead-letter a record, still holding records=%zu retries=%" PRIu64
+                  " error=\"%s\"",
+                  r->deadletters_held, r->deadletter_retries, err);
+    if (!err) {
+        log_info("dead letters written again after retries=%" PRIu64, r->deadletter_retries);
+        r->deadletter_retries = 0;
+    }
+    free(err);
+}
+
+/* A record of this segment waits for its dead letter to be written. */
+static bool segment_held(const struct relay *r, const struct segment *seg)
+{
+    return r->deadletters_held && deadletter_holds(r->deadletter, seg->name);
 }
 
 static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
@@ -503,7 +554,7 @@ static bool window_open(const struct relay *r)
  * turn right away (more records may be there). */
 static bool read_segment(struct relay *r, struct segment *seg)
 {
-    if (!seg->reader && !open_reader(r, seg))
+    if (segment_held(r, seg) || (!seg->reader && !open_reader(r, seg)))
         return false;
     /* Done (write bits cleared) seen before this pass means every byte was written before
      * our reads began, so EOF now is the real end. */
@@ -516,6 +567,8 @@ static bool read_segment(struct relay *r, struct segment *seg)
         if (res == SEGMENT_RECORD) {
             if (!seg->skip_existing)
                 handle_record(r, seg, &sr);
+            if (segment_held(r, seg))
+                return false;
             continue;
         }
         if (res == SEGMENT_ERROR) {
@@ -616,6 +669,7 @@ static void write_checkpoint(struct relay *r)
                       " error=\"%s\"",
                       r->checkpoint_failures, err);
         free(err);
+        r->dirty = true; /* tried again at the next interval, even if no offset moves */
     } else {
         if (r->checkpoint_failures > 0)
             log_info("checkpoint written again after failures=%" PRIu64, r->checkpoint_failures);
@@ -648,6 +702,42 @@ static void begin_drain(struct relay *r, const char *why)
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
 }
 
+/* Not relayed to its end: done (or live with more to read) and not finished, never
+ * opened, or with records not yet acknowledged. A live segment read to its current end is
+ * relayed, as far as --once goes. */
+static bool segment_left(const struct segment *seg)
+{
+    if (seg->gone || seg->state == SEGMENT_STATE_FINISHED)
+        return false;
+    return seg->done || !seg->reader || seg->ready || seg->wm.pending > 0;
+}
+
+/* --once promised what the spool held: if it stops short of that (a segment it cannot
+ * open, SIGTERM before the acks, a checkpoint it cannot write), it says what is left and
+ * exits RELAY_EXIT_INCOMPLETE, so that cron or a script does not take it for done. */
+static void once_report(struct relay *r)
+{
+    enum { NAMED = 10 }; /* segments named in the log, of a backlog maybe much longer */
+    size_t segments = 0, n = spool_segment_count(r->spool);
+    for (size_t i = 0; i < n; i++) {
+        const struct segment *seg = spool_segment(r->spool, i);
+        if (!segment_left(seg))
+            continue;
+        if (segments++ < NAMED)
+            log_warn("--once: segment not relayed completely segment=%s committed_offset=%" PRIu64
+                     " records_unacknowledged=%zu opened=%s",
+                     seg->name, seg->wm.committed_offset, seg->wm.pending,
+                     seg->reader || seg->state != SEGMENT_STATE_READING ? "yes" : "no");
+    }
+    if (segments == 0 && r->records_in_use == 0 && r->checkpoint_failures == 0)
+        return;
+    log_error("--once stopped before the spool was relayed, exit status %d "
+              "records_unacknowledged=%zu segments_left=%zu checkpoint=%s",
+              RELAY_EXIT_INCOMPLETE, r->records_in_use, segments,
+              r->checkpoint_failures ? "not written" : "written");
+    r->exit_status = RELAY_EXIT_INCOMPLETE;
+}
+
 static void finish_drain(struct relay *r)
 {
     size_t left = r->publishes_in_flight;
@@ -656,6 +746,8 @@ static void finish_drain(struct relay *r)
                  "the next start",
                  left);
     write_checkpoint(r);
+    if (r->options->once)
+        once_report(r);
     loop_stop(r->loop);
 }
 
@@ -721,6 +813,7 @@ static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
 static void on_second(struct loop *loop, void *arg)
 {
     struct relay *r = arg;
+    retry_deadletters(r);
     health_update(r);
     health_report(r);
 }
@@ -737,6 +830,15 @@ static char *prepare_state_dir(const struct config *cfg)
     if (mkdir(cfg->state_dir, 0750) != 0 && errno != EEXIST)
         return xasprintf("cannot create state_dir %s: %s", cfg->state_dir, strerror(errno));
     return NULL;
+}
+
+/* A full state_dir does not stop the start: the state was read, and records can be
+ * relayed while the checkpoint (and any dead letter) waits for room, as when it fills up
+ * later. Read-only, or not a directory, does. */
+static bool state_dir_full(const char *dir)
+{
+    struct statvfs st;
+    return statvfs(dir, &st) == 0 && st.f_bavail == 0;
 }
 
 static char *load_checkpoint(struct relay *r)
@@ -896,8 +998,12 @@ static char *relay_start(struct relay *r)
     r->started = true;
     /* Prove at once that the state directory takes a checkpoint, not at the first ack. */
     write_checkpoint(r);
-    if (r->checkpoint_failures)
+    if (r->checkpoint_failures && !state_dir_full(r->cfg->state_dir))
         return xasprintf("state_dir %s is not usable for checkpoints", r->cfg->state_dir);
+    if (r->checkpoint_failures)
+        log_warn("state_dir is full, relaying anyway: the checkpoint is written as soon as "
+                 "there is room state_dir=%s",
+                 r->cfg->state_dir);
     loop_add_timer(r->loop, TICK_MS, on_tick, r);
     loop_add_timer(r->loop, 1000, on_second, r);
     uint64_t watchdog_ms = notify_watchdog_interval_ms();

@@ -12,7 +12,7 @@ struct relay_options {
 };
 
 /* Runs until SIGTERM/SIGINT (or, with once, until the spool is relayed). Returns the exit
- * status. */
+ * status (exit_codes.h): 0, or 1 when it could not start, or RELAY_EXIT_INCOMPLETE. */
 int relay_run(const struct config *cfg, const struct relay_options *options);
 
 #endif

@@ -58,6 +58,8 @@ struct relay {
     int exit_status;
     int signal_fd;
     uint64_t checkpoint_failures; /* in a row; 0 after a success */
+    size_t deadletters_held;      /* records whose dead letter waits for room (deadletter.h) */
+    uint64_t deadletter_retries;  /* in a row */
     bool ready_notified;
     uint64_t last_acked, last_progress_ms; /* for the stall check */
 };

@@ -16,14 +16,35 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define RESTART "restart to apply it"
+
+/* The spool directories the running relay watches: each segment carries the index of its
+ * directory into cfg->spools, so the list cannot change (not even past its first entry)
+ * without a restart. A segment_header may: readers opened from now on take the new one.
+ * NULL when the list is the same, else what changed. */
+static char *spools_changed(const struct config *old, const struct config *cfg)
+{
+    if (old->spool_count != cfg->spool_count)
+        return xasprintf("spool list changed (%zu directories, was %zu): %s", cfg->spool_count,
+                         old->spool_count, RESTART);
+    for (size_t i = 0; i < cfg->spool_count; i++) {
+        const struct spool_source *a = &old->spools[i], *b = &cfg->spools[i];
+        if (strcmp(a->dir, b->dir) != 0)
+            return xasprintf("spool directory %zu changed (%s, was %s): %s", i + 1, b->dir, a->dir,
+                             RESTART);
+        if (strcmp(a->pattern, b->pattern) != 0)
+            return xasprintf("spool.pattern of %s changed: %s", b->dir, RESTART);
+    }
+    return NULL;
+}
+
 /* Settings the running relay cannot change under its records. */
 static char *incompatible(const struct config *old, const struct config *cfg)
 {
-    static const char *const restart = "changed: restart the relay to apply it";
-    if (strcmp(old->spool_dir, cfg->spool_dir) != 0)
-        return xasprintf("spool.dir %s", restart);
-    if (strcmp(old->spool_pattern, cfg->spool_pattern) != 0)
-        return xasprintf("spool.pattern %s", restart);
+    static const char *const restart = "changed: " RESTART;
+    char *err = spools_changed(old, cfg);
+    if (err)
+        return err;
     if (strcmp(old->state_dir, cfg->state_dir) != 0)
         return xasprintf("state_dir %s", restart);
     if (strcmp(old->relay_id, cfg->relay_id) != 0)

@@ -1,6 +1,7 @@
 #include "replay.h"
 
 #include "config.h"
+#include "statelock.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -127,6 +128,22 @@ static char *collect_records(const char *text, size_t len, size_t *records_len, 
     return out;
 }
 
+/* Two replays at once would both read the lines after the same mark and hand them back
+ * twice. The running relay holds state_dir/lock, and a replay must run beside it, so
+ * replays take a lock of their own. */
+static char *lock_replays(const char *dir)
+{
+    char *path = xasprintf("%s/replay.lock", dir);
+    char *err = NULL;
+    if (statelock_take(path, &err) > 0) {
+        char *held = xasprintf("%s: another deadletter replay is running", err);
+        free(err);
+        err = held;
+    }
+    free(path);
+    return err;
+}
+
 int replay_deadletters(const struct config *cfg)
 {
     char *dir = xasprintf("%s/deadletter", cfg->state_dir);
@@ -134,7 +151,7 @@ int replay_deadletters(const struct config *cfg)
     char *mark_path = xasprintf("%s/replayed", dir);
     char *text = NULL, *records = NULL, *name = NULL, *err = NULL;
     int rc = 1;
-    struct mark mark = read_mark(mark_path);
+    struct mark mark;
     struct stat st;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
@@ -146,6 +163,9 @@ int replay_deadletters(const struct config *cfg)
         err = xasprintf("cannot read %s: %s", path, strerror(errno));
         goto out;
     }
+    if ((err = lock_replays(dir)) != NULL)
+        goto out;
+    mark = read_mark(mark_path);
     if (mark.inode != (uint64_t)st.st_ino || mark.offset > (uint64_t)st.st_size)
         mark.offset = 0; /* a new file since the last replay */
     mark.inode = (uint64_t)st.st_ino;
