@@ -7,9 +7,15 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
 
 struct metrics metrics;
 
@@ -238,11 +244,197 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char 
     return rc;
 }
 
+/* ---- Bounds of the HTTP server: a probe always gets its answer ----------------------
+ *
+ * A client that connects and sends nothing, or a byte now and then, holds one of the
+ * server's connection slots; enough of them and every probe is turned away (16 idle
+ * sockets did it). So: many slots (the requests are tiny), no more than half of them for
+ * one address, an idle socket closed after HTTP_IDLE_TIMEOUT_S, and a request that has not
+ * arrived whole HTTP_REQUEST_DEADLINE_MS after the connection opened (or after its last
+ * answer) cut by the reaper thread, however slowly its bytes keep coming. */
+enum {
+    HTTP_MAX_CONNECTIONS = 256,
+    HTTP_MIN_CONNECTIONS = 16,
+    HTTP_IDLE_TIMEOUT_S = 5,
+    HTTP_REQUEST_DEADLINE_MS = 10000,
+    HTTP_REAP_INTERVAL_MS = 500,
+};
+
+struct http_conn {
+    struct http_conn *prev, *next;
+    int fd;
+    uint64_t waiting_since_ms; /* 0: a request is being answered */
+};
+
+static struct {
+    pthread_mutex_t lock; /* guards the list, and each fd against its close by libmicrohttpd */
+    pthread_cond_t wake;
+    pthread_t thread;
+    bool running, stopping;
+    struct http_conn *head;
+} reaper = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static struct http_conn *conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
+static void set_waiting(struct MHD_Connection *conn, uint64_t since_ms)
+{
+    struct http_conn *c = conn_of(conn);
+    if (!c)
+        return;
+    pthread_mutex_lock(&reaper.lock);
+    c->waiting_since_ms = since_ms;
+    pthread_mutex_unlock(&reaper.lock);
+}
+
+/* libmicrohttpd calls this with CLOSED before it closes the socket, so under the lock the
+ * reaper never touches an fd that is closed, or reused by the relay. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_conn *c = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!info)
+            return;
+        c = xcalloc(1, sizeof(*c));
+        c->fd = info->connect_fd;
+        c->waiting_since_ms = monotonic_ms();
+        pthread_mutex_lock(&reaper.lock);
+        c->next = reaper.head;
+        if (reaper.head)
+            reaper.head->prev = c;
+        reaper.head = c;
+        pthread_mutex_unlock(&reaper.lock);
+        *socket_context = c;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && c) {
+        pthread_mutex_lock(&reaper.lock);
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            reaper.head = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        pthread_mutex_unlock(&reaper.lock);
+        free(c);
+        *socket_context = NULL;
+    }
+}
+
+/* An answer sent: the connection may wait for its next request, from now. */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    set_waiting(conn, monotonic_ms());
+}
+
+/* Shuts the socket down rather than closing it: libmicrohttpd sees the end of the stream,
+ * closes the connection itself and frees its slot. */
+static void *reap(void *arg)
+{
+    pthread_mutex_lock(&reaper.lock);
+    while (!reaper.stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += HTTP_REAP_INTERVAL_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&reaper.wake, &reaper.lock, &until);
+        uint64_t now = monotonic_ms();
+        for (struct http_conn *c = reaper.head; c; c = c->next) {
+            if (c->waiting_since_ms && now - c->waiting_since_ms > HTTP_REQUEST_DEADLINE_MS) {
+                shutdown(c->fd, SHUT_RDWR);
+                c->waiting_since_ms = 0;
+            }
+        }
+    }
+    pthread_mutex_unlock(&reaper.lock);
+    return NULL;
+}
+
+static char *reaper_start(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&reaper.wake, &attr);
+    pthread_condattr_destroy(&attr);
+    reaper.stopping = false;
+    int rc = pthread_create(&reaper.thread, NULL, reap, NULL);
+    if (rc != 0)
+        return xasprintf("cannot start the metrics connection reaper: %s", strerror(rc));
+    reaper.running = true;
+    return NULL;
+}
+
+static void reaper_stop(void)
+{
+    if (!reaper.running)
+        return;
+    pthread_mutex_lock(&reaper.lock);
+    reaper.stopping = true;
+    pthread_cond_signal(&reaper.wake);
+    pthread_mutex_unlock(&reaper.lock);
+    pthread_join(reaper.thread, NULL);
+    pthread_cond_destroy(&reaper.wake);
+    reaper.running = false;
+}
+
+/* libmicrohttpd speaks once per refused connection ("Server reached connection limit"):
+ * a flood of clients must not flood the log as well. One message a minute, with the
+ * number of those left out since the last. */
+__attribute__((format(printf, 2, 0))) static void http_log(void *cls, const char *fmt, va_list ap)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static uint64_t last_ms;
+    static unsigned long left_out;
+    char text[256];
+    vsnprintf(text, sizeof(text), fmt, ap);
+    text[strcspn(text, "\n")] = '\0';
+    uint64_t now = monotonic_ms();
+    pthread_mutex_lock(&lock);
+    bool show = !last_ms || now - last_ms >= 60000;
+    unsigned long before = left_out;
+    if (show) {
+        last_ms = now;
+        left_out = 0;
+    } else {
+        left_out++;
+    }
+    pthread_mutex_unlock(&lock);
+    if (show)
+        log_warn("metrics server: %s messages_left_out=%lu", text, before);
+}
+
+/* Every slot is a file descriptor: leave three quarters of the process's to the relay. */
+static unsigned connection_limit(void)
+{
+    struct rlimit rl;
+    rlim_t limit = HTTP_MAX_CONNECTIONS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur / 4 < limit)
+        limit = rl.rlim_cur / 4;
+    return limit < HTTP_MIN_CONNECTIONS ? HTTP_MIN_CONNECTIONS : (unsigned)limit;
+}
+
 static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_data_size,
                                       void **con_cls)
 {
+    set_waiting(conn, 0); /* the request is here: answered at once */
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return reply(conn, 405, xstrdup("method not allowed\n"), "text/plain");
     if (strcmp(url, "/metrics") == 0) {
@@ -290,15 +482,21 @@ char *metrics_start(const char *listen)
 {
     struct sockaddr_in addr;
     char *err = parse_listen(listen, &addr);
-    if (err)
+    if (err || (err = reaper_start()))
         return err;
-    daemon_handle =
-        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, ntohs(addr.sin_port),
-                         NULL, NULL, handle_request, NULL, MHD_OPTION_SOCK_ADDR,
-                         (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, 16, MHD_OPTION_END);
-    if (!daemon_handle)
+    unsigned limit = connection_limit();
+    daemon_handle = MHD_start_daemon(
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, ntohs(addr.sin_port), NULL, NULL,
+        handle_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+    if (!daemon_handle) {
+        reaper_stop();
         return xasprintf("cannot serve metrics on %s: %s", listen, strerror(errno));
-    log_info("serving /metrics and /healthz listen=%s", listen);
+    }
+    log_info("serving /metrics and /healthz listen=%s max_connections=%u", listen, limit);
     return NULL;
 }
 
@@ -307,4 +505,5 @@ void metrics_stop(void)
     if (daemon_handle)
         MHD_stop_daemon(daemon_handle);
     daemon_handle = NULL;
+    reaper_stop();
 }

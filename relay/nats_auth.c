@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "nkey.h"
+#include "url.h"
 #include "xalloc.h"
 
 #include <stdio.h>
@@ -96,13 +97,18 @@ natsStatus nats_auth_apply(natsOptions *opts, const struct nats_auth *auth, char
     return st;
 }
 
+static const char *tls_text(const struct nats_auth *auth)
+{
+    if (!nats_auth_wants_tls(auth))
+        return "";
+    return auth->tls_cert ? ", tls with a client certificate" : ", tls";
+}
+
 void nats_auth_describe(const struct nats_auth *auth, char *buf, size_t size)
 {
     char pub[NKEY_PUBLIC_LEN + 1];
     char *err = NULL;
-    const char *tls = nats_auth_wants_tls(auth)
-                          ? (auth->tls_cert ? ", tls with a client certificate" : ", tls")
-                          : "";
+    const char *tls = tls_text(auth);
     if (auth->user)
         snprintf(buf, size, "user %s%s", auth->user, tls);
     else if (auth->token)
@@ -118,4 +124,25 @@ void nats_auth_describe(const struct nats_auth *auth, char *buf, size_t size)
     else
         snprintf(buf, size, "none");
     free(err);
+}
+
+/* nats.c sends the credentials of a server's URL rather than the options' (and those of
+ * the first URL that has some to the servers it discovers), so the URL's are the ones to
+ * name. */
+void nats_auth_describe_servers(const struct nats_auth *auth, const char *const *servers,
+                                size_t count, char *buf, size_t size)
+{
+    char user[128];
+    for (size_t i = 0; i < count; i++) {
+        enum url_auth kind = url_auth(servers[i], user, sizeof(user));
+        if (kind == URL_AUTH_USER) {
+            snprintf(buf, size, "user %s in the server URL%s", user, tls_text(auth));
+            return;
+        }
+        if (kind == URL_AUTH_TOKEN) {
+            snprintf(buf, size, "token in the server URL%s", tls_text(auth));
+            return;
+        }
+    }
+    nats_auth_describe(auth, buf, size);
 }

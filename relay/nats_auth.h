@@ -4,6 +4,7 @@
 
 #include <nats/nats.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 /* The secrets and files one connection authenticates with. Strings are read at once
  * (nats.c copies them, and loads certificates when told), so they may be freed after
@@ -33,5 +34,11 @@ natsStatus nats_auth_apply(natsOptions *opts, const struct nats_auth *auth, char
 /* Describes how a connection authenticates, for the log: "user relay", "token",
  * "nkey UABC...", "creds /etc/x.creds", "none"; and whether with TLS. Never a secret. */
 void nats_auth_describe(const struct nats_auth *auth, char *buf, size_t size);
+
+/* The same for a connection to these servers: credentials in a server URL
+ * (nats://user:password@host, nats://token@host) are named as "user NAME in the server
+ * URL" or "token in the server URL", since nats.c prefers them to the settings'. */
+void nats_auth_describe_servers(const struct nats_auth *auth, const char *const *servers,
+                                size_t count, char *buf, size_t size);
 
 #endif

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "loop.h"
+#include "url.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -495,12 +496,10 @@ static const char *without_source(const char *text)
     return end ? end + 3 : text;
 }
 
+/* The servers for the log: never the password or token a URL may carry. */
 static void servers_text(const struct publisher *p, char *buf, size_t size)
 {
-    size_t n = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < p->options.server_count && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? "," : "", p->servers[i]);
+    url_redact_list((const char *const *)p->servers, p->options.server_count, buf, size);
 }
 
 /* The connection is gone for good (refused credentials or certificate, or closed by
@@ -524,9 +523,11 @@ static void connection_failed(struct publisher *p)
         snprintf(why, sizeof(why),
                  "the server closed the connection during the handshake (does "
                  "it require a client certificate?)");
+    char error[sizeof(why)];
+    url_redact_text(without_source(why), error, sizeof(error));
     log_warn("%s, retrying in %" PRIu64 "ms servers=%s auth=\"%s\" error=\"%s\" in_flight=%zu",
              refused ? "nats refused the relay's credentials" : "cannot connect to nats", wait,
-             servers, p->auth, without_source(why), in_flight(p));
+             servers, p->auth, error, in_flight(p));
 }
 
 static void reopen_if_due(struct publisher *p)
@@ -540,8 +541,10 @@ static void reopen_if_due(struct publisher *p)
 static void handle_connection_event(struct publisher *p, enum event_kind kind)
 {
     if (kind == EVENT_CONNECTED || kind == EVENT_RECONNECTED) {
-        char url[256] = "";
-        natsConnection_GetConnectedUrl(p->conn, url, sizeof(url));
+        char full[256] = "", url[256];
+        natsConnection_GetConnectedUrl(p->conn, full, sizeof(full));
+        url_redact(full, url, sizeof(url));
+        explicit_bzero(full, sizeof(full));
         p->stats.reconnects += kind == EVENT_RECONNECTED;
         METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
         log_info("%s to nats server=%s auth=\"%s\" in_flight=%zu",
@@ -746,9 +749,25 @@ static void copy_options(struct publisher *p, const struct publisher_options *o)
     p->name = xstrdup(o->name ? o->name : "kumo-nats-relay");
 }
 
+/* nats.c ignores the password of nats://:password@host, and prints that URL without its
+ * '@' (nats://:passwordhost:4222), where no redaction can find the password: refuse it. */
+static char *check_servers(const struct publisher_options *o)
+{
+    char user[8], shown[256];
+    for (size_t i = 0; i < o->server_count; i++) {
+        if (url_auth(o->servers[i], user, sizeof(user)) == URL_AUTH_PASSWORD_ONLY) {
+            url_redact(o->servers[i], shown, sizeof(shown));
+            return xasprintf("server %s has a password and no user name", shown);
+        }
+    }
+    return NULL;
+}
+
 struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
                                    publish_done_fn done, void *ctx, char **err)
 {
+    if ((*err = check_servers(options)))
+        return NULL;
     struct publisher *p = xcalloc(1, sizeof(*p));
     copy_options(p, options);
     registry_add(p);
@@ -769,7 +788,8 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
         p->inbox_len = strlen(p->inbox);
         st = connect_options(p, &options->auth, &why);
     }
-    nats_auth_describe(&options->auth, p->auth, sizeof(p->auth));
+    nats_auth_describe_servers(&options->auth, options->servers, options->server_count, p->auth,
+                               sizeof(p->auth));
     /* Refused credentials or certificates are the server's answer, not a setup error:
      * say so and keep trying, as for a server that is down. */
     if (st == NATS_OK && open_connection(p) != NATS_OK)

@@ -2,6 +2,8 @@
 #ifndef RELAY_RELAY_H
 #define RELAY_RELAY_H
 
+#include "exit_codes.h"
+
 #include <stdbool.h>
 
 struct config;
