@@ -32,7 +32,7 @@ static void usage(FILE *out)
             "Options:\n"
             "  -c, --config FILE    configuration file (default " DEFAULT_CONFIG ")\n"
             "      --check          validate the configuration and the policy, print\n"
-            "                       \"configuration OK\" or every problem, exit 0 or 1\n"
+            "                       \"configuration OK\" or every problem, exit 0 or 78\n"
             "      --once           relay what the spool holds now, wait for every ack,\n"
             "                       write the checkpoint and exit (backfills, cron)\n"
             "      --reset-offsets  set the checkpoint aside (state_dir/checkpoint.reset-TIME)\n"

@@ -48,8 +48,11 @@ class CliTest(h.RelayTestCase):
     def test_help_lists_the_exit_statuses(self):
         proc = self.run_relay("--help")
         self.assertEqual(0, proc.returncode, proc.stderr)
-        self.assertIn("Exit status: 0 success, 1 runtime or startup failure, 2 bad usage,\n"
-                      "78 configuration error", proc.stdout)
+        self.assertIn("Exit status: 0 success; 1 runtime or startup failure (also: another relay "
+                      "holds\nstate_dir); 2 bad usage; 3 --once stopped before it relayed the "
+                      "whole spool", proc.stdout)
+        self.assertIn("; 78 configuration\nerror (EX_CONFIG: systemd does not restart on it).\n",
+                      proc.stdout)
 
     def test_unit_does_not_restart_on_the_status_of_a_configuration_error(self):
         bad = self.tmp / "relay.yaml"
