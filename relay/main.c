@@ -143,7 +143,7 @@ int main(int argc, char **argv)
     struct config cfg;
     char *errors = config_load(config_path, &cfg);
     if (errors) {
-        fputs(errors, stderr);
+        log_error_lines(errors);
         free(errors);
         return 1;
     }
@@ -154,6 +154,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)level);
+    log_configure((enum log_format)cfg.log_format, (enum log_target)cfg.log_target);
     int rc = status   ? status_run(&cfg, json)
              : replay ? replay_deadletters(&cfg)
              : check  ? check_config(&cfg)
