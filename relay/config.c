@@ -71,6 +71,10 @@ struct key {
 /* KEY_ENUM stores the index of the word, so these lists follow the enums' order. */
 static const char *const start_at_words[] = {"beginning", "end", NULL};
 static const char *const log_level_words[] = {"debug", "info", "warn", "error", NULL};
+static const char *const log_format_words[] = {"text", "json", NULL};
+static const char *const log_target_words[] = {"auto", "journal", "stderr", NULL};
+_Static_assert(LOG_FORMAT_TEXT == 0 && LOG_FORMAT_JSON == 1, "log_format_words follows the enum");
+_Static_assert(LOG_TARGET_AUTO == 0 && LOG_TARGET_STDERR == 2, "log_target_words follows the enum");
 _Static_assert(START_AT_BEGINNING == 0 && START_AT_END == 1, "start_at_words follows the enum");
 _Static_assert(LOG_LEVEL_DEBUG == 0 && LOG_LEVEL_ERROR == 3, "log_level_words follows the enum");
 _Static_assert(sizeof(enum start_at) == sizeof(int), "KEY_ENUM stores an int");
@@ -162,6 +166,10 @@ static const struct key metrics_keys[] = {
 static const struct key log_keys[] = {
     {"level", KEY_ENUM, FIELD(log_level), .words = log_level_words, .value = LOG_LEVEL_INFO,
      .help = "least severe level logged"},
+    {"format", KEY_ENUM, FIELD(log_format), .words = log_format_words, .value = LOG_FORMAT_TEXT,
+     .help = "text (key=value) or json (one object per line)"},
+    {"target", KEY_ENUM, FIELD(log_target), .words = log_target_words, .value = LOG_TARGET_AUTO,
+     .help = "journal: <N> priority prefixes; auto: when stderr is journald's"},
     {.name = NULL},
 };
 

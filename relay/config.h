@@ -55,6 +55,8 @@ struct config {
     int64_t shutdown_timeout_ms;      /* default 30s: how long SIGTERM waits for acks */
     size_t max_record_bytes;          /* default 16 MiB */
     int log_level;                    /* enum log_level, default info */
+    int log_format;                   /* enum log_format, default text */
+    int log_target;                   /* enum log_target, default auto */
     char *metrics_listen;             /* "127.0.0.1:9477"; NULL: no HTTP endpoint */
     int64_t expected_max_downtime_ms; /* default 10m */
 };

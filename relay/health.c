@@ -94,6 +94,8 @@ void health_update(struct relay *r)
         st.lag_bytes += one.lag_bytes;
         if (one.oldest_read_ms && (!st.oldest_read_ms || one.oldest_read_ms < st.oldest_read_ms))
             st.oldest_read_ms = one.oldest_read_ms;
+        if (one.unread_age_ms > st.unread_age_ms)
+            st.unread_age_ms = one.unread_age_ms;
     }
     METRIC_SET(in_flight, r->publishes_in_flight);
     METRIC_SET(segments_live, st.live);
@@ -103,7 +105,10 @@ void health_update(struct relay *r)
     if (first)
         started_lag = st.lag_bytes;
     METRIC_SET(lag_segments, st.live + st.done_pending);
-    METRIC_SET(oldest_unacked_ms, st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0);
+    uint64_t read_age_ms = st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0;
+    METRIC_SET(oldest_unacked_ms, read_age_ms);
+    /* Read and unacknowledged, or not read at all (nothing is read while disconnected). */
+    METRIC_SET(lag_ms, read_age_ms > st.unread_age_ms ? read_age_ms : st.unread_age_ms);
     size_t total = 0, disconnected = publisher_disconnected_count(&total);
     METRIC_SET(nats_connected, disconnected == 0 && total > 0);
     maybe_ready(r, disconnected);

@@ -187,7 +187,7 @@ int main(int argc, char **argv)
     struct config cfg;
     char *errors = config_load(config_path, &cfg);
     if (errors) {
-        fputs(errors, stderr);
+        log_error_lines(errors);
         free(errors);
         return RELAY_EXIT_CONFIG;
     }
@@ -197,6 +197,7 @@ int main(int argc, char **argv)
         return usage_error("unknown log level \"%s\"", log_level);
     }
     log_set_level((enum log_level)level);
+    log_configure((enum log_format)cfg.log_format, (enum log_target)cfg.log_target);
     if (!status && !replay && !check && lock_state_dir(&cfg) != 0) {
         config_free(&cfg);
         return 1;

@@ -5,6 +5,7 @@
 #include "xalloc.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 struct metrics metrics;
 
@@ -169,14 +171,17 @@ static void put_gauges(FILE *f)
     fprintf(f, "kumo_nats_relay_segments{state=\"done_pending\"} %llu\n",
             LOAD(segments_done_pending));
     fprintf(f, "kumo_nats_relay_segments{state=\"finished\"} %llu\n", LOAD(segments_finished));
-    put_metric(f, "lag_bytes", "gauge", "Bytes of segment files not yet read.", LOAD(lag_bytes));
+    put_metric(f, "lag_file_bytes", "gauge",
+               "Bytes of segment files (as on disk: zstd-compressed) not read yet; status's "
+               "BEHIND_BYTES counts decompressed record bytes instead.",
+               LOAD(lag_bytes));
     put_metric(f, "lag_segments", "gauge", "Segments not yet completely relayed.",
                LOAD(lag_segments));
-    fputs("# HELP kumo_nats_relay_dir_lag_bytes Bytes not read yet, by spool directory.\n"
-          "# TYPE kumo_nats_relay_dir_lag_bytes gauge\n",
+    fputs("# HELP kumo_nats_relay_dir_lag_file_bytes Bytes of segment files not read yet, by "
+          "spool directory.\n# TYPE kumo_nats_relay_dir_lag_file_bytes gauge\n",
           f);
     for (size_t i = 0; i < dir_name_count; i++)
-        fprintf(f, "kumo_nats_relay_dir_lag_bytes{dir=\"%s\"} %llu\n", dir_names[i],
+        fprintf(f, "kumo_nats_relay_dir_lag_file_bytes{dir=\"%s\"} %llu\n", dir_names[i],
                 LOAD(dir_lag_bytes[i]));
     fputs("# HELP kumo_nats_relay_dir_lag_segments Segments not relayed yet, by spool "
           "directory.\n# TYPE kumo_nats_relay_dir_lag_segments gauge\n",
@@ -189,6 +194,93 @@ static void put_gauges(FILE *f)
             "and not yet complete.\n# TYPE kumo_nats_relay_oldest_unacked_age_seconds gauge\n"
             "kumo_nats_relay_oldest_unacked_age_seconds %.3f\n",
             (double)LOAD(oldest_unacked_ms) / 1000.0);
+    fprintf(f,
+            "# HELP kumo_nats_relay_lag_seconds Age of the oldest record not acknowledged yet: "
+            "since it was read, or, not read yet, since its segment file was written.\n"
+            "# TYPE kumo_nats_relay_lag_seconds gauge\nkumo_nats_relay_lag_seconds %.3f\n",
+            (double)LOAD(lag_ms) / 1000.0);
+}
+
+/* /proc/self/stat fields 14 (utime), 15 (stime), 22 (starttime, ticks after boot) and
+ * 24 (rss, pages); false if unreadable. */
+static bool read_proc_stat(unsigned long long *ticks, unsigned long long *start_ticks,
+                           long long *rss_pages)
+{
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces and ')' */
+    unsigned long long utime, stime;
+    if (!p || sscanf(p + 2,
+                     "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d "
+                     "%*d %*d %llu %*u %lld",
+                     &utime, &stime, start_ticks, rss_pages) != 4)
+        return false;
+    *ticks = utime + stime;
+    return true;
+}
+
+static unsigned long long boot_time(void)
+{
+    char line[256];
+    unsigned long long btime = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "btime %llu", &btime) == 1)
+            break;
+    fclose(f);
+    return btime;
+}
+
+static long open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    long n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+static void put_process_metric(FILE *f, const char *name, const char *type, const char *help,
+                               double value)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, value);
+}
+
+/* Prometheus' standard process_* metrics, read at scrape time. */
+static void put_process(FILE *f)
+{
+    unsigned long long ticks, start_ticks;
+    long long rss_pages;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    if (read_proc_stat(&ticks, &start_ticks, &rss_pages)) {
+        put_process_metric(f, "process_cpu_seconds_total", "counter",
+                           "Total user and system CPU time spent in seconds.", (double)ticks / hz);
+        put_process_metric(f, "process_resident_memory_bytes", "gauge",
+                           "Resident memory size in bytes.",
+                           (double)rss_pages * (double)sysconf(_SC_PAGESIZE));
+        put_process_metric(f, "process_start_time_seconds", "gauge",
+                           "Start time of the process since unix epoch in seconds.",
+                           (double)boot_time() + (double)start_ticks / hz);
+    }
+    long fds = open_fds();
+    if (fds >= 0)
+        put_process_metric(f, "process_open_fds", "gauge", "Number of open file descriptors.",
+                           (double)fds);
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0)
+        put_process_metric(f, "process_max_fds", "gauge",
+                           "Maximum number of open file descriptors.",
+                           lim.rlim_cur == RLIM_INFINITY ? -1.0 : (double)lim.rlim_cur);
 }
 
 static void put_histogram(FILE *f)
@@ -224,6 +316,7 @@ char *metrics_render(void)
     put_counters(f);
     put_gauges(f);
     put_histogram(f);
+    put_process(f);
     int health = atomic_load(&metrics.health);
     fprintf(f,
             "# HELP kumo_nats_relay_healthy 1 when /healthz answers 200.\n"
@@ -439,7 +532,7 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
         return reply(conn, 405, xstrdup("method not allowed\n"), "text/plain");
     if (strcmp(url, "/metrics") == 0) {
         char *text = metrics_render();
-        return text ? reply(conn, 200, text, "text/plain; version=0.0.4")
+        return text ? reply(conn, 200, text, "text/plain; version=0.0.4; charset=utf-8")
                     : reply(conn, 500, xstrdup("out of memory\n"), "text/plain");
     }
     if (strcmp(url, "/healthz") == 0) {

@@ -123,6 +123,7 @@ void reload_run(struct relay *r)
     r->pub = pub;
     r->cfg = r->owned_cfg = cfg;
     log_set_level((enum log_level)cfg->log_level);
+    log_configure((enum log_format)cfg->log_format, (enum log_target)cfg->log_target);
     dupwindow_configure(cfg->expected_max_downtime_ms); /* streams are checked again */
     policy_release_held(old, resubmit, r);
     log_info("reloaded configuration and policy policy=%s",

@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct spool_dir {
@@ -210,25 +211,47 @@ const char *spool_file_differs(const char *path, const struct checkpoint_entry *
     return why;
 }
 
-/* Bytes of the file not read yet: from the reader's position when it is open. */
-static uint64_t unread_bytes(const struct segment *seg)
+static uint64_t wall_ms(const struct timespec *ts)
+{
+    return (uint64_t)ts->tv_sec * 1000 + (uint64_t)ts->tv_nsec / 1000000;
+}
+
+/* Bytes of the file not read yet: from the reader's position when it is open. Also dates
+ * them: bytes that appear unread were written no later than the file's mtime, and stay
+ * that old until the reader passes the size the file had then (while NATS is away the
+ * reader stands still, so the age grows). */
+static uint64_t unread_bytes(struct segment *seg)
 {
     struct stat st;
-    if (!seg->reader)
-        return stat(seg->path, &st) == 0 ? (uint64_t)st.st_size : 0;
-    int fd = segment_reader_fd(seg->reader);
-    off_t pos = lseek(fd, 0, SEEK_CUR);
-    if (fstat(fd, &st) != 0 || pos < 0 || st.st_size < pos)
-        return 0;
-    return (uint64_t)(st.st_size - pos);
+    off_t pos = 0;
+    if (!seg->reader) {
+        if (stat(seg->path, &st) != 0)
+            return 0;
+    } else {
+        int fd = segment_reader_fd(seg->reader);
+        pos = lseek(fd, 0, SEEK_CUR);
+        if (fstat(fd, &st) != 0 || pos < 0 || st.st_size < pos)
+            return 0;
+    }
+    uint64_t unread = (uint64_t)(st.st_size - pos);
+    if (unread == 0)
+        seg->unread_since_ms = 0;
+    else if (!seg->unread_since_ms || (uint64_t)pos >= seg->unread_mark) {
+        seg->unread_since_ms = wall_ms(&st.st_mtim);
+        seg->unread_mark = (uint64_t)st.st_size;
+    }
+    return unread;
 }
 
 void spool_stats(const struct spool *spool, size_t dir, struct spool_stats *stats)
 {
     memset(stats, 0, sizeof(*stats));
     stats->dir = dir;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    uint64_t wall_now = wall_ms(&now);
     for (size_t i = 0; i < spool->count; i++) {
-        const struct segment *seg = spool->segments[i];
+        struct segment *seg = spool->segments[i];
         if (seg->dir != dir)
             continue;
         if (seg->state == SEGMENT_STATE_FINISHED) {
@@ -241,6 +264,10 @@ void spool_stats(const struct spool *spool, size_t dir, struct spool_stats *stat
             stats->done_pending++;
         if (seg->state == SEGMENT_STATE_READING)
             stats->lag_bytes += unread_bytes(seg);
+        if (seg->state == SEGMENT_STATE_READING && seg->unread_since_ms &&
+            wall_now > seg->unread_since_ms &&
+            wall_now - seg->unread_since_ms > stats->unread_age_ms)
+            stats->unread_age_ms = wall_now - seg->unread_since_ms;
         if (seg->wm.head &&
             (stats->oldest_read_ms == 0 || seg->wm.head->read_at_ms < stats->oldest_read_ms))
             stats->oldest_read_ms = seg->wm.head->read_at_ms;

@@ -48,6 +48,10 @@ struct segment {
     uint64_t resume_offset, resume_ordinal; /* from the checkpoint */
     uint64_t records_read;
     size_t in_flight_records; /* records of this segment not yet released */
+    /* For the lag's age (spool_stats): since when (wall clock, ms) bytes of the file wait
+     * unread, and the file size then; once the reader passes that size, what waits is
+     * newer. */
+    uint64_t unread_since_ms, unread_mark;
     uint64_t scan_mark;
 };
 
@@ -91,7 +95,9 @@ struct spool_stats {
     size_t finished;
     uint64_t lag_bytes;      /* bytes of segment files not read yet */
     uint64_t oldest_read_ms; /* loop_now_ms() when the oldest incomplete record was read; 0 */
+    uint64_t unread_age_ms;  /* how long the oldest unread bytes have waited */
 };
+/* Also ages each segment's unread bytes: call it regularly (every second). */
 void spool_stats(const struct spool *spool, size_t dir, struct spool_stats *stats);
 size_t spool_dir_count(const struct spool *spool);
 const char *spool_dir_path(const struct spool *spool, size_t dir);

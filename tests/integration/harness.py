@@ -949,6 +949,9 @@ def relay_config(spool_dir, state_dir, servers, relay_id="test", subject=DEFAULT
         "checkpoint": {"interval": "200ms"},
         "log": {"level": "debug"},
     }
+    # KNR_LOG_FORMAT=json runs a suite with JSON logs (test_logs.py parses every line).
+    if os.environ.get("KNR_LOG_FORMAT"):
+        cfg["log"]["format"] = os.environ["KNR_LOG_FORMAT"]
     cfg = _deep_merge(cfg, overrides)
 
     def prune(d):

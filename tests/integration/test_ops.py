@@ -211,7 +211,7 @@ end)
         parsed = [json.loads(x) for x in lines]
         self.assertTrue(all({"time", "level", "msg"} <= set(p) for p in parsed))
         stopped = next(p for p in parsed if p["msg"] == "stopped")
-        self.assertEqual("10", stopped["records"])
+        self.assertEqual(10, stopped["records"])  # a number, as logged with %llu
         connected = next(p for p in parsed if p["msg"] == "connected to nats")
         self.assertEqual(self.server.url, connected["server"])
 
