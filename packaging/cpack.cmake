@@ -65,6 +65,8 @@ else()
 endif()
 install(FILES ${PROJECT_SOURCE_DIR}/config/relay.yaml ${PROJECT_SOURCE_DIR}/config/policy.lua
               ${PROJECT_SOURCE_DIR}/config/policy-connection.lua
+              ${PROJECT_SOURCE_DIR}/packaging/prometheus/kumo-nats-relay.rules.yml
+              ${PROJECT_SOURCE_DIR}/packaging/grafana/kumo-nats-relay.json
         DESTINATION ${_pkg_doc}/examples
         COMPONENT relay EXCLUDE_FROM_ALL)
 

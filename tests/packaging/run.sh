@@ -198,6 +198,8 @@ expected_deb_files="/etc/kumo-nats-relay/policy.lua
 /usr/share/doc/kumo-nats-relay/README.md
 /usr/share/doc/kumo-nats-relay/changelog.Debian.gz
 /usr/share/doc/kumo-nats-relay/copyright
+/usr/share/doc/kumo-nats-relay/examples/kumo-nats-relay.json
+/usr/share/doc/kumo-nats-relay/examples/kumo-nats-relay.rules.yml
 /usr/share/doc/kumo-nats-relay/examples/policy-connection.lua
 /usr/share/doc/kumo-nats-relay/examples/policy.lua
 /usr/share/doc/kumo-nats-relay/examples/relay.yaml
@@ -260,6 +262,8 @@ expected_rpm_files="/etc/kumo-nats-relay
 /usr/share/doc/kumo-nats-relay
 /usr/share/doc/kumo-nats-relay/README.md
 /usr/share/doc/kumo-nats-relay/examples
+/usr/share/doc/kumo-nats-relay/examples/kumo-nats-relay.json
+/usr/share/doc/kumo-nats-relay/examples/kumo-nats-relay.rules.yml
 /usr/share/doc/kumo-nats-relay/examples/policy-connection.lua
 /usr/share/doc/kumo-nats-relay/examples/policy.lua
 /usr/share/doc/kumo-nats-relay/examples/relay.yaml
