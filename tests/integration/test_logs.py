@@ -81,7 +81,7 @@ class LogsTest(h.RelayTestCase):
         h.poll(lambda: "reload failed" in relay.log_text(), 30, "the failed reload")
         self.assertEqual(0, relay.stop())
         # a config error, with the format on the command line
-        self.assertEqual(1, relay.run("--log-format", "json"))
+        self.assertEqual(78, relay.run("--log-format", "json"))  # EX_CONFIG
         # a policy that does not load
         relay.set_config(cfg)
         (self.tmp / "policy.lua").write_text("local kumo = require 'kumo'\nkumo.on(\n")
