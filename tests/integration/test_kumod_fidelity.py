@@ -273,3 +273,154 @@ end)
 if __name__ == "__main__":
     import unittest
     unittest.main()
+
+
+# -- item 7: kumod's helper modules, checked against Python -----------------------------
+
+HELPERS_POLICY = r"""
+local kumo = require 'kumo'
+local input = 'The quick brown fox \0 jumps \xff over'
+local r = {}
+-- crates/mod-digest: strings hashed as bytes, other values as their JSON
+for _, name in ipairs { 'sha1', 'sha256', 'sha384', 'sha512', 'sha512_256' } do
+  local d = kumo.digest[name](input)
+  r[name] = { hex = d.hex, base64 = d.base64, base64url_nopad = d.base64url_nopad,
+              base32 = d.base32, tostring = tostring(d), bytes = kumo.encode.hex_encode(d.bytes) }
+end
+r.sha256_multi = kumo.digest.sha256('a', 'b', { x = 1 }, 2).hex
+-- crates/mod-encode
+r.encode = {}
+for _, name in ipairs { 'base32', 'base32_nopad', 'base32hex', 'base32hex_nopad', 'base64',
+                        'base64_nopad', 'base64url', 'base64url_nopad', 'hex' } do
+  for len = 0, 7 do
+    local s = input:sub(1, len)
+    local e = kumo.encode[name .. '_encode'](s)
+    assert(kumo.encode[name .. '_decode'](e) == s, name .. ' round trip')
+    table.insert(r.encode, { name, len, e })
+  end
+end
+r.bad = {}
+for _, case in ipairs { { 'base64', 'QQ=' }, { 'base64', 'QR==' }, { 'base64', 'Q!==' },
+                        { 'hex', 'ABCD' }, { 'hex', 'abc' }, { 'base64_nopad', 'QQ==' } } do
+  local ok, err = pcall(kumo.encode[case[1] .. '_decode'], case[2])
+  table.insert(r.bad, { case[1], case[2], ok })
+end
+-- crates/mod-uuid
+local u = kumo.uuid.new_v4()
+r.uuid = { v4 = tostring(u), simple = u.simple, braced = u.braced, urn = u.urn,
+           v1 = kumo.uuid.new_v1().hyphenated, v6 = kumo.uuid.new_v6().hyphenated,
+           v7 = kumo.uuid.new_v7().hyphenated, bytes = kumo.encode.hex_encode(u.bytes),
+           parsed = kumo.uuid.parse('{67E55044-10B1-426F-9247-BB680E5FE0C8}').hyphenated }
+-- crates/mod-string
+local S = kumo.string
+r.string = {
+  split = S.split('a,b,,c', ','), splitn = S.splitn('a,b,,c', 2, ','),
+  rsplit = S.rsplit('a,b,,c', ','), rsplitn = S.rsplitn('a,b,,c', 2, ','),
+  ws = S.split_whitespace('  a \t b\n c  '), aws = S.split_ascii_whitespace(' x  y '),
+  trim = S.trim('  x  '), trim_start = S.trim_start('  x  '), trim_end = S.trim_end('  x  '),
+  replace = S.replace('aXbXc', 'X', '--'), replacen = S.replacen('aXbXc', 'X', '--', 1),
+  starts = S.starts_with('hello', 'he'), ends = S.ends_with('hello', 'lo'),
+}
+-- crates/mod-time
+local t = kumo.time.now()
+r.time = { year = t:format('%Y'), ms = kumo.time.epoch_millis(),
+           since = kumo.time.since_millis(kumo.time.epoch_millis()),
+           elapsed = math.type(t:elapsed()), timer = type(kumo.time.start_timer('x'):done()),
+           sleep = select(2, pcall(kumo.time.sleep, 0.1)) }
+-- crates/mod-serde
+r.serde = {
+  pretty = kumo.serde.json_encode_pretty { b = { 1, 2 }, a = {}, c = kumo.serde.json_parse('[]') },
+  comments = kumo.serde.json_parse('{ // a comment\n "a": [1, /* two */ 2], # three\n "b": "//x" }'),
+  load = kumo.serde.json_load('DATA.json'),
+  yaml = kumo.serde.yaml_parse('a: 1\nb: [x, "2", 3.5, true, null, yes]\nc: {}\nd: []\n'),
+  yaml_text = kumo.serde.yaml_encode { name = 'x', list = { 1, '2', true }, empty = {} },
+}
+r.serde.yaml_back = kumo.serde.yaml_parse(r.serde.yaml_text)
+local out = io.open('OUT.json', 'w')
+out:write(kumo.serde.json_encode(r))
+out:close()
+"""
+
+
+class KumodHelpersTest(h.RelayTestCase):
+    def helpers(self):
+        data = self.tmp / "data.json"
+        data.write_text('// kumod strips comments from files too\n{"k": [1, 2, {}]}\n')
+        policy = self.tmp / "init.lua"
+        out = self.tmp / "out.json"
+        policy.write_text(HELPERS_POLICY.replace("DATA.json", str(data))
+                          .replace("OUT.json", str(out)))
+        cfg = self.relay_config("nats://127.0.0.1:1",
+                                policy={"script": str(policy), "subject": None})
+        rc, log = self.relay(cfg, start=False).check()
+        self.assertEqual(0, rc, log)
+        return json.loads(out.read_text())
+
+    def test_helpers_match_python(self):
+        r = self.helpers()
+        data = b"The quick brown fox \0 jumps \xff over"
+        for name, fn in (("sha1", hashlib.sha1), ("sha256", hashlib.sha256),
+                         ("sha384", hashlib.sha384), ("sha512", hashlib.sha512),
+                         ("sha512_256", lambda b: hashlib.new("sha512_256", b))):
+            d = fn(data).digest()
+            self.assertEqual({"hex": d.hex(), "tostring": d.hex(), "bytes": d.hex(),
+                              "base64": base64.b64encode(d).decode(),
+                              "base64url_nopad": base64.urlsafe_b64encode(d).decode().rstrip("="),
+                              "base32": base64.b32encode(d).decode()}, r[name], name)
+        self.assertEqual(hashlib.sha256(b'ab{"x":1}2').hexdigest(), r["sha256_multi"])
+
+        encoders = {
+            "base32": lambda b: base64.b32encode(b).decode(),
+            "base32_nopad": lambda b: base64.b32encode(b).decode().rstrip("="),
+            "base32hex": lambda b: base64.b32hexencode(b).decode(),
+            "base32hex_nopad": lambda b: base64.b32hexencode(b).decode().rstrip("="),
+            "base64": lambda b: base64.b64encode(b).decode(),
+            "base64_nopad": lambda b: base64.b64encode(b).decode().rstrip("="),
+            "base64url": lambda b: base64.urlsafe_b64encode(b).decode(),
+            "base64url_nopad": lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="),
+            "hex": lambda b: b.hex(),
+        }
+        self.assertEqual(9 * 8, len(r["encode"]))
+        for name, n, text in r["encode"]:
+            self.assertEqual(encoders[name](data[:n]), text, (name, n))
+        # data_encoding refuses a short pad, non-zero trailing bits, stray symbols,
+        # uppercase hex (HEXLOWER), odd hex and padding where there is none
+        self.assertEqual([False] * 6, [ok for _, _, ok in r["bad"]], r["bad"])
+
+        u = r["uuid"]
+        uuid_re = r"^[0-9a-f]{8}-[0-9a-f]{4}-%s[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+        for version in ("1", "4", "6", "7"):
+            self.assertRegex(u[f"v{version}"], uuid_re % version)
+        self.assertEqual(u["v4"].replace("-", ""), u["simple"])
+        self.assertEqual(u["simple"], u["bytes"])
+        self.assertEqual("{" + u["v4"] + "}", u["braced"])
+        self.assertEqual("urn:uuid:" + u["v4"], u["urn"])
+        self.assertEqual("67e55044-10b1-426f-9247-bb680e5fe0c8", u["parsed"])
+
+        s = r["string"]
+        self.assertEqual("a,b,,c".split(","), s["split"])
+        self.assertEqual("a,b,,c".split(",", 1), s["splitn"])
+        self.assertEqual(list(reversed("a,b,,c".split(","))), s["rsplit"])
+        self.assertEqual(list(reversed("a,b,,c".rsplit(",", 1))), s["rsplitn"])
+        self.assertEqual(["a", "b", "c"], s["ws"])
+        self.assertEqual(["x", "y"], s["aws"])
+        self.assertEqual(("x", "x  ", "  x"), (s["trim"], s["trim_start"], s["trim_end"]))
+        self.assertEqual(("a--b--c", "a--bXc"), (s["replace"], s["replacen"]))
+        self.assertTrue(s["starts"] and s["ends"])
+
+        t = r["time"]
+        import time
+        self.assertLess(abs(t["ms"] - time.time() * 1000), 60000)
+        self.assertEqual(time.strftime("%Y", time.gmtime()), t["year"])
+        self.assertLess(t["since"], 1000)
+        self.assertEqual(("integer", "number"), (t["elapsed"], t["timer"]))
+        self.assertIn("kumo.sleep is not available in the relay", t["sleep"])
+
+        sd = r["serde"]
+        self.assertEqual(json.dumps({"a": {}, "b": [1, 2], "c": []}, indent=2, sort_keys=True),
+                         sd["pretty"])
+        self.assertEqual({"a": [1, 2], "b": "//x"}, sd["comments"])
+        self.assertEqual({"k": [1, 2, {}]}, sd["load"])
+        self.assertEqual({"a": 1, "b": ["x", "2", 3.5, True, None, "yes"], "c": {}, "d": []},
+                         sd["yaml"])
+        self.assertEqual({"name": "x", "list": [1, "2", True], "empty": {}}, sd["yaml_back"])

@@ -660,7 +660,7 @@ Test(lua_kumo, string_split)
     cr_expect_str_eq(eval("return show(kumo.string.split('a::b:c::', '::'))"), "3:a|b:c|");
     cr_expect_str_eq(eval("return show(kumo.string.split('a.b', '.'))"), "2:a|b");
     expect_error("kumo.string.split('abc', '')",
-                 "policy.lua:1: bad argument #2 to 'split' (separator must not be empty)");
+                 "policy.lua:1: bad argument #2 to 'split' (pattern must not be empty)");
 }
 
 Test(lua_kumo, string_helpers)
