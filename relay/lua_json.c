@@ -1,7 +1,8 @@
-/* JSON <-> Lua values with the conventions of KumoMTA's kumo.serde (mlua + serde_json), where
- * a policy can observe them: null is nil, integers stay integers, a table with keys 1..n is
- * an array. Encoding writes text straight from the Lua value instead of building a jansson
- * tree first: it is cheaper, and jansson would print 0.1 as 0.10000000000000001. */
+/* JSON text -> Lua values with the conventions of KumoMTA's kumo.serde (mlua + serde_json),
+ * where a policy can observe them: null is nil, integers stay integers, and a JSON array
+ * becomes a table carrying the array metatable, as mlua's deserializer marks it, so that
+ * encoding it again gives an array even when it is empty. The encoder is
+ * lua_json_encode.c. */
 #include "lua_json.h"
 
 #include "jscan.h"
@@ -19,8 +20,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* serde_json's recursion limit; deeper tables are almost surely a mistake. */
-#define JSON_MAX_DEPTH 128
+/* ---- the array marker --------------------------------------------------------------- */
+
+/* The registry key of the array metatable: its address. */
+static const char array_key;
+
+void lua_json_mark_array(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "array");
+        lua_setfield(L, -2, "__name");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &array_key);
+    }
+    lua_setmetatable(L, idx);
+}
+
+bool lua_json_is_array(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return false;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key);
+    bool is_array = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return is_array;
+}
 
 /* ---- JSON text -> Lua --------------------------------------------------------------- */
 
@@ -48,6 +75,7 @@ static void push_array(lua_State *L, json_t *array)
 {
     size_t size = json_array_size(array);
     lua_createtable(L, size > INT_MAX ? INT_MAX : (int)size, 0);
+    lua_json_mark_array(L, -1);
     for (size_t i = 0; i < size; i++) {
         json_t *value = json_array_get(array, i);
         if (json_is_null(value))
@@ -60,7 +88,7 @@ static void push_array(lua_State *L, json_t *array)
 static void push_value(lua_State *L, json_t *value)
 {
     /* jansson caps nesting at 2048, so this cannot run away; it can only fail on OOM. */
-    luaL_checkstack(L, 3, "JSON nested too deeply");
+    luaL_checkstack(L, 4, "JSON nested too deeply");
     switch (json_typeof(value)) {
     case JSON_OBJECT:
         push_object(L, value);
@@ -355,6 +383,7 @@ static bool fast_object(struct fast_parser *f)
 static bool fast_array(struct fast_parser *f)
 {
     lua_createtable(f->L, 4, 0);
+    lua_json_mark_array(f->L, -1);
     f->p++;
     fast_skip_space(f);
     if (f->p < f->end && *f->p == ']') {
@@ -385,7 +414,7 @@ static bool fast_array(struct fast_parser *f)
 /* Pushes one value (nil for null); f->p is at its first byte. */
 static bool fast_value(struct fast_parser *f)
 {
-    if (f->p >= f->end || !lua_checkstack(f->L, 3))
+    if (f->p >= f->end || !lua_checkstack(f->L, 4))
         return false;
     bool ok;
     switch (*f->p) {
@@ -441,12 +470,50 @@ int lua_json_push(lua_State *L, const char *text, size_t len, char **err)
     return lua_json_push_reference(L, text, len, err);
 }
 
+/* Blank out the comments json_comments' StripComments removes (`//` and `#` to the end
+ * of the line, and block comments), outside strings, keeping every newline so that an error's
+ * line and column still point into the text as written. An unterminated block comment
+ * is left as is, for the parser to refuse. */
+void lua_json_strip_comments(char *s, size_t len)
+{
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        if (in_string) {
+            if (s[i] == '\\')
+                i++;
+            else if (s[i] == '"')
+                in_string = false;
+        } else if (s[i] == '"') {
+            in_string = true;
+        } else if (s[i] == '#' || (s[i] == '/' && i + 1 < len && s[i + 1] == '/')) {
+            for (; i < len && s[i] != '\n'; i++)
+                s[i] = ' ';
+        } else if (s[i] == '/' && i + 1 < len && s[i + 1] == '*') {
+            const char *end = memmem(s + i + 2, len - i - 2, "*/", 2);
+            if (!end)
+                return;
+            for (size_t stop = (size_t)(end - s) + 2; i < stop; i++)
+                if (s[i] != '\n')
+                    s[i] = ' ';
+            i--;
+        }
+    }
+}
+
 int lua_json_parse(lua_State *L)
 {
     size_t len;
     const char *text = luaL_checklstring(L, 1, &len);
-    char *err;
-    if (lua_json_push(L, text, len, &err) == 0)
+    char *err, *copy = NULL;
+    if (memchr(text, '/', len) || memchr(text, '#', len)) {
+        copy = xmalloc(len + 1);
+        memcpy(copy, text, len);
+        lua_json_strip_comments(copy, len);
+        text = copy;
+    }
+    int rc = lua_json_push(L, text, len, &err);
+    free(copy);
+    if (rc == 0)
         return 1;
     luaL_where(L, 1);
     lua_pushstring(L, "json_parse: ");
@@ -454,309 +521,4 @@ int lua_json_parse(lua_State *L)
     free(err);
     lua_concat(L, 3);
     return lua_error(L);
-}
-
-/* ---- Lua -> JSON text --------------------------------------------------------------- */
-
-struct json_out {
-    char *buf;
-    size_t len, cap;
-    int depth;
-    const void *path[JSON_MAX_DEPTH]; /* the tables being encoded, outermost first */
-    char err[96];
-};
-
-static int fail(struct json_out *o, const char *message)
-{
-    snprintf(o->err, sizeof(o->err), "%s", message);
-    return -1;
-}
-
-static void out_write(struct json_out *o, const void *s, size_t n)
-{
-    if (n == 0)
-        return;
-    if (o->len + n > o->cap) {
-        o->cap = (o->len + n) * 2 + 64;
-        o->buf = xrealloc(o->buf, o->cap);
-    }
-    memcpy(o->buf + o->len, s, n);
-    o->len += n;
-}
-
-static void out_text(struct json_out *o, const char *s)
-{
-    out_write(o, s, strlen(s));
-}
-
-static void escape_char(struct json_out *o, unsigned char c)
-{
-    char tmp[8];
-    switch (c) {
-    case '"':
-        out_text(o, "\\\"");
-        break;
-    case '\\':
-        out_text(o, "\\\\");
-        break;
-    case '\n':
-        out_text(o, "\\n");
-        break;
-    case '\r':
-        out_text(o, "\\r");
-        break;
-    case '\t':
-        out_text(o, "\\t");
-        break;
-    case '\b':
-        out_text(o, "\\b");
-        break;
-    case '\f':
-        out_text(o, "\\f");
-        break;
-    default:
-        snprintf(tmp, sizeof(tmp), "\\u%04x", c);
-        out_text(o, tmp);
-    }
-}
-
-/* Non-ASCII text is written as is, like serde_json; only '"', '\\' and controls escape. */
-static int encode_string(struct json_out *o, const char *s, size_t len)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + len, *run = p;
-    out_text(o, "\"");
-    while (p < end) {
-        if (*p >= 0x80) {
-            size_t n = utf8_sequence(p, (size_t)(end - p));
-            if (n == 0)
-                return fail(o, "string is not valid UTF-8");
-            p += n;
-        } else if (*p < 0x20 || *p == '"' || *p == '\\') {
-            out_write(o, run, (size_t)(p - run));
-            escape_char(o, *p++);
-            run = p;
-        } else {
-            p++;
-        }
-    }
-    out_write(o, run, (size_t)(p - run));
-    out_text(o, "\"");
-    return 0;
-}
-
-/* The shortest of %.14g (Lua's own format) and %.17g that reads back as the same double;
- * a float with an integral value keeps a ".0" so that it parses back as a float. */
-static void format_float(lua_Number x, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%.14g", x);
-    if (strtod(buf, NULL) != x)
-        snprintf(buf, cap, "%.17g", x);
-    if (!strpbrk(buf, ".e"))
-        strncat(buf, ".0", cap - strlen(buf) - 1);
-}
-
-static int encode_number(lua_State *L, int idx, struct json_out *o)
-{
-    char tmp[48];
-    if (lua_isinteger(L, idx)) {
-        snprintf(tmp, sizeof(tmp), LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
-    } else {
-        lua_Number x = lua_tonumber(L, idx);
-        if (!isfinite(x))
-            return fail(o, "cannot encode NaN or infinity");
-        format_float(x, tmp, sizeof(tmp));
-    }
-    out_text(o, tmp);
-    return 0;
-}
-
-/* One key of a table. String keys point into the table's own strings, which stay alive
- * because the table is not modified while it is encoded. */
-struct json_key {
-    const char *s;
-    size_t len;
-    int type; /* LUA_TSTRING or LUA_TNUMBER */
-    bool is_int;
-    lua_Integer i;
-    lua_Number n;
-    char text[48]; /* a number key as text */
-};
-
-struct json_keys {
-    struct json_key *items;
-    size_t count, cap;
-    lua_Integer max; /* the largest positive integer key */
-    bool all_positive_int;
-};
-
-static const char *key_text(const struct json_key *k, size_t *len)
-{
-    *len = k->type == LUA_TSTRING ? k->len : strlen(k->text);
-    return k->type == LUA_TSTRING ? k->s : k->text;
-}
-
-/* Byte order, as serde_json's BTreeMap would give: deterministic output for a Lua table. */
-static int key_compare(const void *a, const void *b)
-{
-    size_t alen, blen;
-    const char *as = key_text(a, &alen), *bs = key_text(b, &blen);
-    int c = memcmp(as, bs, alen < blen ? alen : blen);
-    return c ? c : (alen > blen) - (alen < blen);
-}
-
-/* Note the key on top of the stack (the value already popped). */
-static int note_key(lua_State *L, struct json_keys *keys, struct json_out *o)
-{
-    if (keys->count == keys->cap) {
-        keys->cap = keys->cap ? keys->cap * 2 : 8;
-        keys->items = xrealloc(keys->items, keys->cap * sizeof(*keys->items));
-    }
-    struct json_key *k = &keys->items[keys->count++];
-    k->type = lua_type(L, -1);
-    k->is_int = k->type == LUA_TNUMBER && lua_isinteger(L, -1);
-    if (k->type == LUA_TSTRING) {
-        k->s = lua_tolstring(L, -1, &k->len);
-        keys->all_positive_int = false;
-    } else if (k->is_int) {
-        k->i = lua_tointeger(L, -1);
-        snprintf(k->text, sizeof(k->text), LUA_INTEGER_FMT, (LUAI_UACINT)k->i);
-        keys->all_positive_int = keys->all_positive_int && k->i >= 1;
-        keys->max = k->i > keys->max ? k->i : keys->max;
-    } else if (k->type == LUA_TNUMBER) {
-        k->n = lua_tonumber(L, -1);
-        format_float(k->n, k->text, sizeof(k->text));
-        keys->all_positive_int = false;
-    } else {
-        snprintf(o->err, sizeof(o->err), "cannot use a %s as an object key", luaL_typename(L, -1));
-        return -1;
-    }
-    return 0;
-}
-
-static int collect_keys(lua_State *L, int idx, struct json_keys *keys, struct json_out *o)
-{
-    keys->all_positive_int = true;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        if (note_key(L, keys, o) != 0) {
-            lua_pop(L, 1);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int encode_value(lua_State *L, int idx, struct json_out *o);
-
-static int encode_array(lua_State *L, int idx, lua_Integer n, struct json_out *o)
-{
-    out_text(o, "[");
-    for (lua_Integer i = 1; i <= n; i++) {
-        if (i > 1)
-            out_text(o, ",");
-        lua_rawgeti(L, idx, i);
-        int rc = encode_value(L, lua_gettop(L), o);
-        lua_pop(L, 1);
-        if (rc != 0)
-            return rc;
-    }
-    out_text(o, "]");
-    return 0;
-}
-
-static void push_key(lua_State *L, const struct json_key *k)
-{
-    if (k->type == LUA_TSTRING)
-        lua_pushlstring(L, k->s, k->len);
-    else if (k->is_int)
-        lua_pushinteger(L, k->i);
-    else
-        lua_pushnumber(L, k->n);
-}
-
-static int encode_object(lua_State *L, int idx, struct json_keys *keys, struct json_out *o)
-{
-    if (keys->count > 1)
-        qsort(keys->items, keys->count, sizeof(*keys->items), key_compare);
-    out_text(o, "{");
-    for (size_t i = 0; i < keys->count; i++) {
-        size_t len;
-        const char *text = key_text(&keys->items[i], &len);
-        if (i > 0)
-            out_text(o, ",");
-        if (encode_string(o, text, len) != 0)
-            return -1;
-        out_text(o, ":");
-        push_key(L, &keys->items[i]);
-        lua_rawget(L, idx);
-        int rc = encode_value(L, lua_gettop(L), o);
-        lua_pop(L, 1);
-        if (rc != 0)
-            return rc;
-    }
-    out_text(o, "}");
-    return 0;
-}
-
-/* A table whose keys are exactly 1..n is an array; any other table, the empty one
- * included, is an object. (serde gives [] for an empty table; we choose {} because a
- * policy's empty table is far more often a map, e.g. headers = {}.) */
-static int encode_table(lua_State *L, int idx, struct json_out *o)
-{
-    const void *self = lua_topointer(L, idx);
-    for (int i = 0; i < o->depth; i++)
-        if (o->path[i] == self)
-            return fail(o, "cycle in table");
-    if (o->depth == JSON_MAX_DEPTH)
-        return fail(o, "tables nested deeper than 128");
-    if (!lua_checkstack(L, 4))
-        return fail(o, "Lua stack exhausted");
-    o->path[o->depth++] = self;
-    struct json_keys keys = {0};
-    int rc = collect_keys(L, idx, &keys, o);
-    if (rc == 0 && keys.count > 0 && keys.all_positive_int && (size_t)keys.max == keys.count)
-        rc = encode_array(L, idx, keys.max, o);
-    else if (rc == 0)
-        rc = encode_object(L, idx, &keys, o);
-    free(keys.items);
-    o->depth--;
-    return rc;
-}
-
-static int encode_value(lua_State *L, int idx, struct json_out *o)
-{
-    size_t len;
-    const char *s;
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        out_text(o, "null");
-        return 0;
-    case LUA_TBOOLEAN:
-        out_text(o, lua_toboolean(L, idx) ? "true" : "false");
-        return 0;
-    case LUA_TNUMBER:
-        return encode_number(L, idx, o);
-    case LUA_TSTRING:
-        s = lua_tolstring(L, idx, &len);
-        return encode_string(o, s, len);
-    case LUA_TTABLE:
-        return encode_table(L, idx, o);
-    default:
-        snprintf(o->err, sizeof(o->err), "cannot encode a %s", luaL_typename(L, idx));
-        return -1;
-    }
-}
-
-int lua_json_encode(lua_State *L)
-{
-    luaL_checkany(L, 1);
-    struct json_out o = {0};
-    int rc = encode_value(L, 1, &o);
-    if (rc == 0)
-        lua_pushlstring(L, o.buf, o.len);
-    free(o.buf);
-    if (rc != 0)
-        return luaL_error(L, "json_encode: %s", o.err);
-    return 1;
 }

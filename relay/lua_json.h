@@ -1,6 +1,7 @@
-/* JSON <-> Lua values, for kumo.serde and the message's log_record. Parsing builds Lua
- * values straight from the text, and hands what it is not sure of to jansson; encoding
- * writes the text directly (sorted keys, compact, shortest floats). */
+/* JSON <-> Lua values, for kumo.serde and the message's log_record. Parsing (lua_json.c)
+ * builds Lua values straight from the text, and hands what it is not sure of to jansson;
+ * encoding (lua_json_encode.c) writes the text directly (sorted keys, compact or pretty,
+ * shortest floats). */
 #ifndef RELAY_LUA_JSON_H
 #define RELAY_LUA_JSON_H
 
@@ -18,8 +19,19 @@ int lua_json_push(lua_State *L, const char *text, size_t len, char **err);
 bool lua_json_push_direct(lua_State *L, const char *text, size_t len);
 int lua_json_push_reference(lua_State *L, const char *text, size_t len, char **err);
 
-/* kumo.serde.json_encode(value) and kumo.serde.json_parse(text), as lua_CFunctions. */
+/* kumo.serde.json_encode(value), json_encode_pretty(value) and json_parse(text), as
+ * lua_CFunctions. json_parse accepts //, # and block comments, as kumod's does
+ * (json_comments). */
 int lua_json_encode(lua_State *L);
+int lua_json_encode_pretty(lua_State *L);
 int lua_json_parse(lua_State *L);
+
+/* Blank out //, # and block comments outside strings, in place (newlines kept). */
+void lua_json_strip_comments(char *s, size_t len);
+
+/* Give the table at idx the array metatable (what a JSON array parses to), or test for it:
+ * such a table encodes as an array even when empty. */
+void lua_json_mark_array(lua_State *L, int idx);
+bool lua_json_is_array(lua_State *L, int idx);
 
 #endif

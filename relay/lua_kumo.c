@@ -3,6 +3,7 @@
 #include "lua_kumo.h"
 
 #include "log.h"
+#include "lua_helpers.h"
 #include "lua_json.h"
 #include "xalloc.h"
 
@@ -515,83 +516,6 @@ static int kumo_log_debug(lua_State *L)
     return kumo_log(L, LOG_LEVEL_DEBUG);
 }
 
-/* ---- kumo.string -------------------------------------------------------------------- */
-
-/* Rust's str::split: every occurrence of the literal separator, empty pieces kept. */
-static int string_split(lua_State *L)
-{
-    size_t len, sep_len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *sep = luaL_checklstring(L, 2, &sep_len);
-    luaL_argcheck(L, sep_len > 0, 2, "separator must not be empty");
-    const char *end = s + len;
-    lua_newtable(L);
-    for (lua_Integer i = 1;; i++) {
-        const char *hit = memmem(s, (size_t)(end - s), sep, sep_len);
-        lua_pushlstring(L, s, (size_t)((hit ? hit : end) - s));
-        lua_rawseti(L, -2, i);
-        if (!hit)
-            break;
-        s = hit + sep_len;
-    }
-    return 1;
-}
-
-/* ASCII whitespace only; Rust's trim also strips Unicode spaces such as U+00A0. */
-static int string_trim(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *end = s + len;
-    while (s < end && is_space(*s))
-        s++;
-    while (end > s && is_space(end[-1]))
-        end--;
-    lua_pushlstring(L, s, (size_t)(end - s));
-    return 1;
-}
-
-static int string_starts_with(lua_State *L)
-{
-    size_t len, prefix_len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *prefix = luaL_checklstring(L, 2, &prefix_len);
-    lua_pushboolean(L, prefix_len <= len && memcmp(s, prefix, prefix_len) == 0);
-    return 1;
-}
-
-static int string_ends_with(lua_State *L)
-{
-    size_t len, suffix_len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *suffix = luaL_checklstring(L, 2, &suffix_len);
-    lua_pushboolean(L, suffix_len <= len && memcmp(s + len - suffix_len, suffix, suffix_len) == 0);
-    return 1;
-}
-
-/* Literal, every occurrence, left to right without overlap. An empty pattern is an error
- * (Rust would insert `to` between every character, which no policy means). */
-static int string_replace(lua_State *L)
-{
-    size_t len, from_len, to_len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *from = luaL_checklstring(L, 2, &from_len);
-    const char *to = luaL_checklstring(L, 3, &to_len);
-    luaL_argcheck(L, from_len > 0, 2, "pattern must not be empty");
-    const char *end = s + len;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    const char *hit;
-    while ((hit = memmem(s, (size_t)(end - s), from, from_len))) {
-        luaL_addlstring(&b, s, (size_t)(hit - s));
-        luaL_addlstring(&b, to, to_len);
-        s = hit + from_len;
-    }
-    luaL_addlstring(&b, s, (size_t)(end - s));
-    luaL_pushresult(&b);
-    return 1;
-}
-
 /* ---- the module --------------------------------------------------------------------- */
 
 int lua_kumo_push_json(lua_State *L, const char *text, size_t len, char **err)
@@ -605,30 +529,20 @@ void lua_kumo_open(lua_State *L)
         {"make_queue_config", kumo_make_queue_config},
         {"reject", kumo_reject},
         {"json_encode", lua_json_encode}, /* deprecated aliases of kumo.serde.* */
+        {"json_encode_pretty", lua_json_encode_pretty},
         {"json_parse", lua_json_parse},
+        {"json_load", lua_serde_json_load},
         {"log_error", kumo_log_error},
         {"log_warn", kumo_log_warn},
         {"log_info", kumo_log_info},
         {"log_debug", kumo_log_debug},
         {NULL, NULL},
     };
-    static const luaL_Reg serde_functions[] = {
-        {"json_encode", lua_json_encode},
-        {"json_parse", lua_json_parse},
-        {NULL, NULL},
-    };
-    static const luaL_Reg string_functions[] = {
-        {"split", string_split},
-        {"trim", string_trim},
-        {"starts_with", string_starts_with},
-        {"ends_with", string_ends_with},
-        {"replace", string_replace},
-        {NULL, NULL},
-    };
     reject_register(L);
     luaL_newlib(L, kumo_functions);
-    luaL_newlib(L, serde_functions);
-    lua_setfield(L, -2, "serde");
-    luaL_newlib(L, string_functions);
-    lua_setfield(L, -2, "string");
+    lua_serde_open(L);
+    lua_string_open(L);
+    lua_encode_open(L);
+    lua_uuid_open(L);
+    lua_time_open(L);
 }

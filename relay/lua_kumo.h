@@ -1,5 +1,6 @@
 /* The `kumo` module for Lua policies: the helpers KumoMTA policies use (make_queue_config,
- * reject, serde, log, string). policy.c adds `kumo.on`, lua_nats.c adds `kumo.nats`. */
+ * reject, log, and kumod's helper modules of lua_helpers.h). policy_lua.c adds `kumo.on`
+ * and lua_kumod.c's kumod compatibility, lua_nats.c adds `kumo.nats`. */
 #ifndef RELAY_LUA_KUMO_H
 #define RELAY_LUA_KUMO_H
 
@@ -8,9 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Push a new `kumo` table holding make_queue_config, reject, serde.json_encode,
- * serde.json_parse, json_encode, json_parse (deprecated aliases), log_error, log_warn,
- * log_info, log_debug, string.split/trim/starts_with/ends_with/replace. */
+/* Push a new `kumo` table holding make_queue_config, reject, json_encode, json_parse,
+ * json_encode_pretty, json_load (deprecated aliases of kumo.serde's), log_error, log_warn,
+ * log_info, log_debug, sleep, and the serde, string, encode, digest, uuid and time
+ * tables. */
 void lua_kumo_open(lua_State *L);
 
 /* Push the Lua value of a JSON text (objects → tables, arrays → sequences from 1, null →

@@ -138,6 +138,25 @@ static int push_log_record(lua_State *L, struct message *m)
     return 1;
 }
 
+static struct jscan_value envelope_field(const struct message *m, const char *name);
+
+/* kumod builds a log hook's message from the record's own `meta` object (tenant,
+ * campaign, whatever configure_local_logs' `meta` captured), so get_meta reads through
+ * to it. Scanned per call rather than parsed into the meta table: most policies ask for
+ * one or two keys, and most records are never asked. */
+static void push_record_meta(lua_State *L, const struct message *m, const char *key)
+{
+    struct jscan_value meta = envelope_field(m, "meta");
+    const char *const keys[] = {key};
+    struct jscan_value value = {NULL, 0};
+    char *err = NULL;
+    if (!meta.raw || meta.raw[0] != '{' || !jscan_object(meta.raw, meta.len, keys, 1, &value) ||
+        !value.raw || lua_kumo_push_json(L, value.raw, value.len, &err) != 0) {
+        free(err);
+        lua_pushnil(L);
+    }
+}
+
 static int message_get_meta(lua_State *L)
 {
     struct message *m = message_live(L);
@@ -149,7 +168,7 @@ static int message_get_meta(lua_State *L)
     if (strcmp(key, "reception_protocol") == 0)
         lua_pushliteral(L, "LogRecord");
     else
-        lua_pushnil(L);
+        push_record_meta(L, m, key);
     return 1;
 }
 
@@ -286,6 +305,8 @@ static int message_recipient_list(lua_State *L)
     return 1;
 }
 
+/* As kumod's Message:recipient(): one address for one recipient, the list for several
+ * (message.rs), nil for none. */
 static int message_recipient(lua_State *L)
 {
     struct jscan_value raw = envelope_field(message_live(L), "recipient");
@@ -293,7 +314,11 @@ static int message_recipient(lua_State *L)
         return 1;
     if (raw.raw && raw.raw[0] == '[') {
         push_raw_address_list(L, &raw);
-        lua_rawgeti(L, -1, 1);
+        lua_Unsigned n = lua_rawlen(L, -1);
+        if (n == 1)
+            lua_rawgeti(L, -1, 1);
+        else if (n == 0)
+            lua_pushnil(L);
         return 1;
     }
     lua_pushnil(L);

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "loop.h"
 #include "lua_kumo.h"
+#include "lua_kumod.h"
 #include "lua_message.h"
 #include "lua_nats.h"
 #include "lua_sandbox.h"
@@ -77,6 +78,7 @@ struct policy_lua {
     struct queue_state *queues;
     struct retry *retries;
     bool has_should_enqueue;
+    char *hook_name; /* passed to should_enqueue_log_record; see lua_kumod_hook_name */
     uint64_t seen_errors[SEEN_ERRORS];
     size_t seen_error_count;
 };
@@ -151,14 +153,15 @@ static int call_hook(struct policy_lua *p, const char *event, int nargs, int nre
 
 static bool takes_several_handlers(const char *event)
 {
-    return strcmp(event, "get_queue_config") == 0 ||
-           strcmp(event, "should_enqueue_log_record") == 0;
+    return lua_kumod_takes_several(event);
 }
 
 static int kumo_on(lua_State *L)
 {
     const char *event = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (lua_kumod_event_ignored(L, event))
+        return 0;
     lua_getfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
     lua_getfield(L, LUA_REGISTRYINDEX, LOCATIONS_KEY);
     if (lua_getfield(L, -2, event) == LUA_TNIL) {
@@ -515,18 +518,21 @@ static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *re
     lua_State *L = p->L;
     lua_Integer n = push_handlers(L, "should_enqueue_log_record");
     *relay = n == 0; /* none registered: relay every record */
+    /* As kumod's CallbackSignature::call (config crate): a handler that returns no value
+     * passes to the next; any value, an explicit nil included, is the answer. */
     for (lua_Integer i = 1; i <= n; i++) {
+        int base = lua_gettop(L);
         lua_geti(L, -1, i);
         lua_pushvalue(L, msg_idx);
-        lua_pushstring(L, p->cfg->policy_hook_name);
-        if (call_hook(p, "should_enqueue_log_record", 2, 1) != LUA_OK) {
+        lua_pushstring(L, p->hook_name);
+        if (call_hook(p, "should_enqueue_log_record", 2, LUA_MULTRET) != LUA_OK) {
             struct outcome o = error_outcome(p, "should_enqueue_log_record");
             lua_pop(L, 1);
             return o;
         }
-        bool answered = !lua_isnil(L, -1);
-        *relay = lua_toboolean(L, -1);
-        lua_pop(L, 1);
+        bool answered = lua_gettop(L) > base;
+        *relay = answered && lua_toboolean(L, base + 1);
+        lua_settop(L, base);
         if (answered)
             break;
     }
@@ -762,6 +768,7 @@ static void open_kumo(struct policy_lua *p)
     lua_kumo_open(L);
     lua_pushcfunction(L, kumo_on);
     lua_setfield(L, -2, "on");
+    lua_kumod_open(L, p->env.check_only);
     lua_nats_open(L, &p->nats);
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
@@ -817,6 +824,19 @@ static char *load_script(struct policy_lua *p)
         lua_pop(L, 1);
         return err;
     }
+    /* kumod runs every pre_init handler, then init (log_hooks:new configures its hook
+     * in pre_init). */
+    lua_Integer pre_init = push_handlers(L, "pre_init");
+    for (lua_Integer i = 1; i <= pre_init; i++) {
+        lua_geti(L, -1, i);
+        if (call_hook(p, "pre_init", 0, 0) != LUA_OK) {
+            char *err = xasprintf("pre_init: %s", lua_tostring(L, -1));
+            lua_pop(L, 2);
+            return err;
+        }
+    }
+    if (pre_init > 0)
+        lua_pop(L, 1);
     if (push_handlers(L, "init") > 0) {
         lua_geti(L, -1, 1);
         lua_remove(L, -2);
@@ -826,6 +846,7 @@ static char *load_script(struct policy_lua *p)
             return err;
         }
     }
+    p->hook_name = lua_kumod_hook_name(L, p->cfg->policy_hook_name);
     return NULL;
 }
 
@@ -904,5 +925,6 @@ void policy_lua_destroy(struct policy_lua *p)
     if (p->L)
         lua_close(p->L);
     free_queues(p);
+    free(p->hook_name);
     free(p);
 }

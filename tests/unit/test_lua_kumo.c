@@ -105,6 +105,15 @@ Test(lua_kumo, json_encode_scalars)
 Test(lua_kumo, json_encode_tables)
 {
     expect_encode("{}", "{}");
+    /* Tables parsed from JSON arrays stay arrays, empty or with holes, as mlua marks them
+     * (crates/mod-serde/src/lib.rs: lua.to_value_with) */
+    expect_encode("kumo.serde.json_parse('[]')", "[]");
+    expect_encode("kumo.serde.json_parse('{\"a\":[],\"b\":{},\"c\":[1,null,3],\"d\":[null]}')",
+                  "{\"a\":[],\"b\":{},\"c\":[1,null,3],\"d\":[]}"); /* a Lua table keeps no
+                                                                 trailing nil */
+    expect_encode("kumo.serde.json_parse('[[],[[]]]')", "[[],[[]]]");
+    expect_encode("(function() local t = kumo.serde.json_parse('[]') t.x = 1 return t end)()",
+                  "{\"x\":1}");
     expect_encode("{1, 2, 3}", "[1,2,3]");
     expect_encode("{'a', {}, {'b'}}", "[\"a\",{},[\"b\"]]");
     expect_encode("{b = 1, a = {x = true, y = {}}}", "{\"a\":{\"x\":true,\"y\":{}},\"b\":1}");
@@ -651,7 +660,7 @@ Test(lua_kumo, string_split)
     cr_expect_str_eq(eval("return show(kumo.string.split('a::b:c::', '::'))"), "3:a|b:c|");
     cr_expect_str_eq(eval("return show(kumo.string.split('a.b', '.'))"), "2:a|b");
     expect_error("kumo.string.split('abc', '')",
-                 "policy.lua:1: bad argument #2 to 'split' (separator must not be empty)");
+                 "policy.lua:1: bad argument #2 to 'split' (pattern must not be empty)");
 }
 
 Test(lua_kumo, string_helpers)
