@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,27 @@ struct metrics metrics;
 static struct MHD_Daemon *daemon_handle;
 static char *dir_names[METRICS_MAX_DIRS]; /* set before the HTTP thread starts */
 static size_t dir_name_count;
+/* Why the connection is down, for /healthz: set by the loop once a second at most. */
+static pthread_mutex_t health_detail_lock = PTHREAD_MUTEX_INITIALIZER;
+static char health_detail[256];
+
+void metrics_set_health_detail(const char *text)
+{
+    pthread_mutex_lock(&health_detail_lock);
+    snprintf(health_detail, sizeof(health_detail), "%s", text ? text : "");
+    pthread_mutex_unlock(&health_detail_lock);
+}
+
+/* The body of /healthz: the state, and for a connection that is down, why. */
+static char *health_body(enum health_state state)
+{
+    pthread_mutex_lock(&health_detail_lock);
+    char *body = state == HEALTH_DISCONNECTED && health_detail[0]
+                     ? xasprintf("%s: %s\n", metrics_health_text(state), health_detail)
+                     : xasprintf("%s\n", metrics_health_text(state));
+    pthread_mutex_unlock(&health_detail_lock);
+    return body;
+}
 
 void metrics_set_dirs(const char *const *paths, size_t count)
 {
@@ -67,9 +89,9 @@ const char *metrics_health_text(enum health_state state)
     case HEALTH_OK:
         return "ok";
     case HEALTH_STARTING:
-        return "starting: not connected to nats yet";
+        return "starting";
     case HEALTH_DISCONNECTED:
-        return "disconnected from nats";
+        return "not connected to nats";
     case HEALTH_STALLED:
         return "stalled: records are waiting and no acknowledgement came for a while";
     case HEALTH_CHECKPOINT_FAILING:
@@ -248,8 +270,7 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
     }
     if (strcmp(url, "/healthz") == 0) {
         enum health_state state = (enum health_state)atomic_load(&metrics.health);
-        return reply(conn, state == HEALTH_OK ? 200 : 503,
-                     xasprintf("%s\n", metrics_health_text(state)), "text/plain");
+        return reply(conn, state == HEALTH_OK ? 200 : 503, health_body(state), "text/plain");
     }
     return reply(conn, 404, xstrdup("not found: try /metrics or /healthz\n"), "text/plain");
 }
