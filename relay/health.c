@@ -73,15 +73,14 @@ static void nats_status(char *buf, size_t size)
 
 /* READY=1 once the configuration and policy are loaded, the checkpoint read and the spool
  * scanned. Not gated on NATS: a mail host must boot, and its package upgrades restart,
- * while NATS is away; STATUS=, /healthz and kumo_nats_relay_nats_connected say so. */
+ * while NATS is away; STATUS= (within a second), /healthz and
+ * kumo_nats_relay_nats_connected say so. */
 static void maybe_ready(struct relay *r)
 {
     if (r->ready_notified || !r->started)
         return;
     r->ready_notified = true;
-    char nats[320];
-    nats_status(nats, sizeof(nats));
-    notify_ready_status("%s", nats[0] ? nats : "relaying");
+    notify_ready();
 }
 
 /* The first health_update, at start (after the first scan): where --once's progress and

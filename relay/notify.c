@@ -2,7 +2,6 @@
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <string.h>
 
 #ifdef HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -43,19 +42,6 @@ void notify_status(const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text + 7, sizeof(text) - 7, fmt, ap);
-    va_end(ap);
-    send_state(text);
-}
-
-/* One datagram, so `systemctl status` never shows the service started without saying
- * in what state (waiting for NATS, say). */
-void notify_ready_status(const char *fmt, ...)
-{
-    char text[512] = "READY=1\nSTATUS=";
-    size_t prefix = strlen(text);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(text + prefix, sizeof(text) - prefix, fmt, ap);
     va_end(ap);
     send_state(text);
 }

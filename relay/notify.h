@@ -6,8 +6,6 @@
 #include <stdint.h>
 
 void notify_ready(void);
-/* READY=1 with its STATUS= in the same message. */
-void notify_ready_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void notify_stopping(void);
 void notify_reloading(void);
 void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
