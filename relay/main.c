@@ -2,6 +2,7 @@
 #include "config.h"
 #include "log.h"
 #include "policy.h"
+#include "preflight.h"
 #include "relay.h"
 #include "replay.h"
 #include "status.h"
@@ -54,10 +55,31 @@ static void usage(FILE *out)
             "Exit status: 0 success, 1 configuration or startup error, 2 bad usage.\n");
 }
 
-/* --check: everything that can be validated without connecting or reading the spool. */
+/* The directories a start needs (preflight.h), checked the same way before --check and
+ * before the daemon starts: --check prints each problem after the file's name, the
+ * daemon logs it as an error, in the same words. */
+static bool preflight(const struct config *cfg, bool check)
+{
+    char *problems = preflight_check(cfg);
+    if (!problems)
+        return true;
+    for (char *line = strtok(problems, "\n"); line; line = strtok(NULL, "\n")) {
+        if (check)
+            fprintf(stderr, "%s: %s\n", cfg->path, line);
+        else
+            log_error("%s", line);
+    }
+    free(problems);
+    return false;
+}
+
+/* --check: what the start would refuse for configuration reasons, without connecting or
+ * reading the spool. The policy is loaded and its init run as at the start (relay.c logs
+ * the same error text when policy_create fails there). */
 static int check_config(const struct config *cfg)
 {
     char *err = NULL;
+    bool ok = preflight(cfg, true);
     struct policy_env env = {.check_only = true};
     struct policy *policy = policy_create(cfg, &env, &err);
     if (!policy) {
@@ -66,6 +88,8 @@ static int check_config(const struct config *cfg)
         return 1;
     }
     policy_destroy(policy);
+    if (!ok)
+        return 1;
     printf("configuration OK\n");
     return 0;
 }
@@ -154,10 +178,11 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)level);
-    int rc = status   ? status_run(&cfg, json)
-             : replay ? replay_deadletters(&cfg)
-             : check  ? check_config(&cfg)
-                      : relay_run(&cfg, &options);
+    int rc = status                    ? status_run(&cfg, json)
+             : replay                  ? replay_deadletters(&cfg)
+             : check                   ? check_config(&cfg)
+             : !preflight(&cfg, false) ? 1
+                                       : relay_run(&cfg, &options);
     config_free(&cfg);
     return rc;
 }

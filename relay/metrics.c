@@ -1,5 +1,6 @@
 #include "metrics.h"
 
+#include "listen.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -275,38 +276,38 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
     return reply(conn, 404, xstrdup("not found: try /metrics or /healthz\n"), "text/plain");
 }
 
-/* Parses "host:port" (IPv4 literal, "localhost" or "*"). */
-static char *parse_listen(const char *listen, struct sockaddr_in *addr)
+static struct MHD_Daemon *start_daemon(const struct listen_addr *la, unsigned flags)
 {
-    const char *colon = strrchr(listen, ':');
-    memset(addr, 0, sizeof(*addr));
-    addr->sin_family = AF_INET;
-    char *end = NULL;
-    long port = colon ? strtol(colon + 1, &end, 10) : -1;
-    if (!colon || !end || *end || port <= 0 || port > 65535)
-        return xasprintf("metrics.listen \"%s\": expected host:port", listen);
-    addr->sin_port = htons((uint16_t)port);
-    char host[64];
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - listen), listen);
-    if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0)
-        addr->sin_addr.s_addr = htonl(INADDR_ANY);
-    else if (strcmp(host, "localhost") == 0)
-        addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else if (inet_pton(AF_INET, host, &addr->sin_addr) != 1)
-        return xasprintf("metrics.listen \"%s\": %s is not an IPv4 address", listen, host);
-    return NULL;
+    const struct sockaddr *sa = (const struct sockaddr *)&la->addr;
+    in_port_t port = sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                               : ((const struct sockaddr_in *)sa)->sin_port;
+    return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | flags,
+                            ntohs(port), NULL, NULL, handle_request, NULL, MHD_OPTION_SOCK_ADDR, sa,
+                            MHD_OPTION_CONNECTION_LIMIT, 16, MHD_OPTION_END);
 }
 
 char *metrics_start(const char *listen)
 {
-    struct sockaddr_in addr;
-    char *err = parse_listen(listen, &addr);
-    if (err)
-        return err;
-    daemon_handle =
-        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, ntohs(addr.sin_port),
-                         NULL, NULL, handle_request, NULL, MHD_OPTION_SOCK_ADDR,
-                         (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, 16, MHD_OPTION_END);
+    struct listen_addr la;
+    char *err = listen_parse(listen, &la);
+    if (err) {
+        char *full = xasprintf("metrics.listen: %s", err);
+        free(err);
+        return full;
+    }
+    unsigned flags = la.addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0;
+    daemon_handle = start_daemon(&la, la.every_interface ? MHD_USE_DUAL_STACK : flags);
+    if (!daemon_handle && la.every_interface && errno == EAFNOSUPPORT) {
+        /* A host without IPv6: every interface is every IPv4 one. */
+        in_port_t port = ((struct sockaddr_in6 *)&la.addr)->sin6_port;
+        struct sockaddr_in *in = (struct sockaddr_in *)&la.addr;
+        memset(&la.addr, 0, sizeof(la.addr));
+        in->sin_family = AF_INET;
+        in->sin_addr.s_addr = htonl(INADDR_ANY);
+        in->sin_port = port;
+        la.len = sizeof(*in);
+        daemon_handle = start_daemon(&la, 0);
+    }
     if (!daemon_handle)
         return xasprintf("cannot serve metrics on %s: %s", listen, strerror(errno));
     log_info("serving /metrics and /healthz listen=%s", listen);
