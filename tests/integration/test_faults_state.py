@@ -120,14 +120,13 @@ class StateDirTest(h.RelayTestCase):
         state_ro = self.tmp / "state-ro"
         self.mount_tmpfs(state_ro, ro=True)
         relay = self.relay(h.relay_config(self.spool, state_ro, self.server.url), start=False)
-        self.start_fails(relay, f"cannot create {state_ro}/deadletter: Read-only file system")
+        self.start_fails(relay, f"state_dir {state_ro}: Read-only file system")
 
         # A state_dir that worked, now read-only: its checkpoint stays as it was.
         relay = self.relay(self.relay_config(self.server.url), start=False, name="relay2")
         self.assertEqual(0, relay.run_once())
         restore = self.bind_readonly(self.state)
-        self.start_fails(relay, f"cannot open {self.state}/deadletter/deadletter.jsonl: "
-                                "Read-only file system")
+        self.start_fails(relay, f"state_dir {self.state}: Read-only file system")
         restore()
         self.assertEqual(0, relay.run_once())
         dump = h.dump_stream(self.server.url, STREAM)
@@ -141,7 +140,7 @@ class StateDirTest(h.RelayTestCase):
         # YAML text: Relay would mkdir a state_dir given in a dict.
         relay = self.relay(h.to_yaml(h.relay_config(self.spool, a_file, self.server.url)),
                            start=False)
-        self.start_fails(relay, f"cannot read checkpoint {a_file}/checkpoint: Not a directory")
+        self.start_fails(relay, f"state_dir {a_file}: not a directory")
         under = a_file / "state"
         relay = self.relay(h.to_yaml(h.relay_config(self.spool, under, self.server.url)),
                            start=False, name="relay2")
