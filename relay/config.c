@@ -953,7 +953,8 @@ static const char *server_url_problem(const char *url, char *buf, size_t size)
 static void check_server(struct loader *ld, const yaml_node_t *node, const char *keypath)
 {
     char why[160];
-    if (node->type == YAML_SCALAR_NODE && !is_null(node) &&
+    /* Only what loaded as a string: anything else is reported already. */
+    if (node->type == YAML_SCALAR_NODE && !is_null(node) && node->data.scalar.length > 0 &&
         server_url_problem(scalar(node), why, sizeof(why)))
         report(ld, node->start_mark, "%s: %s", keypath, why);
 }
