@@ -131,7 +131,7 @@ const char *publisher_down_reason(uint64_t *since_ms)
     for (size_t i = 0; i < registry_count; i++) {
         if (!registry[i]->connected) {
             *since_ms = registry[i]->down_since;
-            return registry[i]->down_error[0] ? registry[i]->down_error : "not connected yet";
+            return registry[i]->down_error[0] ? registry[i]->down_error : "connecting";
         }
     }
     return NULL;
@@ -529,7 +529,7 @@ static void mark_down(struct publisher *p)
         return;
     p->down_since = loop_now_ms();
     p->down_warn_due = p->down_since;
-    snprintf(p->down_error, sizeof(p->down_error), "not connected yet");
+    snprintf(p->down_error, sizeof(p->down_error), "connecting");
 }
 
 /* Why nothing connects. nats.c only says "No server available for connection" while it
