@@ -186,11 +186,15 @@ static void note(struct findings *f, char parts[][64], size_t count, int line)
     f->items[f->count++] = (struct unknown){xstrdup(dotted), line};
 }
 
+/* Was dotted, or a table on its way ("kumo.dkim" for "kumo.dkim.sign"), only tested? */
 static bool tested(const struct findings *f, const char *dotted)
 {
-    for (size_t i = 0; i < f->count; i++)
-        if (f->items[i].line == 0 && strcmp(f->items[i].dotted, dotted) == 0)
+    for (size_t i = 0; i < f->count; i++) {
+        size_t n = strlen(f->items[i].dotted);
+        if (f->items[i].line == 0 && strncmp(f->items[i].dotted, dotted, n) == 0 &&
+            (dotted[n] == '\0' || dotted[n] == '.'))
             return true;
+    }
     return false;
 }
 
