@@ -8,6 +8,7 @@
  * as "path:line:column: message", sorted into document order. */
 #include "config.h"
 
+#include "listen.h"
 #include "log.h"
 #include "nkey.h"
 #include "secret.h"
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -887,6 +889,101 @@ static void check_nats(struct loader *ld, const yaml_node_t *root)
                cfg->nats_tls_cert ? "key" : "cert");
 }
 
+/* The value node of root.section.key, or NULL. */
+static const yaml_node_t *value_at(struct loader *ld, const yaml_node_t *root, const char *section,
+                                   const char *key)
+{
+    const yaml_node_pair_t *pair = find_pair(ld, root, section, strlen(section));
+    const yaml_node_t *map = pair ? node_at(ld, pair->value) : NULL;
+    if (!map || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    pair = find_pair(ld, map, key, strlen(key));
+    return pair ? node_at(ld, pair->value) : NULL;
+}
+
+/* metrics.listen is parsed here, not first when the HTTP server starts, so that --check
+ * refuses what the start would. */
+static void check_metrics_listen(struct loader *ld, const yaml_node_t *root)
+{
+    const yaml_node_t *node = value_at(ld, root, "metrics", "listen");
+    struct listen_addr la;
+    char *err = node && ld->cfg->metrics_listen ? listen_parse(ld->cfg->metrics_listen, &la) : NULL;
+    if (err)
+        report(ld, node->start_mark, "metrics.listen: %s", err);
+    free(err);
+}
+
+/* What nats.c would take without a word and never connect with. Never quotes the URL: it
+ * may hold a password. */
+static const char *server_url_problem(const char *url, char *buf, size_t size)
+{
+    const char *ref = strstr(url, "${"), *sep = strstr(url, "://");
+    if (ref) {
+        snprintf(buf, size,
+                 "%.*s is not expanded in a server URL (only in user, password and "
+                 "token): write the URL itself",
+                 (int)strcspn(ref, "}") + (strchr(ref, '}') != NULL), ref);
+        return buf;
+    }
+    size_t n = sep ? (size_t)(sep - url) : 0;
+    if (sep && !(n == 4 && strncasecmp(url, "nats", 4) == 0) &&
+        !(n == 3 && strncasecmp(url, "tls", 3) == 0)) {
+        snprintf(buf, size, "the scheme must be nats:// or tls://, got %.*s://",
+                 n > 16 ? 16 : (int)n, url);
+        return buf;
+    }
+    const char *host = sep ? sep + 3 : url, *end = host + strcspn(host, "/?#");
+    const char *at = memrchr(host, '@', (size_t)(end - host));
+    host = at ? at + 1 : host;
+    const char *close = *host == '[' ? memchr(host, ']', (size_t)(end - host)) : NULL;
+    const char *colon = memrchr(close ? close : host, ':', (size_t)(end - (close ? close : host)));
+    const char *host_end = colon ? colon : end;
+    long port = 4222;
+    char digits[8] = "";
+    if (colon && (size_t)(end - colon - 1) < sizeof(digits)) {
+        snprintf(digits, sizeof(digits), "%.*s", (int)(end - colon - 1), colon + 1);
+        char *stop;
+        port = strspn(digits, "0123456789") == strlen(digits) && digits[0]
+                   ? strtol(digits, &stop, 10)
+                   : -1;
+    } else if (colon) {
+        port = -1;
+    }
+    if (host_end == host || (*host == '[' && !close))
+        snprintf(buf, size, "no host in the server URL");
+    else if (port <= 0 || port > 65535)
+        snprintf(buf, size, "the port of a server URL is a number from 1 to 65535");
+    else
+        return NULL;
+    return buf;
+}
+
+static void check_server(struct loader *ld, const yaml_node_t *node, const char *keypath)
+{
+    char why[160];
+    /* Only what loaded as a string: anything else is reported already. */
+    if (node->type == YAML_SCALAR_NODE && !is_null(node) && node->data.scalar.length > 0 &&
+        server_url_problem(scalar(node), why, sizeof(why)))
+        report(ld, node->start_mark, "%s: %s", keypath, why);
+}
+
+static void check_servers(struct loader *ld, const yaml_node_t *root)
+{
+    const yaml_node_t *node = value_at(ld, root, "nats", "servers");
+    if (!node || node->type != YAML_SEQUENCE_NODE) {
+        if (node)
+            check_server(ld, node, "nats.servers");
+        return;
+    }
+    size_t index = 0;
+    for (yaml_node_item_t *item = node->data.sequence.items.start;
+         item < node->data.sequence.items.top; item++, index++) {
+        char keypath[48];
+        snprintf(keypath, sizeof(keypath), "nats.servers[%zu]", index);
+        check_server(ld, node_at(ld, *item), keypath);
+    }
+}
+
 /* An empty file is an empty mapping: all defaults, and whatever is required is missing. */
 static void load_root(struct loader *ld, const yaml_node_t *root)
 {
@@ -899,6 +996,8 @@ static void load_root(struct loader *ld, const yaml_node_t *root)
     else {
         load_section(ld, root, top_keys, "");
         check_nats(ld, root);
+        check_servers(ld, root);
+        check_metrics_listen(ld, root);
     }
 }
 

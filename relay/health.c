@@ -59,11 +59,27 @@ static enum health_state judge_health(struct relay *r, size_t disconnected, size
     return HEALTH_OK;
 }
 
-/* READY=1 once the configuration, policy, first scan and (for the built-in policy) the
- * connection are there. */
-static void maybe_ready(struct relay *r, size_t disconnected)
+/* "not connected to nats for 12s: 127.0.0.1:4222: Connection refused; " for STATUS=, or
+ * "" while every connection is up. */
+static void nats_status(char *buf, size_t size)
 {
-    if (r->ready_notified || !r->started || disconnected > 0)
+    uint64_t since = 0;
+    const char *why = publisher_down_reason(&since);
+    buf[0] = '\0';
+    if (why && since)
+        snprintf(buf, size, "not connected to nats for %llus: %s; ",
+                 (unsigned long long)((loop_now_ms() - since) / 1000), why);
+    else if (why)
+        snprintf(buf, size, "not connected to nats: %s; ", why);
+}
+
+/* READY=1 once the configuration and policy are loaded, the checkpoint read and the spool
+ * scanned. Not gated on NATS: a mail host must boot, and its package upgrades restart,
+ * while NATS is away; STATUS= (within a second), /healthz and
+ * kumo_nats_relay_nats_connected say so. */
+static void maybe_ready(struct relay *r)
+{
+    if (r->ready_notified || !r->started)
         return;
     r->ready_notified = true;
     notify_ready();
@@ -111,7 +127,9 @@ void health_update(struct relay *r)
     METRIC_SET(lag_ms, read_age_ms > st.unread_age_ms ? read_age_ms : st.unread_age_ms);
     size_t total = 0, disconnected = publisher_disconnected_count(&total);
     METRIC_SET(nats_connected, disconnected == 0 && total > 0);
-    maybe_ready(r, disconnected);
+    uint64_t since = 0;
+    metrics_set_health_detail(publisher_down_reason(&since));
+    maybe_ready(r);
     atomic_store(&metrics.health, judge_health(r, disconnected, total));
 }
 
@@ -168,9 +186,11 @@ void health_report(struct relay *r)
     last_read = read;
     last_ms = now;
     unsigned long long lag = LOADM(lag_bytes);
-    notify_status("%.0f records/s, %llu records relayed, %llu in flight, %llu bytes behind in "
+    char nats[320];
+    nats_status(nats, sizeof(nats));
+    notify_status("%s%.0f records/s, %llu records relayed, %llu in flight, %llu bytes behind in "
                   "%llu segments",
-                  rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
+                  nats, rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
     if (r->options->once && isatty(STDERR_FILENO))
         show_progress(now, LOADM(records_committed), rate, lag, false);
 }

@@ -3,6 +3,7 @@
 #include "exit_codes.h"
 #include "log.h"
 #include "policy.h"
+#include "preflight.h"
 #include "relay.h"
 #include "replay.h"
 #include "statelock.h"
@@ -77,10 +78,31 @@ static int usage_error(const char *fmt, ...)
     return RELAY_EXIT_USAGE;
 }
 
-/* --check: everything that can be validated without connecting or reading the spool. */
+/* The directories a start needs (preflight.h), checked the same way before --check and
+ * before the daemon starts: --check prints each problem after the file's name, the
+ * daemon logs it as an error, in the same words. */
+static bool preflight(const struct config *cfg, bool check)
+{
+    char *problems = preflight_check(cfg);
+    if (!problems)
+        return true;
+    for (char *line = strtok(problems, "\n"); line; line = strtok(NULL, "\n")) {
+        if (check)
+            fprintf(stderr, "%s: %s\n", cfg->path, line);
+        else
+            log_error("%s", line);
+    }
+    free(problems);
+    return false;
+}
+
+/* --check: what the start would refuse for configuration reasons, without connecting or
+ * reading the spool. The policy is loaded and its init run as at the start (relay.c logs
+ * the same error text when policy_create fails there). */
 static int check_config(const struct config *cfg)
 {
     char *err = NULL;
+    bool ok = preflight(cfg, true);
     struct policy_env env = {.check_only = true};
     struct policy *policy = policy_create(cfg, &env, &err);
     if (!policy) {
@@ -89,6 +111,8 @@ static int check_config(const struct config *cfg)
         return RELAY_EXIT_CONFIG;
     }
     policy_destroy(policy);
+    if (!ok)
+        return RELAY_EXIT_CONFIG;
     printf("configuration OK\n");
     return 0;
 }
@@ -198,9 +222,17 @@ int main(int argc, char **argv)
     }
     log_set_level((enum log_level)level);
     log_configure((enum log_format)cfg.log_format, (enum log_target)cfg.log_target);
-    if (!status && !replay && !check && lock_state_dir(&cfg) != 0) {
-        config_free(&cfg);
-        return 1;
+    /* The daemon and --once: what --check would refuse first (a configuration error,
+     * in the same words), then the lock, so a second relay never touches the state. */
+    if (!status && !replay && !check) {
+        if (!preflight(&cfg, false)) {
+            config_free(&cfg);
+            return RELAY_EXIT_CONFIG;
+        }
+        if (lock_state_dir(&cfg) != 0) {
+            config_free(&cfg);
+            return RELAY_EXIT_FAILURE;
+        }
     }
     int rc = status   ? status_run(&cfg, json)
              : replay ? replay_deadletters(&cfg)

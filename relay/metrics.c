@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include "hook_watchdog.h"
+#include "listen.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -24,6 +25,27 @@ struct metrics metrics;
 static struct MHD_Daemon *daemon_handle;
 static char *dir_names[METRICS_MAX_DIRS]; /* set before the HTTP thread starts */
 static size_t dir_name_count;
+/* Why the connection is down, for /healthz: set by the loop once a second at most. */
+static pthread_mutex_t health_detail_lock = PTHREAD_MUTEX_INITIALIZER;
+static char health_detail[256];
+
+void metrics_set_health_detail(const char *text)
+{
+    pthread_mutex_lock(&health_detail_lock);
+    snprintf(health_detail, sizeof(health_detail), "%s", text ? text : "");
+    pthread_mutex_unlock(&health_detail_lock);
+}
+
+/* The body of /healthz: the state, and for a connection that is down, why. */
+static char *health_body(enum health_state state)
+{
+    pthread_mutex_lock(&health_detail_lock);
+    char *body = state == HEALTH_DISCONNECTED && health_detail[0]
+                     ? xasprintf("%s: %s\n", metrics_health_text(state), health_detail)
+                     : xasprintf("%s\n", metrics_health_text(state));
+    pthread_mutex_unlock(&health_detail_lock);
+    return body;
+}
 
 void metrics_set_dirs(const char *const *paths, size_t count)
 {
@@ -77,9 +99,9 @@ const char *metrics_health_text(enum health_state state)
     case HEALTH_OK:
         return "ok";
     case HEALTH_STARTING:
-        return "starting: not connected to nats yet";
+        return "starting";
     case HEALTH_DISCONNECTED:
-        return "disconnected from nats";
+        return "not connected to nats";
     case HEALTH_STALLED:
         return "stalled: records are waiting and no acknowledgement came for a while";
     case HEALTH_CHECKPOINT_FAILING:
@@ -543,50 +565,53 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
             return reply(conn, 503, body, "text/plain");
         }
         enum health_state state = (enum health_state)atomic_load(&metrics.health);
-        return reply(conn, state == HEALTH_OK ? 200 : 503,
-                     xasprintf("%s\n", metrics_health_text(state)), "text/plain");
+        return reply(conn, state == HEALTH_OK ? 200 : 503, health_body(state), "text/plain");
     }
     return reply(conn, 404, xstrdup("not found: try /metrics or /healthz\n"), "text/plain");
 }
 
-/* Parses "host:port" (IPv4 literal, "localhost" or "*"). */
-static char *parse_listen(const char *listen, struct sockaddr_in *addr)
+static struct MHD_Daemon *start_daemon(const struct listen_addr *la, unsigned flags, unsigned limit)
 {
-    const char *colon = strrchr(listen, ':');
-    memset(addr, 0, sizeof(*addr));
-    addr->sin_family = AF_INET;
-    char *end = NULL;
-    long port = colon ? strtol(colon + 1, &end, 10) : -1;
-    if (!colon || !end || *end || port <= 0 || port > 65535)
-        return xasprintf("metrics.listen \"%s\": expected host:port", listen);
-    addr->sin_port = htons((uint16_t)port);
-    char host[64];
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - listen), listen);
-    if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0)
-        addr->sin_addr.s_addr = htonl(INADDR_ANY);
-    else if (strcmp(host, "localhost") == 0)
-        addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else if (inet_pton(AF_INET, host, &addr->sin_addr) != 1)
-        return xasprintf("metrics.listen \"%s\": %s is not an IPv4 address", listen, host);
-    return NULL;
+    const struct sockaddr *sa = (const struct sockaddr *)&la->addr;
+    in_port_t port = sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                               : ((const struct sockaddr_in *)sa)->sin_port;
+    return MHD_start_daemon(
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | flags, ntohs(port), NULL, NULL,
+        handle_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
+        MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 }
 
 char *metrics_start(const char *listen)
 {
-    struct sockaddr_in addr;
-    char *err = parse_listen(listen, &addr);
-    if (err || (err = reaper_start()))
+    struct listen_addr la;
+    char *err = listen_parse(listen, &la);
+    if (err) {
+        char *full = xasprintf("metrics.listen: %s", err);
+        free(err);
+        return full;
+    }
+    if ((err = reaper_start()))
         return err;
     unsigned limit = connection_limit();
-    daemon_handle = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, ntohs(addr.sin_port), NULL, NULL,
-        handle_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, limit,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+    unsigned flags = la.addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0;
+    daemon_handle = start_daemon(&la, la.every_interface ? MHD_USE_DUAL_STACK : flags, limit);
+    if (!daemon_handle && la.every_interface && errno == EAFNOSUPPORT) {
+        /* A host without IPv6: every interface is every IPv4 one. */
+        in_port_t port = ((struct sockaddr_in6 *)&la.addr)->sin6_port;
+        struct sockaddr_in *in = (struct sockaddr_in *)&la.addr;
+        memset(&la.addr, 0, sizeof(la.addr));
+        in->sin_family = AF_INET;
+        in->sin_addr.s_addr = htonl(INADDR_ANY);
+        in->sin_port = port;
+        la.len = sizeof(*in);
+        daemon_handle = start_daemon(&la, 0, limit);
+    }
     if (!daemon_handle) {
+        int saved = errno;
         reaper_stop();
+        errno = saved;
         return xasprintf("cannot serve metrics on %s: %s", listen, strerror(errno));
     }
     log_info("serving /metrics and /healthz listen=%s max_connections=%u", listen, limit);

@@ -71,5 +71,7 @@ enum deadletter_reason metrics_deadletter_reason(const char *reason);
 /* The text of /metrics and of /healthz's body (malloc'd); exposed for tests. */
 char *metrics_render(void);
 const char *metrics_health_text(enum health_state state);
+/* What /healthz adds after "not connected to nats: " (copied; NULL or "" for nothing). */
+void metrics_set_health_detail(const char *text);
 
 #endif

@@ -1,4 +1,5 @@
 #include "policy_lua.h"
+#include "policy_check.h"
 
 #include "config.h"
 #include "hook_watchdog.h"
@@ -847,7 +848,10 @@ static char *load_script(struct policy_lua *p)
         }
     }
     p->hook_name = lua_kumod_hook_name(L, p->cfg->policy_hook_name);
-    return NULL;
+    char *unknown = policy_check_kumo_calls(L, p->cfg->policy_script);
+    char *err = unknown ? xasprintf("policy.script %s: %s", p->cfg->policy_script, unknown) : NULL;
+    free(unknown);
+    return err;
 }
 
 struct policy_lua *policy_lua_create(const struct config *cfg, const struct policy_env *env,

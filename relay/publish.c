@@ -2,9 +2,10 @@
 
 #include "dupwindow.h"
 #include "log.h"
-#include "metrics.h"
 #include "loop.h"
 #include "url.h"
+#include "metrics.h"
+#include "nats_probe.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -96,6 +97,9 @@ struct publisher {
     char auth[160];           /* how it authenticates, for the log: never a secret */
     uint32_t reopen_attempts; /* connections refused or closed in a row */
     uint64_t reopen_due;      /* with conn NULL: when to try a new connection */
+    uint64_t down_since;      /* not connected since (loop ms); 0 while connected */
+    uint64_t down_warn_due;   /* when to say again that it still cannot connect */
+    char down_error[256];     /* why not, for the log, /healthz and STATUS */
 };
 
 /* Every publisher of the process (the relay's, the Lua policy's connections), for the
@@ -121,6 +125,17 @@ static void registry_remove(struct publisher *p)
         free(registry);
         registry = NULL;
     }
+}
+
+const char *publisher_down_reason(uint64_t *since_ms)
+{
+    for (size_t i = 0; i < registry_count; i++) {
+        if (!registry[i]->connected) {
+            *since_ms = registry[i]->down_since;
+            return registry[i]->down_error[0] ? registry[i]->down_error : "connecting";
+        }
+    }
+    return NULL;
 }
 
 size_t publisher_disconnected_count(size_t *total)
@@ -502,6 +517,50 @@ static void servers_text(const struct publisher *p, char *buf, size_t size)
     url_redact_list((const char *const *)p->servers, p->options.server_count, buf, size);
 }
 
+/* Not connected from now on, if it was: the first warning is due at once. */
+static void mark_down(struct publisher *p)
+{
+    if (p->down_since)
+        return;
+    p->down_since = loop_now_ms();
+    p->down_warn_due = p->down_since;
+    snprintf(p->down_error, sizeof(p->down_error), "connecting");
+}
+
+/* Why nothing connects. nats.c only says "No server available for connection" while it
+ * retries, so ask each server over TCP; when one accepts, a direct nats.c connect
+ * (handshake) names what the server refuses: credentials, TLS. */
+static void diagnose(struct publisher *p, bool handshake)
+{
+    char why[256];
+    if (nats_probe_tcp((const char *const *)p->servers, p->options.server_count, why,
+                       sizeof(why))) {
+        if (handshake && p->probe_opts)
+            probe_error(p, why, sizeof(why));
+        else
+            snprintf(why, sizeof(why),
+                     "a server accepts TCP connections, the nats handshake "
+                     "is not done yet");
+    }
+    url_redact_text(without_source(why), p->down_error, sizeof(p->down_error));
+}
+
+/* While nats.c retries in the background: warn at once, then every
+ * PUBLISHER_DOWN_WARN_INTERVAL_MS, so that a relay waiting for NATS says so in the log. */
+static void warn_if_down(struct publisher *p)
+{
+    uint64_t now = loop_now_ms();
+    if (p->connected || !p->conn || !p->down_since || now < p->down_warn_due)
+        return;
+    diagnose(p, true);
+    char servers[512];
+    servers_text(p, servers, sizeof(servers));
+    log_warn("cannot connect to nats, retrying servers=%s auth=\"%s\" error=\"%s\" "
+             "down_for=%" PRIu64 "s in_flight=%zu",
+             servers, p->auth, p->down_error, (now - p->down_since) / 1000, in_flight(p));
+    p->down_warn_due = now + PUBLISHER_DOWN_WARN_INTERVAL_MS;
+}
+
 /* The connection is gone for good (refused credentials or certificate, or closed by
  * nats.c): a new one is tried from publisher_tick after a backoff, forever. */
 static void connection_failed(struct publisher *p)
@@ -516,6 +575,7 @@ static void connection_failed(struct publisher *p)
     p->sub = NULL;
     p->conn = NULL;
     p->connected = false;
+    mark_down(p);
     uint64_t wait = backoff_ms(++p->reopen_attempts);
     p->reopen_due = loop_now_ms() + wait;
     bool refused = strcasestr(why, "authorization") || strcasestr(why, "authentication");
@@ -528,6 +588,8 @@ static void connection_failed(struct publisher *p)
     log_warn("%s, retrying in %" PRIu64 "ms servers=%s auth=\"%s\" error=\"%s\" in_flight=%zu",
              refused ? "nats refused the relay's credentials" : "cannot connect to nats", wait,
              servers, p->auth, error, in_flight(p));
+    snprintf(p->down_error, sizeof(p->down_error), "%s", error);
+    p->down_warn_due = loop_now_ms() + PUBLISHER_DOWN_WARN_INTERVAL_MS; /* just said */
 }
 
 static void reopen_if_due(struct publisher *p)
@@ -541,22 +603,30 @@ static void reopen_if_due(struct publisher *p)
 static void handle_connection_event(struct publisher *p, enum event_kind kind)
 {
     if (kind == EVENT_CONNECTED || kind == EVENT_RECONNECTED) {
-        char full[256] = "", url[256];
+        char full[256] = "", shown[256];
         natsConnection_GetConnectedUrl(p->conn, full, sizeof(full));
-        url_redact(full, url, sizeof(url));
+        url_redact(full, shown, sizeof(shown));
         explicit_bzero(full, sizeof(full));
         p->stats.reconnects += kind == EVENT_RECONNECTED;
         METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
         log_info("%s to nats server=%s auth=\"%s\" in_flight=%zu",
-                 kind == EVENT_CONNECTED ? "connected" : "reconnected", url, p->auth, in_flight(p));
+                 kind == EVENT_CONNECTED ? "connected" : "reconnected", shown, p->auth,
+                 in_flight(p));
         p->connected = true;
         p->reopen_attempts = 0;
+        p->down_since = 0;
+        p->down_error[0] = '\0';
         resend_all(p);
     } else if (kind == EVENT_DISCONNECTED) {
         if (p->connected) {
             p->stats.disconnects++;
             METRIC_ADD(nats_disconnects, 1);
-            log_warn("disconnected from nats, reconnecting in_flight=%zu", in_flight(p));
+            p->connected = false;
+            mark_down(p);
+            diagnose(p, false); /* for /healthz; a TCP connect each, no handshake */
+            log_warn("disconnected from nats, reconnecting in_flight=%zu error=\"%s\"",
+                     in_flight(p), p->down_error);
+            p->down_warn_due = loop_now_ms() + PUBLISHER_DOWN_WARN_INTERVAL_MS;
         }
         p->connected = false;
     } else if (kind == EVENT_CLOSED && p->conn) {
@@ -655,6 +725,7 @@ void publisher_tick(struct publisher *p)
 {
     uint64_t now = loop_now_ms();
     reopen_if_due(p);
+    warn_if_down(p);
     if (!p->connected)
         return; /* nothing can be sent; the reconnect resends everything */
     /* The sent list is in send order and the timeout is fixed, so it is in due order. */
@@ -724,9 +795,11 @@ static natsStatus connect_options(struct publisher *p, const struct nats_auth *a
 static natsStatus open_connection(struct publisher *p)
 {
     natsStatus st = natsConnection_Connect(&p->conn, p->opts);
-    bool pending = st == NATS_NOT_YET_CONNECTED;
-    if (pending)
+    bool pending = st == NATS_NOT_YET_CONNECTED; /* the first attempt failed: retrying */
+    if (pending) {
         st = NATS_OK;
+        mark_down(p);
+    }
     char *wildcard = xasprintf("%s.*.*", p->inbox);
     if (st == NATS_OK)
         st = natsConnection_SubscribeSync(&p->sub, p->conn, wildcard);
@@ -794,6 +867,8 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
      * say so and keep trying, as for a server that is down. */
     if (st == NATS_OK && open_connection(p) != NATS_OK)
         connection_failed(p);
+    if (st == NATS_OK)
+        warn_if_down(p); /* at once: whoever starts the relay should see why it waits */
     if (st != NATS_OK) {
         *err =
             xasprintf("cannot set up the nats connection: %s", why ? why : natsStatus_GetText(st));

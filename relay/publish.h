@@ -81,6 +81,13 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
 
 /* How many publishers of the process are not connected now (and how many exist). */
 size_t publisher_disconnected_count(size_t *total);
+/* Why the first connection that is down is down ("127.0.0.1:4222: Connection refused",
+ * "connecting" before the first attempt is over),
+ * and since when (loop ms; 0 if unknown); NULL while every connection is up. */
+const char *publisher_down_reason(uint64_t *since_ms);
+
+/* While a connection is down its warning repeats this often (the first comes at once). */
+#define PUBLISHER_DOWN_WARN_INTERVAL_MS 30000
 
 /* Ack timeouts and due retries; call periodically from the loop. */
 void publisher_tick(struct publisher *p);

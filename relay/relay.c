@@ -975,8 +975,10 @@ static char *relay_start(struct relay *r)
         return err;
     hook_watchdog_start((uint64_t)r->cfg->shutdown_timeout_ms);
     struct policy_env env = relay_policy_env(r);
-    if (!(r->policy = policy_create(r->cfg, &env, &err)))
+    if (!(r->policy = policy_create(r->cfg, &env, &err))) {
+        r->exit_status = RELAY_EXIT_CONFIG; /* the policy is wrong: a restart cannot help */
         return err;
+    }
     dupwindow_configure(r->cfg->expected_max_downtime_ms);
     bool floor_applies = r->have_checkpoint && r->checkpoint.stream && r->cfg->jetstream_stream &&
                          strcmp(r->checkpoint.stream, r->cfg->jetstream_stream) == 0;
@@ -1050,7 +1052,7 @@ int relay_run(const struct config *cfg, const struct relay_options *options)
         log_error("%s", err);
         free(err);
         relay_stop(&r);
-        return 1;
+        return r.exit_status ? r.exit_status : RELAY_EXIT_FAILURE;
     }
     log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
              spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);

@@ -92,7 +92,7 @@ class StateDirTest(h.RelayTestCase):
             return all(n in segs and segs[n][3] for n in names)
         h.poll(finished, timeout, f"{', '.join(names)} finished in the checkpoint")
 
-    def start_fails(self, relay, message, timeout=30):
+    def start_fails(self, relay, message, timeout=30, status=1):
         """The relay refuses to start: exit 1 and `message` logged as an error. Nothing is
         published and the checkpoint (if any) is byte for byte what it was."""
         cp = self.state / "checkpoint"
@@ -103,7 +103,7 @@ class StateDirTest(h.RelayTestCase):
         rc = relay.wait(timeout)
         text = relay.log_text()[mark:]
         print(f"exit {rc}: {text.strip().splitlines()[-1] if text.strip() else ''}", flush=True)
-        self.assertEqual(1, rc, text)
+        self.assertEqual(status, rc, text)
         self.assertEqual(1, len(log_lines(text, "error", message)), text)
         self.assertEqual(count, h.stream_count(self.server.url, STREAM))
         if cp.is_file():
@@ -120,14 +120,14 @@ class StateDirTest(h.RelayTestCase):
         state_ro = self.tmp / "state-ro"
         self.mount_tmpfs(state_ro, ro=True)
         relay = self.relay(h.relay_config(self.spool, state_ro, self.server.url), start=False)
-        self.start_fails(relay, f"cannot create {state_ro}/lock: Read-only file system")
+        # What --check refuses too: a configuration error (EX_CONFIG, relay/exit_codes.h).
+        self.start_fails(relay, f"state_dir {state_ro}: Read-only file system", status=78)
 
         # A state_dir that worked, now read-only: its checkpoint stays as it was.
         relay = self.relay(self.relay_config(self.server.url), start=False, name="relay2")
         self.assertEqual(0, relay.run_once())
         restore = self.bind_readonly(self.state)
-        self.start_fails(relay, f"cannot open {self.state}/deadletter/deadletter.jsonl: "
-                                "Read-only file system")
+        self.start_fails(relay, f"state_dir {self.state}: Read-only file system", status=78)
         restore()
         self.assertEqual(0, relay.run_once())
         dump = h.dump_stream(self.server.url, STREAM)
@@ -141,11 +141,11 @@ class StateDirTest(h.RelayTestCase):
         # YAML text: Relay would mkdir a state_dir given in a dict.
         relay = self.relay(h.to_yaml(h.relay_config(self.spool, a_file, self.server.url)),
                            start=False)
-        self.start_fails(relay, f"cannot create {a_file}/lock: Not a directory")
+        self.start_fails(relay, f"state_dir {a_file}: not a directory", status=78)
         under = a_file / "state"
         relay = self.relay(h.to_yaml(h.relay_config(self.spool, under, self.server.url)),
                            start=False, name="relay2")
-        self.start_fails(relay, f"cannot create state_dir {under}: Not a directory")
+        self.start_fails(relay, f"cannot create state_dir {under}: Not a directory", status=78)
         self.assertEqual("not a directory\n", a_file.read_text())
         relay = self.relay(self.relay_config(self.server.url), start=False, name="relay3")
         self.assertEqual(0, relay.run_once())

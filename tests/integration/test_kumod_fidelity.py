@@ -172,7 +172,7 @@ end)
                                    "end)\n")
         relay = self.relay(self.lua_config("nats://127.0.0.1:1", policy), start=False)
         rc, out = relay.check()
-        self.assertEqual(1, rc, out)
+        self.assertEqual(78, rc, out)  # a configuration error
         self.assertIn("init.lua:2: configure_log_hook: unknown field `bogus`", out)
 
     def test_log_hooks_refuses_a_second_hook_of_the_same_name(self):
@@ -183,7 +183,7 @@ end)
                                    "log_hooks:new { name = 'a', constructor = ctor }\n")
         relay = self.relay(self.lua_config("nats://127.0.0.1:1", policy), start=False)
         rc, out = relay.check()
-        self.assertEqual(1, rc, out)
+        self.assertEqual(78, rc, out)  # a configuration error
         self.assertIn("init.lua:4: log_hook with name 'a' has already been configured", out)
 
     def test_new_json_loads_and_is_not_served(self):

@@ -27,6 +27,7 @@ skipped=0
 work=$(mktemp -d)
 user_existed=1
 kumod_existed=1
+spool_existed=1
 
 # Leave the machine as found, even when interrupted: purge the package, and delete the
 # user and the kumod group when the run created them.
@@ -42,6 +43,7 @@ restore_machine() {
         getent group kumo-nats-relay >/dev/null && groupdel kumo-nats-relay 2>/dev/null
     fi
     [[ $kumod_existed -eq 1 ]] || groupdel kumod 2>/dev/null
+    [[ $spool_existed -eq 1 ]] || rm -rf /var/log/kumomta
     return 0
 }
 trap 'restore_machine; rm -rf "$work"' EXIT
@@ -597,6 +599,10 @@ else
     getent group kumod >/dev/null && kumod_existed=1
     installing=1
     [[ $kumod_existed -eq 1 ]] || groupadd --system kumod
+    # kumod's spool, as KumoMTA makes it: --check refuses a spool.dir it cannot read.
+    spool_existed=0
+    [[ -d /var/log/kumomta ]] && spool_existed=1
+    [[ $spool_existed -eq 1 ]] || install -d -m 0750 -g kumod /var/log/kumomta
     install_checks
     restore_machine
 fi

@@ -443,6 +443,55 @@ Test(config, bad_nats_servers)
                   "2:17: nats.servers: expected a string or a list of strings, got a mapping\n");
 }
 
+/* What nats.c would take silently and never connect with; the URL (it may hold a password)
+ * is never quoted. */
+Test(config, server_urls_nats_would_never_connect_with)
+{
+    expect_errors("spool: {dir: /s}\n"
+                  "nats:\n"
+                  "  servers:\n"
+                  "    - http://u:secret@a:4222\n"
+                  "    - ${NATS_URL}\n"
+                  "    - nats://a:0\n"
+                  "    - nats://a:4222x\n"
+                  "    - tls://:4222\n"
+                  "    - nats://[::1:4222\n",
+                  "4:7: nats.servers[0]: the scheme must be nats:// or tls://, got http://\n"
+                  "5:7: nats.servers[1]: ${NATS_URL} is not expanded in a server URL (only in "
+                  "user, password and token): write the URL itself\n"
+                  "6:7: nats.servers[2]: the port of a server URL is a number from 1 to 65535\n"
+                  "7:7: nats.servers[3]: the port of a server URL is a number from 1 to 65535\n"
+                  "8:7: nats.servers[4]: no host in the server URL\n"
+                  "9:7: nats.servers[5]: no host in the server URL\n");
+    struct config cfg = load_ok("spool: {dir: /s}\n"
+                                "nats: {servers: [nats://u:p@a:4222, \"TLS://[::1]:4222\", a, "
+                                "\"b:1\", nats://c/]}\n");
+    cr_expect_eq(cfg.nats_server_count, 5);
+    config_free(&cfg);
+}
+
+Test(config, metrics_listen_forms)
+{
+    const char *good[] = {"9477",          "\":9477\"",      "\"*:9477\"",     "\"[::1]:9477\"",
+                          "\"[::]:9477\"", "localhost:9477", "127.0.0.1:9477", "0.0.0.0:9477"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char *yaml = NULL;
+        cr_assert(asprintf(&yaml, "spool: {dir: /s}\nmetrics: {listen: %s}\n", good[i]) > 0);
+        struct config cfg = load_ok(yaml);
+        config_free(&cfg);
+        free(yaml);
+    }
+    expect_errors("spool: {dir: /s}\n"
+                  "metrics: {listen: \"a.example:9477\"}\n",
+                  "2:19: metrics.listen: expected 127.0.0.1:9477, [::1]:9477, localhost:9477 or "
+                  ":9477 (every interface), got \"a.example:9477\": a.example is not an IP "
+                  "address (write an IPv6 one in brackets)\n");
+    expect_errors("spool: {dir: /s}\n"
+                  "metrics: {listen: \"127.0.0.1:65536\"}\n",
+                  "2:19: metrics.listen: expected 127.0.0.1:9477, [::1]:9477, localhost:9477 or "
+                  ":9477 (every interface), got \"127.0.0.1:65536\": no port from 1 to 65535\n");
+}
+
 Test(config, empty_and_null_strings)
 {
     expect_errors("spool:\n"
