@@ -22,6 +22,7 @@ import atexit
 import base64
 import collections
 import datetime
+import errno
 import json
 import os
 import random
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.error
+import urllib.request
 import weakref
 from pathlib import Path
 
@@ -265,6 +268,30 @@ def nats_request(url, subject, payload=b"", timeout=5.0):
             if not chunk:
                 raise AssertionError(f"{url} closed the connection")
             buf += chunk
+
+
+def http_get(url):
+    """(status, body) of a GET; 4xx and 5xx answers are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def fill_filesystem(directory):
+    """Fill the filesystem of `directory` with a file until ENOSPC; returns its path."""
+    path = Path(directory) / "filler"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    return path
 
 
 def stream_leader_stepdown(url, name):

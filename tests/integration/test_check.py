@@ -10,8 +10,6 @@ import os
 import re
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 
 import harness as h
 
@@ -19,12 +17,7 @@ NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 LISTEN_FORMS = "127.0.0.1:9477, [::1]:9477, localhost:9477 or :9477 (every interface)"
 
 
-def http_get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+http_get = h.http_get
 
 
 def ipv6_loopback():

@@ -3,7 +3,6 @@ one state_dir, a state_dir that fills up while a record must be dead-lettered, -
 that cannot finish, and a record nested deeper than the JSON parsers go. Each outcome is
 checked exactly: the log line word for word, the exit status, every record once."""
 
-import errno
 import fcntl
 import json
 import os
@@ -11,8 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -35,28 +32,10 @@ def log_lines(text, level, message):
             if re.fullmatch(r"\S+ " + re.escape(f"{level} {message}"), line)]
 
 
-def http_get(url):
-    """(status, body) of a GET; 5xx answers are returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+http_get = h.http_get
 
 
-def fill(directory):
-    """Fill the filesystem of `directory` with a file until ENOSPC; returns its path."""
-    path = Path(directory) / "filler"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return path
+fill = h.fill_filesystem
 
 
 class OpsFaultTest(h.RelayTestCase):

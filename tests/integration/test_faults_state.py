@@ -6,7 +6,6 @@ past a record that is not in the stream.
 The tests run as root, so chmod cannot make anything read-only: they use read-only mounts
 and small tmpfs mounts (unmounted again at cleanup)."""
 
-import errno
 import os
 import re
 import shutil
@@ -31,19 +30,7 @@ def log_lines(text, level, message):
             if re.fullmatch(r"\S+ " + re.escape(f"{level} {message}"), line)]
 
 
-def fill(directory):
-    """Fill the filesystem of `directory` with a file until ENOSPC; returns its path."""
-    path = Path(directory) / "filler"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return path
+fill = h.fill_filesystem
 
 
 class StateDirTest(h.RelayTestCase):

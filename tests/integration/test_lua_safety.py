@@ -5,8 +5,6 @@ nats-server, real binary, zstd segments written the way kumod writes them."""
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import harness as h
 
@@ -23,13 +21,7 @@ local bad = dumped:sub(1, at - 1) .. '\3\128\255\255' .. dumped:sub(at + 4)
 BYTECODE_ERROR = "binary chunks cannot be loaded: a policy loads Lua source only"
 
 
-def http_get(url):
-    """(status, body) of a GET; 5xx answers are returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+http_get = h.http_get
 
 
 def policy_text(port, send_body, prelude=""):

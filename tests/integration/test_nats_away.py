@@ -6,20 +6,13 @@ record is relayed exactly once. The same for a Lua policy's kumo.nats.connect.""
 
 import re
 import socket
-import urllib.error
-import urllib.request
 
 import harness as h
 
 STREAM = "KUMO"
 
 
-def http_get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+http_get = h.http_get
 
 
 def metric(text, name):

@@ -9,8 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 
 import harness as h
 
@@ -23,13 +21,7 @@ PARK_BOUNCES = """\
       client:publish { subject = 'kumo.log.x', payload = message:get_data() }"""
 
 
-def http_get(url):
-    """(status, body) of a GET; 5xx answers are returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+http_get = h.http_get
 
 
 def metric(text, name, labels=""):

@@ -10,8 +10,6 @@ with the openssl command (security_tools.py). Every test greps everything the re
 import os
 import re
 import signal
-import urllib.error
-import urllib.request
 
 import harness as h
 import security_tools as st
@@ -24,12 +22,7 @@ NEW_PASSWORD = "pw-N3xt-quarter-1d0b"
 TOOL_PASSWORD = "pw-T00l-only-for-streamtool"
 
 
-def http_get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+http_get = h.http_get
 
 
 class SecurityTest(h.RelayTestCase):
