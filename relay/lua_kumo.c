@@ -428,11 +428,25 @@ static int kumo_reject(lua_State *L)
     return lua_error(L);
 }
 
+int lua_kumo_record_unusable(lua_State *L, const char *reason)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, 0);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, reason);
+    lua_setfield(L, -2, "message");
+    luaL_setmetatable(L, REJECT_METATABLE);
+    return lua_error(L);
+}
+
 static int reject_tostring(lua_State *L)
 {
     lua_getfield(L, 1, "code");
     lua_getfield(L, 1, "message");
-    lua_pushfstring(L, "%s %s", lua_tostring(L, -2), lua_tostring(L, -1));
+    if (lua_tointeger(L, -2) == 0)
+        lua_pushvalue(L, -1); /* lua_kumo_record_unusable: the reason alone */
+    else
+        lua_pushfstring(L, "%s %s", lua_tostring(L, -2), lua_tostring(L, -1));
     return 1;
 }
 

@@ -20,7 +20,12 @@ void lua_kumo_open(lua_State *L);
  * *err (malloc'd) for invalid JSON (nothing pushed). */
 int lua_kumo_push_json(lua_State *L, const char *text, size_t len, char **err);
 
-/* Is the value at idx an error raised by kumo.reject(code, msg)? */
+/* Raise an error that dead-letters the record being handled with `reason` as its reason,
+ * never retried: a kumo.reject whose code is 0 (no SMTP status). Does not return. */
+int lua_kumo_record_unusable(lua_State *L, const char *reason);
+
+/* Is the value at idx an error raised by kumo.reject(code, msg) (or, with *code 0, by
+ * lua_kumo_record_unusable)? */
 bool lua_kumo_is_reject(lua_State *L, int idx, int *code, const char **message);
 
 /* Parse a humantime duration ("20m", "7 days", "1h 30m", "0s") or a number of seconds at

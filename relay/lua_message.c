@@ -121,13 +121,18 @@ static bool meta_get(lua_State *L, int idx, int key)
 }
 
 /* The record parsed once and kept in meta; nil when the line is not JSON (a per-record
- * template can write anything). */
+ * template can write anything). A record nested deeper than the parsers go is JSON that
+ * cannot be read: asking for it dead-letters the record with the reason the built-in
+ * policy gives when its subject needs a field (builtin.c), so both policies agree. */
 static int push_log_record(lua_State *L, struct message *m)
 {
     char *err;
     m->log_record_done = true;
     if (lua_kumo_push_json(L, m->record, m->record_len, &err) != 0) {
+        bool too_deep = strncmp(err, JSCAN_TOO_DEEP, strlen(JSCAN_TOO_DEEP)) == 0;
         free(err);
+        if (too_deep)
+            return lua_kumo_record_unusable(L, JSCAN_TOO_DEEP);
         lua_pushnil(L);
         return 1;
     }

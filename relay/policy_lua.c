@@ -224,7 +224,10 @@ static struct outcome error_outcome(struct policy_lua *p, const char *event)
     struct outcome o;
     int code;
     const char *message;
-    if (lua_kumo_is_reject(p->L, -1, &code, &message)) {
+    if (lua_kumo_is_reject(p->L, -1, &code, &message) && code == 0) {
+        o.kind = OUTCOME_PERMANENT; /* lua_kumo_record_unusable: the record itself */
+        o.reason = xstrdup(message ? message : "");
+    } else if (lua_kumo_is_reject(p->L, -1, &code, &message)) {
         o.kind = code >= 400 && code <= 499 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT;
         o.reason = xasprintf("rejected: %d %s", code, message ? message : "");
     } else {

@@ -360,6 +360,19 @@ class OpsFaultTest(h.RelayTestCase):
         h.check_exactly_once(h.dump_stream(self.server.url, "LUA"), expected,
                              "Lua policy, deep records")
 
+        # A Lua policy that reads a field, as the built-in one does for its subject: the same
+        # decision and the same reason, word for word (lua_message.c push_log_record).
+        shutil.rmtree(self.state)
+        h.streamtool(self.server.url, "delete", "LUA")
+        h.create_stream(self.server.url, "LUA", ["lua.>"], storage="file", dup_window=900)
+        (self.tmp / "policy.lua").write_text(h.connection_policy(self.server.port, """      local record = message:get_meta('log_record')
+      client:publish { subject = 'lua.' .. record.type, payload = message:get_data() }"""))
+        self.assertEqual(0, lua.run_once())
+        self.assertEqual([(name, start, "nesting deeper than 2048")],
+                         [(d["segment"], d["start"], d["reason"]) for d in self.dead_letters()])
+        h.check_exactly_once(h.dump_stream(self.server.url, "LUA"), expected,
+                             "Lua policy reading log_record, deep records")
+
 
 if __name__ == "__main__":
     import unittest
