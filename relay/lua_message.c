@@ -3,6 +3,7 @@
  * a policy sets meta or asks for log_record, and the id is computed only when asked. */
 #include "lua_message.h"
 
+#include "fnv.h"
 #include "jscan.h"
 #include "lua_kumo.h"
 #include "xalloc.h"
@@ -52,14 +53,6 @@ static struct message *message_live(lua_State *L)
 
 /* ---- id ----------------------------------------------------------------------------- */
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 /* FNV alone mixes the last bytes poorly; the splitmix64 finalizer spreads them. */
 static uint64_t mix(uint64_t h)
 {
@@ -76,9 +69,9 @@ static uint64_t id_hash(uint64_t seed, const struct message *m)
     for (int i = 0; i < 8; i++)
         end[i] = (unsigned char)(m->end >> (8 * i));
     /* The NULs keep ("ab", "c") and ("a", "bc") apart. */
-    uint64_t h = fnv1a(seed, relay_id, strlen(relay_id) + 1);
-    h = fnv1a(h, segment, strlen(segment) + 1);
-    return mix(fnv1a(h, end, sizeof(end)));
+    uint64_t h = fnv64_update(seed, relay_id, strlen(relay_id) + 1);
+    h = fnv64_update(h, segment, strlen(segment) + 1);
+    return mix(fnv64_update(h, end, sizeof(end)));
 }
 
 /* Deterministic per (relay_id, segment, end offset): a replayed record gets the same id. */
@@ -86,7 +79,7 @@ static void message_id(struct message *m)
 {
     if (m->has_id)
         return;
-    m->id[0] = id_hash(0xcbf29ce484222325ULL, m);
+    m->id[0] = id_hash(FNV64_OFFSET, m);
     m->id[1] = id_hash(0x84222325cbf29ce4ULL, m);
     m->has_id = true;
 }

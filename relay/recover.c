@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "dupwindow.h"
+#include "fnv.h"
 #include "log.h"
 #include "nats_auth.h"
 #include "xalloc.h"
@@ -28,14 +29,6 @@ struct recovery {
     uint64_t from_seq; /* the first sequence read */
 };
 
-static uint64_t hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 static void set_add(struct recovery *rc, const char *id)
 {
     if ((rc->count + 1) * 2 > rc->cap) {
@@ -52,7 +45,7 @@ static void set_add(struct recovery *rc, const char *id)
         rc->cap = bigger.cap;
         rc->count = bigger.count;
     }
-    size_t i = hash(id) & (rc->cap - 1);
+    size_t i = fnv64_str(id) & (rc->cap - 1);
     while (rc->slots[i]) {
         if (strcmp(rc->slots[i], id) == 0)
             return;
@@ -66,7 +59,7 @@ bool recover_has(struct recovery *rc, const char *msg_id)
 {
     if (!rc || rc->count == 0)
         return false;
-    for (size_t i = hash(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1)) {
+    for (size_t i = fnv64_str(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1)) {
         if (strcmp(rc->slots[i], msg_id) == 0) {
             if (rc->pending && rc->pending[i]) {
                 rc->pending[i] = false;

@@ -1,5 +1,6 @@
 #include "segment.h"
 
+#include "fnv.h"
 #include "xalloc.h"
 
 #include <stdlib.h>
@@ -12,10 +13,6 @@
 #include <zstd.h>
 
 enum { MIN_BUFFER = 256 * 1024 };
-
-/* FNV-1a, 64 bits: the fingerprint of a segment's first bytes (see segment.h). */
-#define FNV64_OFFSET 0xcbf29ce484222325ull
-#define FNV64_PRIME  0x100000001b3ull
 
 static const unsigned char zstd_magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
 
@@ -130,12 +127,10 @@ void segment_reader_close(struct segment_reader *r)
     free(r);
 }
 
+/* FNV-1a, 64 bits: the fingerprint of a segment's first bytes (see segment.h). */
 uint64_t segment_fingerprint_update(uint64_t hash, const void *data, size_t len)
 {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++)
-        hash = (hash ^ p[i]) * FNV64_PRIME;
-    return hash;
+    return fnv64_update(hash, data, len);
 }
 
 uint64_t segment_fingerprint(const void *data, size_t len)

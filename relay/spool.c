@@ -3,6 +3,7 @@
 #include "log.h"
 #include "loop.h"
 #include "config.h"
+#include "fnv.h"
 #include "segment.h"
 #include "xalloc.h"
 
@@ -65,10 +66,7 @@ char *spool_segment_name(const char *dir_path, size_t dir, const char *file)
 {
     if (dir == 0)
         return xstrdup(file);
-    uint32_t h = 2166136261u;
-    for (const char *c = dir_path; *c; c++)
-        h = (h ^ (unsigned char)*c) * 16777619u;
-    return xasprintf("%08x:%s", h, file);
+    return xasprintf("%08x:%s", fnv32_str(dir_path), file);
 }
 
 size_t spool_dir_count(const struct spool *spool)
