@@ -3,9 +3,9 @@
  * a policy sets meta or asks for log_record, and the id is computed only when asked. */
 #include "lua_message.h"
 
-#include "fnv.h"
 #include "jscan.h"
 #include "lua_kumo.h"
+#include "msgid.h"
 #include "xalloc.h"
 
 #include <lauxlib.h>
@@ -53,34 +53,12 @@ static struct message *message_live(lua_State *L)
 
 /* ---- id ----------------------------------------------------------------------------- */
 
-/* FNV alone mixes the last bytes poorly; the splitmix64 finalizer spreads them. */
-static uint64_t mix(uint64_t h)
-{
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-    return h ^ (h >> 31);
-}
-
-static uint64_t id_hash(uint64_t seed, const struct message *m)
-{
-    const char *relay_id = m->relay_id ? m->relay_id : "";
-    const char *segment = m->segment ? m->segment : "";
-    unsigned char end[8];
-    for (int i = 0; i < 8; i++)
-        end[i] = (unsigned char)(m->end >> (8 * i));
-    /* The NULs keep ("ab", "c") and ("a", "bc") apart. */
-    uint64_t h = fnv64_update(seed, relay_id, strlen(relay_id) + 1);
-    h = fnv64_update(h, segment, strlen(segment) + 1);
-    return mix(fnv64_update(h, end, sizeof(end)));
-}
-
 /* Deterministic per (relay_id, segment, end offset): a replayed record gets the same id. */
 static void message_id(struct message *m)
 {
     if (m->has_id)
         return;
-    m->id[0] = id_hash(FNV64_OFFSET, m);
-    m->id[1] = id_hash(0x84222325cbf29ce4ULL, m);
+    msgid_hash128(m->relay_id ? m->relay_id : "", m->segment ? m->segment : "", m->end, m->id);
     m->has_id = true;
 }
 

@@ -4,6 +4,7 @@
 #include "dupwindow.h"
 #include "fnv.h"
 #include "log.h"
+#include "msgid.h"
 #include "nats_auth.h"
 #include "xalloc.h"
 
@@ -161,7 +162,6 @@ static void read_from(natsConnection *nc, const struct config *cfg, uint64_t sta
                            "\"deliver_subject\":\"%s\",\"inactive_threshold\":5000000000}}",
                            cfg->jetstream_stream, start, inbox);
     json_t *created = api_request(nc, subject, body);
-    size_t prefix_len = strlen(cfg->relay_id);
     uint64_t seen = 0;
     for (int64_t deadline = nats_Now() + READ_DEADLINE_MS;
          created && seen < limit && nats_Now() < deadline; seen++) {
@@ -170,7 +170,7 @@ static void read_from(natsConnection *nc, const struct config *cfg, uint64_t sta
             break;
         const char *id = NULL;
         if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK &&
-            strncmp(id, cfg->relay_id, prefix_len) == 0 && id[prefix_len] == ':')
+            msgid_is_ours(id, cfg->relay_id))
             set_add(rc, id);
         /* $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending> */
         const char *reply = natsMsg_GetReply(msg);

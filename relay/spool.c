@@ -2,8 +2,8 @@
 
 #include "log.h"
 #include "loop.h"
+#include "msgid.h"
 #include "config.h"
-#include "fnv.h"
 #include "segment.h"
 #include "xalloc.h"
 
@@ -59,14 +59,7 @@ void spool_set_generation(struct segment *seg, uint32_t generation)
 {
     seg->generation = generation;
     free(seg->id_name);
-    seg->id_name = generation ? xasprintf("%s~%u", seg->name, generation) : xstrdup(seg->name);
-}
-
-char *spool_segment_name(const char *dir_path, size_t dir, const char *file)
-{
-    if (dir == 0)
-        return xstrdup(file);
-    return xasprintf("%08x:%s", fnv32_str(dir_path), file);
+    seg->id_name = msgid_id_name(seg->name, generation);
 }
 
 size_t spool_dir_count(const struct spool *spool)
@@ -339,7 +332,7 @@ static void note_file(struct spool *spool, size_t dir, const char *file)
     if (!name_matches(&spool->dirs[dir], file))
         return;
     char *path = xasprintf("%s/%s", spool->dirs[dir].path, file);
-    char *name = spool_segment_name(spool->dirs[dir].path, dir, file);
+    char *name = msgid_segment_name(spool->dirs[dir].path, dir, file);
     struct stat st;
     int rc = stat(path, &st);
     free(path);
@@ -432,7 +425,7 @@ static void handle_inotify(struct loop *loop, int fd, uint32_t events, void *arg
                 dir++;
             if (ev->len == 0 || dir == spool->dir_count)
                 continue;
-            char *name = spool_segment_name(spool->dirs[dir].path, dir, ev->name);
+            char *name = msgid_segment_name(spool->dirs[dir].path, dir, ev->name);
             struct segment *seg = spool_find(spool, name);
             free(name);
             if ((ev->mask & (IN_DELETE | IN_MOVED_FROM)) && seg)

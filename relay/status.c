@@ -1,6 +1,7 @@
 #include "status.h"
 
 #include "config.h"
+#include "msgid.h"
 #include "offsets.h"
 #include "segment.h"
 #include "spool.h"
@@ -72,7 +73,7 @@ static void note_file(const struct config *cfg, size_t dir, const char *file,
 {
     const struct spool_source *src = &cfg->spools[dir];
     char *path = xasprintf("%s/%s", src->dir, file);
-    char *name = spool_segment_name(src->dir, dir, file);
+    char *name = msgid_segment_name(src->dir, dir, file);
     struct stat st;
     if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
         struct segment_status *row = add_row(t, name);
@@ -154,11 +155,10 @@ static void print_table(const struct config *cfg, const struct status_table *t)
                 behind += t->rows[i].behind_records > 0;
             }
         }
-        char *tag = spool_segment_name(cfg->spools[dir].dir, dir, "");
-        tag[strcspn(tag, ":")] = '\0'; /* "<tag>:" of an empty file name */
+        char tag[9];
+        snprintf(tag, sizeof(tag), "%08x", msgid_dir_tag(cfg->spools[dir].dir));
         printf("spool %s%s%s: %zu segments, %zu behind\n", cfg->spools[dir].dir,
                dir ? " names " : "", dir ? tag : "", segments, behind);
-        free(tag);
     }
     (void)behind_segments;
 }
