@@ -1,5 +1,6 @@
 #include "offsets.h"
 
+#include "atomicfile.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -153,65 +154,16 @@ static char *render(const struct checkpoint *cp, size_t *len)
     return text;
 }
 
-static char *write_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return xstrdup(strerror(errno));
-        data += n;
-        len -= (size_t)n;
-    }
-    return NULL;
-}
-
 char *offsets_checkpoint_write(const char *state_dir, const struct checkpoint *cp)
 {
-    char *tmp = xasprintf("%s/.checkpoint.tmp", state_dir);
-    char *final = xasprintf("%s/checkpoint", state_dir);
-    char *err = NULL, *why = NULL;
     size_t len = 0;
     char *text = render(cp, &len);
-    int fd = -1, dirfd = -1;
-    if (!text) {
-        err = xasprintf("cannot render the checkpoint: out of memory");
-        goto cleanup;
-    }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    if (fd < 0) {
-        err = xasprintf("cannot create %s: %s", tmp, strerror(errno));
-        goto cleanup;
-    }
-    if ((why = write_all(fd, text, len)) != NULL) {
-        err = xasprintf("cannot write %s: %s", tmp, why);
-        goto cleanup;
-    }
-    /* Data must be on disk before the rename makes it the checkpoint, and the rename must
-     * be on disk before we act as if the offsets were saved. */
-    if (fsync(fd) != 0) {
-        err = xasprintf("cannot fsync %s: %s", tmp, strerror(errno));
-        goto cleanup;
-    }
-    if (rename(tmp, final) != 0) {
-        err = xasprintf("cannot rename %s to %s: %s", tmp, final, strerror(errno));
-        goto cleanup;
-    }
-    dirfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd < 0 || fsync(dirfd) != 0)
-        err = xasprintf("cannot fsync directory %s: %s", state_dir, strerror(errno));
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    if (dirfd >= 0)
-        close(dirfd);
-    if (err)
-        unlink(tmp);
-    free(why);
+    if (!text)
+        return xasprintf("cannot render the checkpoint: out of memory");
+    const struct atomicfile f = {
+        .dir = state_dir, .name = "checkpoint", .tmp_name = ".checkpoint.tmp", .mode = 0640};
+    char *err = atomicfile_write(&f, text, len);
     free(text);
-    free(tmp);
-    free(final);
     return err;
 }
 
