@@ -5,6 +5,7 @@
 #include "offsets.h"
 #include "segment.h"
 #include "spool.h"
+#include "utf8.h"
 #include "xalloc.h"
 
 #include <dirent.h>
@@ -167,10 +168,10 @@ static void print_json_string(const char *s)
 {
     putchar('"');
     for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", *s);
+        char esc[6];
+        size_t n = json_escape_ascii((unsigned char)*s, esc);
+        if (n)
+            fwrite(esc, 1, n, stdout);
         else
             putchar(*s);
     }
