@@ -46,13 +46,13 @@ struct spool {
     uint64_t scan_generation;
 };
 
-static bool name_matches(const struct spool_dir *dir, const char *name)
+bool spool_is_segment_name(const char *pattern, const char *name)
 {
     /* Dot files are kumod's and ours to keep (kumod's start sweep chmods everything
      * else); never a segment. */
     if (name[0] == '.' || name[0] == '\0')
         return false;
-    return fnmatch(dir->pattern, name, FNM_PERIOD) == 0;
+    return fnmatch(pattern, name, FNM_PERIOD) == 0;
 }
 
 void spool_set_generation(struct segment *seg, uint32_t generation)
@@ -329,7 +329,7 @@ void spool_segment_free(struct segment *seg)
  * new inode), or report a change. */
 static void note_file(struct spool *spool, size_t dir, const char *file)
 {
-    if (!name_matches(&spool->dirs[dir], file))
+    if (!spool_is_segment_name(spool->dirs[dir].pattern, file))
         return;
     char *path = xasprintf("%s/%s", spool->dirs[dir].path, file);
     char *name = msgid_segment_name(spool->dirs[dir].path, dir, file);
@@ -362,20 +362,18 @@ static int compare_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void scan_dir(struct spool *spool, size_t dir)
+int spool_list_dir(const char *path, const char *pattern, char ***names_out, size_t *count_out)
 {
-    DIR *d = opendir(spool->dirs[dir].path);
-    if (!d) {
-        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dirs[dir].path,
-                  strerror(errno));
-        return;
-    }
-    /* Noted in name order, so the oldest segments get the first turns to be read. */
+    *names_out = NULL;
+    *count_out = 0;
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
     char **names = NULL;
     size_t count = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!name_matches(&spool->dirs[dir], de->d_name))
+        if (!spool_is_segment_name(pattern, de->d_name))
             continue;
         if (count == cap)
             names = xrealloc(names, (cap = cap ? cap * 2 : 64) * sizeof(*names));
@@ -384,6 +382,21 @@ static void scan_dir(struct spool *spool, size_t dir)
     closedir(d);
     if (count > 1) /* an empty directory leaves names NULL, which qsort must not get */
         qsort(names, count, sizeof(*names), compare_names);
+    *names_out = names;
+    *count_out = count;
+    return 0;
+}
+
+static void scan_dir(struct spool *spool, size_t dir)
+{
+    char **names;
+    size_t count;
+    if (spool_list_dir(spool->dirs[dir].path, spool->dirs[dir].pattern, &names, &count) != 0) {
+        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dirs[dir].path,
+                  strerror(errno));
+        return;
+    }
+    /* Noted in name order, so the oldest segments get the first turns to be read. */
     for (size_t i = 0; i < count; i++) {
         note_file(spool, dir, names[i]);
         free(names[i]);

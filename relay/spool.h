@@ -80,6 +80,12 @@ size_t spool_segment_count(const struct spool *spool);
 struct segment *spool_segment(const struct spool *spool, size_t index);
 /* By name (see struct segment). */
 struct segment *spool_find(const struct spool *spool, const char *name);
+/* Whether a file name of a spool directory is a segment's: it matches the pattern and is
+ * not a dot file. */
+bool spool_is_segment_name(const char *pattern, const char *name);
+/* The segment file names of directory path, in name order (an array of strings, all
+ * malloc'd). -1 with errno if the directory cannot be read. */
+int spool_list_dir(const char *path, const char *pattern, char ***names, size_t *count);
 /* Set the generation (from the checkpoint, or one more than a replaced file's). */
 void spool_set_generation(struct segment *seg, uint32_t generation);
 /* Free a segment the spool has already forgotten (after removed()). */

@@ -8,8 +8,6 @@
 #include "utf8.h"
 #include "xalloc.h"
 
-#include <dirent.h>
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,14 +102,15 @@ static void scan_spool(const struct config *cfg, const struct checkpoint *cp,
 {
     for (size_t dir = 0; dir < cfg->spool_count; dir++) {
         const struct spool_source *src = &cfg->spools[dir];
-        DIR *d = opendir(src->dir);
-        struct dirent *de;
-        while (d && (de = readdir(d)) != NULL) {
-            if (de->d_name[0] != '.' && fnmatch(src->pattern, de->d_name, FNM_PERIOD) == 0)
-                note_file(cfg, dir, de->d_name, cp, t);
+        char **names;
+        size_t count;
+        if (spool_list_dir(src->dir, src->pattern, &names, &count) != 0)
+            continue;
+        for (size_t i = 0; i < count; i++) {
+            note_file(cfg, dir, names[i], cp, t);
+            free(names[i]);
         }
-        if (d)
-            closedir(d);
+        free(names);
     }
     for (size_t i = 0; i < cp->count; i++) {
         struct segment_status *row = add_row(t, cp->entries[i].name);
