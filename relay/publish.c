@@ -92,7 +92,6 @@ struct publisher {
     struct event *batch; /* events taken from the queue, processed without the lock */
     size_t batch_cap;
     bool connected;
-    struct publisher_stats stats;
     char auth[160];           /* how it authenticates, for the log: never a secret */
     uint32_t reopen_attempts; /* connections refused or closed in a row */
     uint64_t reopen_due;      /* with conn NULL: when to try a new connection */
@@ -361,7 +360,6 @@ static natsStatus send_slot(struct publisher *p, struct slot *s)
     if (st == NATS_OK) {
         move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
     } else if (st != NATS_MAX_PAYLOAD) {
-        p->stats.errors++;
         log_warn("publish failed, will retry subject=%s error=\"%s\"", natsMsg_GetSubject(s->msg),
                  natsStatus_GetText(st));
         move_slot(p, s, SLOT_RETRY, now + backoff_ms(s->attempts));
@@ -409,10 +407,8 @@ static void handle_reply(struct publisher *p, const struct event *ev)
         memcpy(ack.stream, ev->detail, sizeof(ack.stream) - 1);
         memcpy(ack.domain, ev->domain, sizeof(ack.domain));
         void *cookie = s->cookie;
-        p->stats.duplicates += ack.duplicate;
         METRIC_ADD(publish_duplicates, ack.duplicate);
         METRIC_ADD(publishes_acked, 1);
-        p->stats.acked++;
         free_slot(p, s);
         if (dupwindow_first_ack(ack.stream))
             request_stream_info(p, ack.stream);
@@ -420,10 +416,8 @@ static void handle_reply(struct publisher *p, const struct event *ev)
         return;
     }
     if (ev->kind == EVENT_NO_RESPONDERS) {
-        p->stats.no_responders++;
         METRIC_ADD(publish_no_responders, 1);
     } else {
-        p->stats.errors++;
         METRIC_ADD(publish_errors, 1);
     }
     if (s->state == SLOT_SENT) {
@@ -441,7 +435,6 @@ static void handle_reply(struct publisher *p, const struct event *ev)
 static void resend_all(struct publisher *p)
 {
     for (size_t n = p->sent.count; n > 0 && p->sent.head; n--) {
-        p->stats.resent++;
         METRIC_ADD(publish_resends, 1);
         send_slot(p, p->sent.head);
     }
@@ -545,7 +538,6 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         natsConnection_GetConnectedUrl(p->conn, full, sizeof(full));
         url_redact(full, url, sizeof(url));
         explicit_bzero(full, sizeof(full));
-        p->stats.reconnects += kind == EVENT_RECONNECTED;
         METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
         log_info("%s to nats server=%s auth=\"%s\" in_flight=%zu",
                  kind == EVENT_CONNECTED ? "connected" : "reconnected", url, p->auth, in_flight(p));
@@ -554,7 +546,6 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         resend_all(p);
     } else if (kind == EVENT_DISCONNECTED) {
         if (p->connected) {
-            p->stats.disconnects++;
             METRIC_ADD(nats_disconnects, 1);
             log_warn("disconnected from nats, reconnecting in_flight=%zu", in_flight(p));
         }
@@ -617,7 +608,6 @@ static void take_acks(struct publisher *p, int64_t wait_ms)
         wait_ms = 0;
         if (st == NATS_NO_RESPONDERS) {
             /* nats.c drops the reply subject of these: the slot times out and is resent. */
-            p->stats.no_responders++;
             METRIC_ADD(publish_no_responders, 1);
             log_warn("jetstream refused a publish: no stream listens on its subject; it is "
                      "sent again after ack_timeout");
@@ -660,9 +650,7 @@ void publisher_tick(struct publisher *p)
     /* The sent list is in send order and the timeout is fixed, so it is in due order. */
     while (p->sent.head && p->sent.head->due_ms <= now) {
         struct slot *s = p->sent.head;
-        p->stats.timeouts++;
         METRIC_ADD(publish_timeouts, 1);
-        p->stats.resent++;
         METRIC_ADD(publish_resends, 1);
         log_debug("ack timeout, resending subject=%s attempts=%u", natsMsg_GetSubject(s->msg),
                   s->attempts);
@@ -672,7 +660,6 @@ void publisher_tick(struct publisher *p)
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->due_ms <= now) {
-            p->stats.resent += s->attempts > 0;
             METRIC_ADD(publish_resends, s->attempts > 0);
             send_slot(p, s);
         }
@@ -876,11 +863,6 @@ size_t publisher_in_flight(const struct publisher *p)
     return in_flight(p);
 }
 
-const struct publisher_stats *publisher_stats(const struct publisher *p)
-{
-    return &p->stats;
-}
-
 static natsStatus build_message(struct publisher *p, struct slot *s,
                                 const struct publish_request *req, natsMsg **msg)
 {
@@ -909,7 +891,6 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
     s->cookie = cookie;
     s->await_id = req->await_id;
     s->attempts = 0;
-    p->stats.published++;
     METRIC_ADD(publishes, 1);
     /* Held back while disconnected (attempts 0 in RETRY): the connect sends it. */
     move_slot(p, s, SLOT_RETRY, 0);
