@@ -40,12 +40,9 @@ struct slot_list {
     size_t count;
 };
 
-/* What the nats.c threads hand to the loop. */
+/* What the nats.c threads hand to the loop: connection changes only (acks are taken from
+ * the subscription on the loop itself, see take_acks). */
 enum event_kind {
-    EVENT_ACK,
-    EVENT_DUPLICATE,
-    EVENT_ERROR,
-    EVENT_NO_RESPONDERS,
     EVENT_DISCONNECTED,
     EVENT_RECONNECTED,
     EVENT_CLOSED,
@@ -54,6 +51,18 @@ enum event_kind {
 
 struct event {
     enum event_kind kind;
+};
+
+/* A JetStream reply to one publish, read on the loop. */
+enum reply_kind {
+    REPLY_ACK,
+    REPLY_DUPLICATE,
+    REPLY_ERROR,
+    REPLY_NO_RESPONDERS,
+};
+
+struct reply {
+    enum reply_kind kind;
     uint32_t slot, generation;
     uint64_t sequence;
     char detail[128]; /* the error, or the stream of an ack */
@@ -266,23 +275,23 @@ static bool reply_true(const char *data, size_t len, const char *key)
 
 /* Classifies a JetStream reply. A success is small and fixed in shape, so substring tests
  * are enough; errors keep their description for the log. */
-static void classify_reply(natsMsg *msg, struct event *ev)
+static void classify_reply(natsMsg *msg, struct reply *ev)
 {
     const char *data = natsMsg_GetData(msg);
     size_t len = data ? (size_t)natsMsg_GetDataLength(msg) : 0;
     if (natsMsg_IsNoResponders(msg)) {
-        ev->kind = EVENT_NO_RESPONDERS;
+        ev->kind = REPLY_NO_RESPONDERS;
         snprintf(ev->detail, sizeof(ev->detail), "no stream listens on the subject");
         return;
     }
     if (len > 0 && memmem(data, len, "\"error\"", 7)) {
-        ev->kind = EVENT_ERROR;
+        ev->kind = REPLY_ERROR;
         reply_string(data, len, "\"description\":\"", ev->detail, sizeof(ev->detail));
         if (!ev->detail[0])
             snprintf(ev->detail, sizeof(ev->detail), "%.*s", len > 100 ? 100 : (int)len, data);
         return;
     }
-    ev->kind = len > 0 && reply_true(data, len, "\"duplicate\":") ? EVENT_DUPLICATE : EVENT_ACK;
+    ev->kind = len > 0 && reply_true(data, len, "\"duplicate\":") ? REPLY_DUPLICATE : REPLY_ACK;
     reply_string(data, len, "\"stream\":\"", ev->detail, sizeof(ev->detail));
     reply_string(data, len, "\"domain\":\"", ev->domain, sizeof(ev->domain));
     const char *seq = len > 0 ? memmem(data, len, "\"seq\":", 6) : NULL;
@@ -395,13 +404,13 @@ static bool is_stream_info_reply(const struct publisher *p, const char *subject)
     return strlen(subject) == p->inbox_len + 4 && strcmp(subject + p->inbox_len, ".w.0") == 0;
 }
 
-static void handle_reply(struct publisher *p, const struct event *ev)
+static void handle_reply(struct publisher *p, const struct reply *ev)
 {
     struct slot *s = slot_at(p, ev->slot);
     if (!s || s->state == SLOT_FREE || s->generation != ev->generation)
         return; /* a second ack for a publish we already resent and completed */
-    if (ev->kind == EVENT_ACK || ev->kind == EVENT_DUPLICATE) {
-        struct publish_ack ack = {.duplicate = ev->kind == EVENT_DUPLICATE,
+    if (ev->kind == REPLY_ACK || ev->kind == REPLY_DUPLICATE) {
+        struct publish_ack ack = {.duplicate = ev->kind == REPLY_DUPLICATE,
                                   .sequence = ev->sequence,
                                   .await_id = s->await_id};
         memcpy(ack.stream, ev->detail, sizeof(ack.stream) - 1);
@@ -415,7 +424,7 @@ static void handle_reply(struct publisher *p, const struct event *ev)
         p->done(p->ctx, cookie, &ack);
         return;
     }
-    if (ev->kind == EVENT_NO_RESPONDERS) {
+    if (ev->kind == REPLY_NO_RESPONDERS) {
         METRIC_ADD(publish_no_responders, 1);
     } else {
         METRIC_ADD(publish_errors, 1);
@@ -566,12 +575,8 @@ static void process_events(struct publisher *p)
     memcpy(p->batch, p->queue.items, count * sizeof(*p->batch));
     p->queue.count = 0;
     pthread_mutex_unlock(&p->queue.lock);
-    for (size_t i = 0; i < count; i++) {
-        if (p->batch[i].kind <= EVENT_NO_RESPONDERS)
-            handle_reply(p, &p->batch[i]);
-        else
-            handle_connection_event(p, p->batch[i].kind);
-    }
+    for (size_t i = 0; i < count; i++)
+        handle_connection_event(p, p->batch[i].kind);
 }
 
 static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
@@ -585,7 +590,7 @@ static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
 /* One reply taken from the ack subscription, on the loop. */
 static void take_reply(struct publisher *p, natsMsg *msg)
 {
-    struct event ev = {0};
+    struct reply ev = {0};
     const char *subject = natsMsg_GetSubject(msg);
     if (parse_reply(subject, p->inbox_len, &ev.slot, &ev.generation)) {
         classify_reply(msg, &ev);
