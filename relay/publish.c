@@ -4,6 +4,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "loop.h"
+#include "rng.h"
 #include "url.h"
 #include "xalloc.h"
 
@@ -357,7 +358,7 @@ static uint64_t backoff_ms(uint32_t attempts)
         ms *= 2;
     if (ms > 60000)
         ms = 60000;
-    return ms - (uint64_t)(rand() % (int)(ms / 5 + 1));
+    return ms - rng_below(ms / 5 + 1);
 }
 
 /* Sends (or re-sends) a slot's message. Returns the nats status. */

@@ -15,6 +15,7 @@
 #include "poison.h"
 #include "publish.h"
 #include "recover.h"
+#include "rng.h"
 #include "segment.h"
 #include "spool.h"
 #include "xalloc.h"
@@ -934,6 +935,7 @@ static bool id_to_read_again(void *ctx, const char *id)
 
 static char *relay_start(struct relay *r)
 {
+    rng_seed(); /* retry jitter that differs between the hosts of a fleet */
     char *err = prepare_state_dir(r->cfg);
     if (!err)
         err = load_checkpoint(r);
