@@ -119,7 +119,6 @@ static void on_segment_added(void *ctx, struct segment *seg)
     }
     if (e) {
         seg->resume_offset = e->offset;
-        seg->resume_ordinal = e->ordinal;
         seg->wm.committed_offset = e->offset;
         seg->wm.committed_ordinal = e->ordinal;
         if (e->finished)
@@ -456,8 +455,8 @@ static bool open_reader(struct relay *r, struct segment *seg)
         return false;
     }
     char *err = NULL;
-    seg->reader = segment_reader_open(seg->path, seg->resume_offset, seg->resume_ordinal,
-                                      r->cfg->max_record_bytes, &err);
+    seg->reader =
+        segment_reader_open(seg->path, seg->resume_offset, r->cfg->max_record_bytes, &err);
     if (!seg->reader) {
         log_warn("cannot open segment, will retry at the next change segment=%s error=\"%s\"",
                  seg->name, err);
@@ -536,7 +535,7 @@ static void read_again_from_start(struct relay *r, struct segment *seg)
              seg->generation + 1);
     close_reader(r, seg);
     spool_set_generation(seg, seg->generation + 1);
-    seg->resume_offset = seg->resume_ordinal = 0;
+    seg->resume_offset = 0;
     seg->wm.committed_offset = seg->wm.committed_ordinal = 0;
     r->dirty = true;
 }

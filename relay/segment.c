@@ -91,8 +91,7 @@ static bool check_header(struct segment_reader *r)
 }
 
 struct segment_reader *segment_reader_open(const char *path, uint64_t resume_offset,
-                                           uint64_t resume_ordinal, size_t max_record_bytes,
-                                           char **err)
+                                           size_t max_record_bytes, char **err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
@@ -110,9 +109,6 @@ struct segment_reader *segment_reader_open(const char *path, uint64_t resume_off
     r->in = xmalloc(r->in_cap);
     r->skip_to = resume_offset;
     r->fp_hash = FNV64_OFFSET;
-    /* Skipped records are counted again from 0; the ordinal given is only a cross-check
-     * for callers and is what the first record after the skip must carry. */
-    (void)resume_ordinal;
     return r;
 }
 

@@ -45,7 +45,7 @@ struct segment {
     bool awaiting_reader;          /* done, backlog: waits for a free done-reader slot */
     bool holds_done_slot;          /* its reader was opened while it was done */
     struct watermark wm;
-    uint64_t resume_offset, resume_ordinal; /* from the checkpoint */
+    uint64_t resume_offset; /* from the checkpoint */
     uint64_t records_read;
     size_t in_flight_records; /* records of this segment not yet released */
     /* For the lag's age (spool_stats): since when (wall clock, ms) bytes of the file wait

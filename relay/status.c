@@ -44,8 +44,7 @@ static void count_behind(const char *path, uint64_t offset, const struct config 
                          const char *header, struct segment_status *row)
 {
     char *err = NULL;
-    struct segment_reader *reader =
-        segment_reader_open(path, offset, 0, cfg->max_record_bytes, &err);
+    struct segment_reader *reader = segment_reader_open(path, offset, cfg->max_record_bytes, &err);
     if (!reader) {
         free(err);
         return;
