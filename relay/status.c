@@ -130,7 +130,6 @@ static int by_name(const void *a, const void *b)
 static void print_table(const struct config *cfg, const struct status_table *t)
 {
     uint64_t records = 0, bytes = 0, behind_records = 0, behind_bytes = 0;
-    size_t behind_segments = 0;
     printf("%-40s %-9s %12s %14s %12s %14s\n", "SEGMENT", "STATE", "RECORDS", "BYTES", "BEHIND",
            "BEHIND_BYTES");
     for (size_t i = 0; i < t->count; i++) {
@@ -142,7 +141,6 @@ static void print_table(const struct config *cfg, const struct status_table *t)
         bytes += row->committed_bytes;
         behind_records += row->behind_records;
         behind_bytes += row->behind_bytes;
-        behind_segments += row->behind_records > 0;
     }
     printf("%-40s %-9s %12" PRIu64 " %14" PRIu64 " %12" PRIu64 " %14" PRIu64 "\n", "TOTAL", "",
            records, bytes, behind_records, behind_bytes);
@@ -159,7 +157,6 @@ static void print_table(const struct config *cfg, const struct status_table *t)
         printf("spool %s%s%s: %zu segments, %zu behind\n", cfg->spools[dir].dir,
                dir ? " names " : "", dir ? tag : "", segments, behind);
     }
-    (void)behind_segments;
 }
 
 static void print_json_string(const char *s)
