@@ -1,5 +1,6 @@
 #include "msgid.h"
 
+#include "decimal.h"
 #include "fnv.h"
 #include "xalloc.h"
 
@@ -22,17 +23,6 @@ char *msgid_id_name(const char *name, uint32_t generation)
     return generation ? xasprintf("%s~%u", name, generation) : xstrdup(name);
 }
 
-/* Decimal digits of v into the end of tmp (20 bytes); returns where they start. */
-static char *decimal(uint64_t v, char tmp[20])
-{
-    char *p = tmp + 20;
-    do {
-        *--p = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return p;
-}
-
 struct out {
     char *buf;
     size_t cap, len;
@@ -49,9 +39,8 @@ static void put(struct out *o, const char *s, size_t n)
 
 static void put_number(struct out *o, uint64_t v)
 {
-    char tmp[20];
-    char *p = decimal(v, tmp);
-    put(o, p, (size_t)(tmp + 20 - p));
+    char digits[DECIMAL_MAX];
+    put(o, digits, decimal_put(digits, v));
 }
 
 size_t msgid_format(char *out, size_t cap, const char *relay_id, const char *id_name, uint64_t end,

@@ -1,5 +1,6 @@
 #include "publish.h"
 
+#include "decimal.h"
 #include "dupwindow.h"
 #include "log.h"
 #include "metrics.h"
@@ -872,8 +873,20 @@ size_t publisher_in_flight(const struct publisher *p)
 static natsStatus build_message(struct publisher *p, struct slot *s,
                                 const struct publish_request *req, natsMsg **msg)
 {
+    /* <inbox>.<slot>.<generation>, by hand: this runs for every record. */
     char reply[160];
-    snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, s->index, s->generation);
+    if (p->inbox_len + 2 + 2 * DECIMAL_MAX < sizeof(reply)) {
+        char *at = reply;
+        memcpy(at, p->inbox, p->inbox_len);
+        at += p->inbox_len;
+        *at++ = '.';
+        at += decimal_put(at, s->index);
+        *at++ = '.';
+        at += decimal_put(at, s->generation);
+        *at = '\0';
+    } else {
+        snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, s->index, s->generation);
+    }
     natsStatus st = natsMsg_Create(msg, req->subject, reply, req->data, (int)req->len);
     for (size_t i = 0; st == NATS_OK && i < req->header_count; i++)
         st = natsMsgHeader_Add(*msg, req->headers[2 * i], req->headers[2 * i + 1]);
