@@ -1,6 +1,7 @@
 #include "offsets.h"
 
 #include "atomicfile.h"
+#include "hex.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -68,17 +69,6 @@ static void put_escaped(FILE *f, const char *s)
     }
 }
 
-static int hex_digit(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
 /* s[0..len) is not NUL-terminated (it points into the checkpoint text): look only at
  * those bytes, which sscanf cannot promise. */
 static char *unescape(const char *s, size_t len)
@@ -87,8 +77,8 @@ static char *unescape(const char *s, size_t len)
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
         int hi, lo;
-        if (s[i] == '%' && i + 2 < len && (hi = hex_digit(s[i + 1])) >= 0 &&
-            (lo = hex_digit(s[i + 2])) >= 0) {
+        if (s[i] == '%' && i + 2 < len && (hi = hex_value(s[i + 1])) >= 0 &&
+            (lo = hex_value(s[i + 2])) >= 0) {
             out[n++] = (char)(hi << 4 | lo);
             i += 2;
         } else {
@@ -184,7 +174,7 @@ static bool parse_hex64(const char *s, char **end, uint64_t *out)
 {
     uint64_t v = 0;
     for (int i = 0; i < 16; i++) {
-        int d = hex_digit(s[i]);
+        int d = hex_value(s[i]);
         if (d < 0)
             return false;
         v = v << 4 | (uint64_t)d;
