@@ -63,13 +63,10 @@ static void put_json_string(FILE *f, const char *s, size_t len)
     fputc('"', f);
     for (size_t i = 0; i < len;) {
         unsigned char ch = p[i];
-        if (ch == '"' || ch == '\\') {
-            fputc('\\', f);
-            fputc(ch, f);
-        } else if (ch == '\n') {
-            fputs("\\n", f);
-        } else if (ch < 0x20 || ch == 0x7f) {
-            fprintf(f, "\\u%04x", ch);
+        char esc[6];
+        size_t n_esc = ch < 0x80 ? json_escape_ascii(ch, esc) : 0;
+        if (n_esc) {
+            fwrite(esc, 1, n_esc, f);
         } else if (ch >= 0x80) {
             size_t n = utf8_sequence(p + i, len - i);
             if (n == 0) {

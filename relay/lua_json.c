@@ -5,6 +5,7 @@
  * lua_json_encode.c. */
 #include "lua_json.h"
 
+#include "hex.h"
 #include "jscan.h"
 #include "utf8.h"
 #include "xalloc.h"
@@ -161,17 +162,6 @@ static void fast_skip_space(struct fast_parser *f)
         f->p++;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The code unit of "\uXXXX" at p (which has 6 bytes), or -1. */
 static long escape_u16(const char *p)
 {
@@ -179,7 +169,7 @@ static long escape_u16(const char *p)
         return -1;
     long v = 0;
     for (int i = 2; i < 6; i++) {
-        int d = hex_digit(p[i]);
+        int d = hex_value(p[i]);
         if (d < 0)
             return -1;
         v = v << 4 | d;

@@ -63,37 +63,6 @@ static void out_newline(struct json_out *o, int depth)
         out_text(o, "  ");
 }
 
-static void escape_char(struct json_out *o, unsigned char c)
-{
-    char tmp[8];
-    switch (c) {
-    case '"':
-        out_text(o, "\\\"");
-        break;
-    case '\\':
-        out_text(o, "\\\\");
-        break;
-    case '\n':
-        out_text(o, "\\n");
-        break;
-    case '\r':
-        out_text(o, "\\r");
-        break;
-    case '\t':
-        out_text(o, "\\t");
-        break;
-    case '\b':
-        out_text(o, "\\b");
-        break;
-    case '\f':
-        out_text(o, "\\f");
-        break;
-    default:
-        snprintf(tmp, sizeof(tmp), "\\u%04x", c);
-        out_text(o, tmp);
-    }
-}
-
 /* Non-ASCII text is written as is, like serde_json; only '"', '\\' and controls escape. */
 static int encode_string(struct json_out *o, const char *s, size_t len)
 {
@@ -107,7 +76,8 @@ static int encode_string(struct json_out *o, const char *s, size_t len)
             p += n;
         } else if (*p < 0x20 || *p == '"' || *p == '\\') {
             out_write(o, run, (size_t)(p - run));
-            escape_char(o, *p++);
+            char esc[6];
+            out_write(o, esc, json_escape_ascii(*p++, esc));
             run = p;
         } else {
             p++;

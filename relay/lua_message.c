@@ -5,6 +5,7 @@
 
 #include "jscan.h"
 #include "lua_kumo.h"
+#include "msgid.h"
 #include "xalloc.h"
 
 #include <lauxlib.h>
@@ -52,42 +53,12 @@ static struct message *message_live(lua_State *L)
 
 /* ---- id ----------------------------------------------------------------------------- */
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
-/* FNV alone mixes the last bytes poorly; the splitmix64 finalizer spreads them. */
-static uint64_t mix(uint64_t h)
-{
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-    return h ^ (h >> 31);
-}
-
-static uint64_t id_hash(uint64_t seed, const struct message *m)
-{
-    const char *relay_id = m->relay_id ? m->relay_id : "";
-    const char *segment = m->segment ? m->segment : "";
-    unsigned char end[8];
-    for (int i = 0; i < 8; i++)
-        end[i] = (unsigned char)(m->end >> (8 * i));
-    /* The NULs keep ("ab", "c") and ("a", "bc") apart. */
-    uint64_t h = fnv1a(seed, relay_id, strlen(relay_id) + 1);
-    h = fnv1a(h, segment, strlen(segment) + 1);
-    return mix(fnv1a(h, end, sizeof(end)));
-}
-
 /* Deterministic per (relay_id, segment, end offset): a replayed record gets the same id. */
 static void message_id(struct message *m)
 {
     if (m->has_id)
         return;
-    m->id[0] = id_hash(0xcbf29ce484222325ULL, m);
-    m->id[1] = id_hash(0x84222325cbf29ce4ULL, m);
+    msgid_hash128(m->relay_id ? m->relay_id : "", m->segment ? m->segment : "", m->end, m->id);
     m->has_id = true;
 }
 

@@ -3,6 +3,7 @@
  * bytes, and hyphenated as its tostring. v1 and v6 take a random node id with the
  * multicast bit set (RFC 9562 6.10) where kumod uses a MAC address. */
 #include "lua_helpers.h"
+#include "hex.h"
 
 #include <lauxlib.h>
 
@@ -96,17 +97,6 @@ static int uuid_new_v6(lua_State *L)
     u[7] = (unsigned char)(t >> 4);
     set_version(u, 6);
     return 1;
-}
-
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* Uuid::try_parse: simple (32 hex), hyphenated (8-4-4-4-12), braced {…}, urn:uuid:… */

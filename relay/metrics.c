@@ -67,6 +67,11 @@ static const char *const deadletter_names[DEADLETTER_REASON_COUNT] = {
     "no_custom_lua", "publish_refused", "policy",   "undecodable",
 };
 
+void metrics_policy_error(void)
+{
+    METRIC_ADD(policy_errors, 1);
+}
+
 void metrics_observe_ack_latency(uint64_t us)
 {
     int i = 0;

@@ -65,6 +65,9 @@ extern struct metrics metrics;
 char *metrics_start(const char *listen);
 void metrics_stop(void);
 void metrics_observe_ack_latency(uint64_t us);
+/* A Lua error in a policy hook (not a kumo.reject: that is an answer, not an error). A
+ * function, so that the policy needs only this and not the whole metrics struct. */
+void metrics_policy_error(void);
 /* Name the spool directories for the per-directory gauges (before metrics_start). */
 void metrics_set_dirs(const char *const *paths, size_t count);
 enum deadletter_reason metrics_deadletter_reason(const char *reason);

@@ -1,5 +1,7 @@
 #include "offsets.h"
 
+#include "atomicfile.h"
+#include "hex.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -67,17 +69,6 @@ static void put_escaped(FILE *f, const char *s)
     }
 }
 
-static int hex_digit(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
 /* s[0..len) is not NUL-terminated (it points into the checkpoint text): look only at
  * those bytes, which sscanf cannot promise. */
 static char *unescape(const char *s, size_t len)
@@ -86,8 +77,8 @@ static char *unescape(const char *s, size_t len)
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
         int hi, lo;
-        if (s[i] == '%' && i + 2 < len && (hi = hex_digit(s[i + 1])) >= 0 &&
-            (lo = hex_digit(s[i + 2])) >= 0) {
+        if (s[i] == '%' && i + 2 < len && (hi = hex_value(s[i + 1])) >= 0 &&
+            (lo = hex_value(s[i + 2])) >= 0) {
             out[n++] = (char)(hi << 4 | lo);
             i += 2;
         } else {
@@ -153,65 +144,16 @@ static char *render(const struct checkpoint *cp, size_t *len)
     return text;
 }
 
-static char *write_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return xstrdup(strerror(errno));
-        data += n;
-        len -= (size_t)n;
-    }
-    return NULL;
-}
-
 char *offsets_checkpoint_write(const char *state_dir, const struct checkpoint *cp)
 {
-    char *tmp = xasprintf("%s/.checkpoint.tmp", state_dir);
-    char *final = xasprintf("%s/checkpoint", state_dir);
-    char *err = NULL, *why = NULL;
     size_t len = 0;
     char *text = render(cp, &len);
-    int fd = -1, dirfd = -1;
-    if (!text) {
-        err = xasprintf("cannot render the checkpoint: out of memory");
-        goto cleanup;
-    }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    if (fd < 0) {
-        err = xasprintf("cannot create %s: %s", tmp, strerror(errno));
-        goto cleanup;
-    }
-    if ((why = write_all(fd, text, len)) != NULL) {
-        err = xasprintf("cannot write %s: %s", tmp, why);
-        goto cleanup;
-    }
-    /* Data must be on disk before the rename makes it the checkpoint, and the rename must
-     * be on disk before we act as if the offsets were saved. */
-    if (fsync(fd) != 0) {
-        err = xasprintf("cannot fsync %s: %s", tmp, strerror(errno));
-        goto cleanup;
-    }
-    if (rename(tmp, final) != 0) {
-        err = xasprintf("cannot rename %s to %s: %s", tmp, final, strerror(errno));
-        goto cleanup;
-    }
-    dirfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd < 0 || fsync(dirfd) != 0)
-        err = xasprintf("cannot fsync directory %s: %s", state_dir, strerror(errno));
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    if (dirfd >= 0)
-        close(dirfd);
-    if (err)
-        unlink(tmp);
-    free(why);
+    if (!text)
+        return xasprintf("cannot render the checkpoint: out of memory");
+    const struct atomicfile f = {
+        .dir = state_dir, .name = "checkpoint", .tmp_name = ".checkpoint.tmp", .mode = 0640};
+    char *err = atomicfile_write(&f, text, len);
     free(text);
-    free(tmp);
-    free(final);
     return err;
 }
 
@@ -232,7 +174,7 @@ static bool parse_hex64(const char *s, char **end, uint64_t *out)
 {
     uint64_t v = 0;
     for (int i = 0; i < 16; i++) {
-        int d = hex_digit(s[i]);
+        int d = hex_value(s[i]);
         if (d < 0)
             return false;
         v = v << 4 | (uint64_t)d;

@@ -1,8 +1,10 @@
 #include "publish.h"
 
+#include "decimal.h"
 #include "dupwindow.h"
 #include "log.h"
 #include "loop.h"
+#include "rng.h"
 #include "url.h"
 #include "metrics.h"
 #include "nats_probe.h"
@@ -41,12 +43,9 @@ struct slot_list {
     size_t count;
 };
 
-/* What the nats.c threads hand to the loop. */
+/* What the nats.c threads hand to the loop: connection changes only (acks are taken from
+ * the subscription on the loop itself, see take_acks). */
 enum event_kind {
-    EVENT_ACK,
-    EVENT_DUPLICATE,
-    EVENT_ERROR,
-    EVENT_NO_RESPONDERS,
     EVENT_DISCONNECTED,
     EVENT_RECONNECTED,
     EVENT_CLOSED,
@@ -55,6 +54,18 @@ enum event_kind {
 
 struct event {
     enum event_kind kind;
+};
+
+/* A JetStream reply to one publish, read on the loop. */
+enum reply_kind {
+    REPLY_ACK,
+    REPLY_DUPLICATE,
+    REPLY_ERROR,
+    REPLY_NO_RESPONDERS,
+};
+
+struct reply {
+    enum reply_kind kind;
     uint32_t slot, generation;
     uint64_t sequence;
     char detail[128]; /* the error, or the stream of an ack */
@@ -93,7 +104,6 @@ struct publisher {
     struct event *batch; /* events taken from the queue, processed without the lock */
     size_t batch_cap;
     bool connected;
-    struct publisher_stats stats;
     char auth[160];           /* how it authenticates, for the log: never a secret */
     uint32_t reopen_attempts; /* connections refused or closed in a row */
     uint64_t reopen_due;      /* with conn NULL: when to try a new connection */
@@ -282,23 +292,23 @@ static bool reply_true(const char *data, size_t len, const char *key)
 
 /* Classifies a JetStream reply. A success is small and fixed in shape, so substring tests
  * are enough; errors keep their description for the log. */
-static void classify_reply(natsMsg *msg, struct event *ev)
+static void classify_reply(natsMsg *msg, struct reply *ev)
 {
     const char *data = natsMsg_GetData(msg);
     size_t len = data ? (size_t)natsMsg_GetDataLength(msg) : 0;
     if (natsMsg_IsNoResponders(msg)) {
-        ev->kind = EVENT_NO_RESPONDERS;
+        ev->kind = REPLY_NO_RESPONDERS;
         snprintf(ev->detail, sizeof(ev->detail), "no stream listens on the subject");
         return;
     }
     if (len > 0 && memmem(data, len, "\"error\"", 7)) {
-        ev->kind = EVENT_ERROR;
+        ev->kind = REPLY_ERROR;
         reply_string(data, len, "\"description\":\"", ev->detail, sizeof(ev->detail));
         if (!ev->detail[0])
             snprintf(ev->detail, sizeof(ev->detail), "%.*s", len > 100 ? 100 : (int)len, data);
         return;
     }
-    ev->kind = len > 0 && reply_true(data, len, "\"duplicate\":") ? EVENT_DUPLICATE : EVENT_ACK;
+    ev->kind = len > 0 && reply_true(data, len, "\"duplicate\":") ? REPLY_DUPLICATE : REPLY_ACK;
     reply_string(data, len, "\"stream\":\"", ev->detail, sizeof(ev->detail));
     reply_string(data, len, "\"domain\":\"", ev->domain, sizeof(ev->domain));
     const char *seq = len > 0 ? memmem(data, len, "\"seq\":", 6) : NULL;
@@ -364,7 +374,7 @@ static uint64_t backoff_ms(uint32_t attempts)
         ms *= 2;
     if (ms > 60000)
         ms = 60000;
-    return ms - (uint64_t)(rand() % (int)(ms / 5 + 1));
+    return ms - rng_below(ms / 5 + 1);
 }
 
 /* Sends (or re-sends) a slot's message. Returns the nats status. */
@@ -376,7 +386,6 @@ static natsStatus send_slot(struct publisher *p, struct slot *s)
     if (st == NATS_OK) {
         move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
     } else if (st != NATS_MAX_PAYLOAD) {
-        p->stats.errors++;
         log_warn("publish failed, will retry subject=%s error=\"%s\"", natsMsg_GetSubject(s->msg),
                  natsStatus_GetText(st));
         move_slot(p, s, SLOT_RETRY, now + backoff_ms(s->attempts));
@@ -412,33 +421,29 @@ static bool is_stream_info_reply(const struct publisher *p, const char *subject)
     return strlen(subject) == p->inbox_len + 4 && strcmp(subject + p->inbox_len, ".w.0") == 0;
 }
 
-static void handle_reply(struct publisher *p, const struct event *ev)
+static void handle_reply(struct publisher *p, const struct reply *ev)
 {
     struct slot *s = slot_at(p, ev->slot);
     if (!s || s->state == SLOT_FREE || s->generation != ev->generation)
         return; /* a second ack for a publish we already resent and completed */
-    if (ev->kind == EVENT_ACK || ev->kind == EVENT_DUPLICATE) {
-        struct publish_ack ack = {.duplicate = ev->kind == EVENT_DUPLICATE,
+    if (ev->kind == REPLY_ACK || ev->kind == REPLY_DUPLICATE) {
+        struct publish_ack ack = {.duplicate = ev->kind == REPLY_DUPLICATE,
                                   .sequence = ev->sequence,
                                   .await_id = s->await_id};
         memcpy(ack.stream, ev->detail, sizeof(ack.stream) - 1);
         memcpy(ack.domain, ev->domain, sizeof(ack.domain));
         void *cookie = s->cookie;
-        p->stats.duplicates += ack.duplicate;
         METRIC_ADD(publish_duplicates, ack.duplicate);
         METRIC_ADD(publishes_acked, 1);
-        p->stats.acked++;
         free_slot(p, s);
         if (dupwindow_first_ack(ack.stream))
             request_stream_info(p, ack.stream);
         p->done(p->ctx, cookie, &ack);
         return;
     }
-    if (ev->kind == EVENT_NO_RESPONDERS) {
-        p->stats.no_responders++;
+    if (ev->kind == REPLY_NO_RESPONDERS) {
         METRIC_ADD(publish_no_responders, 1);
     } else {
-        p->stats.errors++;
         METRIC_ADD(publish_errors, 1);
     }
     if (s->state == SLOT_SENT) {
@@ -456,7 +461,6 @@ static void handle_reply(struct publisher *p, const struct event *ev)
 static void resend_all(struct publisher *p)
 {
     for (size_t n = p->sent.count; n > 0 && p->sent.head; n--) {
-        p->stats.resent++;
         METRIC_ADD(publish_resends, 1);
         send_slot(p, p->sent.head);
     }
@@ -607,7 +611,6 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         natsConnection_GetConnectedUrl(p->conn, full, sizeof(full));
         url_redact(full, shown, sizeof(shown));
         explicit_bzero(full, sizeof(full));
-        p->stats.reconnects += kind == EVENT_RECONNECTED;
         METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
         log_info("%s to nats server=%s auth=\"%s\" in_flight=%zu",
                  kind == EVENT_CONNECTED ? "connected" : "reconnected", shown, p->auth,
@@ -619,7 +622,6 @@ static void handle_connection_event(struct publisher *p, enum event_kind kind)
         resend_all(p);
     } else if (kind == EVENT_DISCONNECTED) {
         if (p->connected) {
-            p->stats.disconnects++;
             METRIC_ADD(nats_disconnects, 1);
             p->connected = false;
             mark_down(p);
@@ -645,12 +647,8 @@ static void process_events(struct publisher *p)
     memcpy(p->batch, p->queue.items, count * sizeof(*p->batch));
     p->queue.count = 0;
     pthread_mutex_unlock(&p->queue.lock);
-    for (size_t i = 0; i < count; i++) {
-        if (p->batch[i].kind <= EVENT_NO_RESPONDERS)
-            handle_reply(p, &p->batch[i]);
-        else
-            handle_connection_event(p, p->batch[i].kind);
-    }
+    for (size_t i = 0; i < count; i++)
+        handle_connection_event(p, p->batch[i].kind);
 }
 
 static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
@@ -664,7 +662,7 @@ static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
 /* One reply taken from the ack subscription, on the loop. */
 static void take_reply(struct publisher *p, natsMsg *msg)
 {
-    struct event ev = {0};
+    struct reply ev = {0};
     const char *subject = natsMsg_GetSubject(msg);
     if (parse_reply(subject, p->inbox_len, &ev.slot, &ev.generation)) {
         classify_reply(msg, &ev);
@@ -687,7 +685,6 @@ static void take_acks(struct publisher *p, int64_t wait_ms)
         wait_ms = 0;
         if (st == NATS_NO_RESPONDERS) {
             /* nats.c drops the reply subject of these: the slot times out and is resent. */
-            p->stats.no_responders++;
             METRIC_ADD(publish_no_responders, 1);
             log_warn("jetstream refused a publish: no stream listens on its subject; it is "
                      "sent again after ack_timeout");
@@ -731,9 +728,7 @@ void publisher_tick(struct publisher *p)
     /* The sent list is in send order and the timeout is fixed, so it is in due order. */
     while (p->sent.head && p->sent.head->due_ms <= now) {
         struct slot *s = p->sent.head;
-        p->stats.timeouts++;
         METRIC_ADD(publish_timeouts, 1);
-        p->stats.resent++;
         METRIC_ADD(publish_resends, 1);
         log_debug("ack timeout, resending subject=%s attempts=%u", natsMsg_GetSubject(s->msg),
                   s->attempts);
@@ -743,7 +738,6 @@ void publisher_tick(struct publisher *p)
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->due_ms <= now) {
-            p->stats.resent += s->attempts > 0;
             METRIC_ADD(publish_resends, s->attempts > 0);
             send_slot(p, s);
         }
@@ -951,16 +945,23 @@ size_t publisher_in_flight(const struct publisher *p)
     return in_flight(p);
 }
 
-const struct publisher_stats *publisher_stats(const struct publisher *p)
-{
-    return &p->stats;
-}
-
 static natsStatus build_message(struct publisher *p, struct slot *s,
                                 const struct publish_request *req, natsMsg **msg)
 {
+    /* <inbox>.<slot>.<generation>, by hand: this runs for every record. */
     char reply[160];
-    snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, s->index, s->generation);
+    if (p->inbox_len + 2 + 2 * DECIMAL_MAX < sizeof(reply)) {
+        char *at = reply;
+        memcpy(at, p->inbox, p->inbox_len);
+        at += p->inbox_len;
+        *at++ = '.';
+        at += decimal_put(at, s->index);
+        *at++ = '.';
+        at += decimal_put(at, s->generation);
+        *at = '\0';
+    } else {
+        snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, s->index, s->generation);
+    }
     natsStatus st = natsMsg_Create(msg, req->subject, reply, req->data, (int)req->len);
     for (size_t i = 0; st == NATS_OK && i < req->header_count; i++)
         st = natsMsgHeader_Add(*msg, req->headers[2 * i], req->headers[2 * i + 1]);
@@ -984,7 +985,6 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
     s->cookie = cookie;
     s->await_id = req->await_id;
     s->attempts = 0;
-    p->stats.published++;
     METRIC_ADD(publishes, 1);
     /* Held back while disconnected (attempts 0 in RETRY): the connect sends it. */
     move_slot(p, s, SLOT_RETRY, 0);

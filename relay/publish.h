@@ -52,18 +52,6 @@ struct publish_request {
     uint64_t await_id;          /* handed back in the ack; 0 if nobody waits */
 };
 
-struct publisher_stats {
-    uint64_t published; /* first sends */
-    uint64_t resent;    /* sends after a timeout, error or reconnect */
-    uint64_t acked;
-    uint64_t duplicates;
-    uint64_t timeouts;
-    uint64_t errors; /* error replies and failed sends */
-    uint64_t no_responders;
-    uint64_t reconnects;
-    uint64_t disconnects;
-};
-
 struct publisher;
 
 struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
@@ -72,7 +60,6 @@ void publisher_destroy(struct publisher *p);
 
 bool publisher_connected(const struct publisher *p);
 size_t publisher_in_flight(const struct publisher *p);
-const struct publisher_stats *publisher_stats(const struct publisher *p);
 
 /* Queue one message. Returns 0, or -1 with *err (malloc'd) when it can never be
  * published (larger than the server's max_payload): the caller dead-letters it. */

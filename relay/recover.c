@@ -2,7 +2,9 @@
 
 #include "config.h"
 #include "dupwindow.h"
+#include "fnv.h"
 #include "log.h"
+#include "msgid.h"
 #include "nats_auth.h"
 #include "xalloc.h"
 
@@ -28,14 +30,6 @@ struct recovery {
     uint64_t from_seq; /* the first sequence read */
 };
 
-static uint64_t hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 static void set_add(struct recovery *rc, const char *id)
 {
     if ((rc->count + 1) * 2 > rc->cap) {
@@ -52,7 +46,7 @@ static void set_add(struct recovery *rc, const char *id)
         rc->cap = bigger.cap;
         rc->count = bigger.count;
     }
-    size_t i = hash(id) & (rc->cap - 1);
+    size_t i = fnv64_str(id) & (rc->cap - 1);
     while (rc->slots[i]) {
         if (strcmp(rc->slots[i], id) == 0)
             return;
@@ -66,7 +60,7 @@ bool recover_has(struct recovery *rc, const char *msg_id)
 {
     if (!rc || rc->count == 0)
         return false;
-    for (size_t i = hash(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1)) {
+    for (size_t i = fnv64_str(msg_id) & (rc->cap - 1); rc->slots[i]; i = (i + 1) & (rc->cap - 1)) {
         if (strcmp(rc->slots[i], msg_id) == 0) {
             if (rc->pending && rc->pending[i]) {
                 rc->pending[i] = false;
@@ -168,7 +162,6 @@ static void read_from(natsConnection *nc, const struct config *cfg, uint64_t sta
                            "\"deliver_subject\":\"%s\",\"inactive_threshold\":5000000000}}",
                            cfg->jetstream_stream, start, inbox);
     json_t *created = api_request(nc, subject, body);
-    size_t prefix_len = strlen(cfg->relay_id);
     uint64_t seen = 0;
     for (int64_t deadline = nats_Now() + READ_DEADLINE_MS;
          created && seen < limit && nats_Now() < deadline; seen++) {
@@ -177,7 +170,7 @@ static void read_from(natsConnection *nc, const struct config *cfg, uint64_t sta
             break;
         const char *id = NULL;
         if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK &&
-            strncmp(id, cfg->relay_id, prefix_len) == 0 && id[prefix_len] == ':')
+            msgid_is_ours(id, cfg->relay_id))
             set_add(rc, id);
         /* $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending> */
         const char *reply = natsMsg_GetReply(msg);

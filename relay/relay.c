@@ -7,6 +7,7 @@
 #include "hook_watchdog.h"
 #include "log.h"
 #include "metrics.h"
+#include "msgid.h"
 #include "notify.h"
 #include "loop.h"
 #include "offsets.h"
@@ -14,6 +15,7 @@
 #include "poison.h"
 #include "publish.h"
 #include "recover.h"
+#include "rng.h"
 #include "segment.h"
 #include "spool.h"
 #include "xalloc.h"
@@ -117,7 +119,6 @@ static void on_segment_added(void *ctx, struct segment *seg)
     }
     if (e) {
         seg->resume_offset = e->offset;
-        seg->resume_ordinal = e->ordinal;
         seg->wm.committed_offset = e->offset;
         seg->wm.committed_ordinal = e->ordinal;
         if (e->finished)
@@ -287,22 +288,17 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
                        const struct policy_publish *msg, char **err)
 {
     struct relay *r = ctx;
-    char id[512];
+    char id[MSGID_MAX];
     const char *msg_id = msg->msg_id;
     if (!msg_id) {
-        /* <relay_id>:<segment>:<end offset>: the same on every retry and replay. The n-th
-         * publish of a batch gets the n-th record's id (a policy that publishes each
-         * message of the batch in order thus gives each its own record's id, whatever
-         * batch it lands in after a restart); extra publishes get ":<n>". */
+        /* The same on every retry and replay (see msgid.h). The n-th publish of a batch
+         * gets the n-th record's id (a policy that publishes each message of the batch in
+         * order thus gives each its own record's id, whatever batch it lands in after a
+         * restart); extra publishes get ":<n>". */
         const struct inflight_record *rec = msg->index < count ? records[msg->index] : records[0];
         const struct segment *seg = rec->segment;
-        if (count > 1 || msg->index == 0)
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64, r->cfg->relay_id, seg->id_name, rec->end);
-        else
-            snprintf(id, sizeof(id), "%s:%s:%" PRIu64 ":%u", r->cfg->relay_id, seg->id_name,
-                     rec->end, msg->index);
-        if (count > 1 && msg->index >= count)
-            snprintf(id + strlen(id), sizeof(id) - strlen(id), ":%u", msg->index);
+        msgid_format(id, sizeof(id), r->cfg->relay_id, seg->id_name, rec->end, msg->index >= count,
+                     msg->index);
         msg_id = id;
         /* Read back from the stream at start: already stored, whatever the time since. */
         if (recover_has(r->recovery, msg_id)) {
@@ -459,8 +455,8 @@ static bool open_reader(struct relay *r, struct segment *seg)
         return false;
     }
     char *err = NULL;
-    seg->reader = segment_reader_open(seg->path, seg->resume_offset, seg->resume_ordinal,
-                                      r->cfg->max_record_bytes, &err);
+    seg->reader =
+        segment_reader_open(seg->path, seg->resume_offset, r->cfg->max_record_bytes, &err);
     if (!seg->reader) {
         log_warn("cannot open segment, will retry at the next change segment=%s error=\"%s\"",
                  seg->name, err);
@@ -539,7 +535,7 @@ static void read_again_from_start(struct relay *r, struct segment *seg)
              seg->generation + 1);
     close_reader(r, seg);
     spool_set_generation(seg, seg->generation + 1);
-    seg->resume_offset = seg->resume_ordinal = 0;
+    seg->resume_offset = 0;
     seg->wm.committed_offset = seg->wm.committed_ordinal = 0;
     r->dirty = true;
 }
@@ -907,38 +903,21 @@ struct policy_env relay_policy_env(struct relay *r)
     };
 }
 
-/* The segment of one of this relay's ids ("<relay_id>:<segment id name>:<end>", maybe
- * ":<n>" after), if it is in the spool; *end gets the record's end offset. A segment name
- * may hold ':' itself, so both splits are tried against the names that exist. */
+/* The segment of one of this relay's ids, if it is in the spool; *end gets the record's
+ * end offset. An id reads back in several ways (see msgid.h): the one whose segment exists
+ * with that generation is it. */
 static struct segment *segment_of_id(const struct relay *r, const char *id, uint64_t *end)
 {
-    size_t prefix = strlen(r->cfg->relay_id);
-    if (strncmp(id, r->cfg->relay_id, prefix) != 0 || id[prefix] != ':')
-        return NULL;
-    const char *rest = id + prefix + 1;
-    const char *cut = rest + strlen(rest);
-    for (int tries = 0; tries < 2; tries++) {
-        const char *colon = NULL;
-        for (const char *p = rest; p < cut; p++)
-            if (*p == ':')
-                colon = p;
-        if (!colon)
-            return NULL;
-        char *name = xstrndup(rest, (size_t)(colon - rest));
-        char *tilde = strrchr(name, '~');
-        uint32_t generation = 0;
+    struct msgid_reading readings[MSGID_READINGS];
+    size_t n = msgid_parse(id, r->cfg->relay_id, readings);
+    for (size_t i = 0; i < n; i++) {
+        char *name = xstrndup(readings[i].name, readings[i].name_len);
         struct segment *seg = spool_find(r->spool, name);
-        if (!seg && tilde) {
-            generation = (uint32_t)strtoul(tilde + 1, NULL, 10);
-            *tilde = '\0';
-            seg = spool_find(r->spool, name);
-        }
         free(name);
-        if (seg && seg->generation == generation) {
-            *end = strtoull(colon + 1, NULL, 10);
+        if (seg && seg->generation == readings[i].generation) {
+            *end = readings[i].end;
             return seg;
         }
-        cut = colon;
     }
     return NULL;
 }
@@ -955,6 +934,7 @@ static bool id_to_read_again(void *ctx, const char *id)
 
 static char *relay_start(struct relay *r)
 {
+    rng_seed(); /* retry jitter that differs between the hosts of a fleet */
     char *err = prepare_state_dir(r->cfg);
     if (!err)
         err = load_checkpoint(r);

@@ -1,5 +1,6 @@
 #include "replay.h"
 
+#include "atomicfile.h"
 #include "config.h"
 #include "statelock.h"
 #include "xalloc.h"
@@ -34,70 +35,29 @@ static struct mark read_mark(const char *path)
     return m;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
 /* Writes data as a done segment: a dot file first (the relay ignores those), fsynced and
  * made read-only, then renamed into place, so the relay never sees it half written. */
 static char *write_segment(const char *dir, const char *name, const char *data, size_t len)
 {
-    char *tmp = xasprintf("%s/.%s", dir, name);
-    char *path = xasprintf("%s/%s", dir, name);
-    char *err = NULL;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        err = xasprintf("cannot create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(fd, data + done, len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            err = xasprintf("cannot write %s: %s", tmp, strerror(errno));
-            break;
-        }
-        done += (size_t)n;
-    }
-    if (!err && (fsync(fd) != 0 || fchmod(fd, 0444) != 0))
-        err = xasprintf("cannot finish %s: %s", tmp, strerror(errno));
-    close(fd);
-    if (!err && rename(tmp, path) != 0)
-        err = xasprintf("cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (!err && fsync_dir(dir) != 0)
-        err = xasprintf("cannot fsync %s: %s", dir, strerror(errno));
-    if (err)
-        unlink(tmp);
-out:
+    char *tmp = xasprintf(".%s", name);
+    const struct atomicfile f = {.dir = dir,
+                                 .name = name,
+                                 .tmp_name = tmp,
+                                 .mode = 0644,
+                                 .final_mode = 0444,
+                                 .exclusive = true};
+    char *err = atomicfile_write(&f, data, len);
     free(tmp);
-    free(path);
     return err;
 }
 
 static char *write_mark(const char *dir, const struct mark *m)
 {
-    char *tmp = xasprintf("%s/.replayed.tmp", dir);
-    char *path = xasprintf("%s/replayed", dir);
-    char *err = NULL;
-    FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%" PRIu64 " %" PRIu64 "\n", m->inode, m->offset) < 0 || fflush(f) != 0 ||
-        fsync(fileno(f)) != 0)
-        err = xasprintf("cannot write %s: %s", tmp, strerror(errno));
-    if (f)
-        fclose(f);
-    if (!err && rename(tmp, path) != 0)
-        err = xasprintf("cannot rename %s: %s", tmp, strerror(errno));
-    free(tmp);
-    free(path);
-    return err;
+    char text[64];
+    int len = snprintf(text, sizeof(text), "%" PRIu64 " %" PRIu64 "\n", m->inode, m->offset);
+    const struct atomicfile f = {
+        .dir = dir, .name = "replayed", .tmp_name = ".replayed.tmp", .mode = 0666};
+    return atomicfile_write(&f, text, (size_t)len);
 }
 
 /* The records of the dead letters in text[0..len), concatenated; counts what it took and

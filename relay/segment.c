@@ -1,5 +1,6 @@
 #include "segment.h"
 
+#include "fnv.h"
 #include "xalloc.h"
 
 #include <stdlib.h>
@@ -12,10 +13,6 @@
 #include <zstd.h>
 
 enum { MIN_BUFFER = 256 * 1024 };
-
-/* FNV-1a, 64 bits: the fingerprint of a segment's first bytes (see segment.h). */
-#define FNV64_OFFSET 0xcbf29ce484222325ull
-#define FNV64_PRIME  0x100000001b3ull
 
 static const unsigned char zstd_magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
 
@@ -94,8 +91,7 @@ static bool check_header(struct segment_reader *r)
 }
 
 struct segment_reader *segment_reader_open(const char *path, uint64_t resume_offset,
-                                           uint64_t resume_ordinal, size_t max_record_bytes,
-                                           char **err)
+                                           size_t max_record_bytes, char **err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
@@ -113,9 +109,6 @@ struct segment_reader *segment_reader_open(const char *path, uint64_t resume_off
     r->in = xmalloc(r->in_cap);
     r->skip_to = resume_offset;
     r->fp_hash = FNV64_OFFSET;
-    /* Skipped records are counted again from 0; the ordinal given is only a cross-check
-     * for callers and is what the first record after the skip must carry. */
-    (void)resume_ordinal;
     return r;
 }
 
@@ -130,12 +123,10 @@ void segment_reader_close(struct segment_reader *r)
     free(r);
 }
 
+/* FNV-1a, 64 bits: the fingerprint of a segment's first bytes (see segment.h). */
 uint64_t segment_fingerprint_update(uint64_t hash, const void *data, size_t len)
 {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++)
-        hash = (hash ^ p[i]) * FNV64_PRIME;
-    return hash;
+    return fnv64_update(hash, data, len);
 }
 
 uint64_t segment_fingerprint(const void *data, size_t len)

@@ -49,11 +49,10 @@ uint64_t segment_fingerprint_update(uint64_t hash, const void *data, size_t len)
 struct segment_reader;
 
 /* Open path and prepare to return records ending after resume_offset (those before it
- * were committed earlier and are decoded and skipped; resume_ordinal is the ordinal of the
- * first record after it). Returns NULL with *err set (malloc'd) on failure. */
+ * were committed earlier and are decoded and skipped; their ordinals are counted again as
+ * they are skipped). Returns NULL with *err set (malloc'd) on failure. */
 struct segment_reader *segment_reader_open(const char *path, uint64_t resume_offset,
-                                           uint64_t resume_ordinal, size_t max_record_bytes,
-                                           char **err);
+                                           size_t max_record_bytes, char **err);
 /* Strip header (kept by the caller) from the start of the segment when it is there. */
 void segment_reader_set_header(struct segment_reader *r, const char *header);
 enum segment_read segment_reader_next(struct segment_reader *r, struct segment_record *rec);

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "msgid.h"
 #include "config.h"
 #include "segment.h"
 #include "xalloc.h"
@@ -45,30 +46,20 @@ struct spool {
     uint64_t scan_generation;
 };
 
-static bool name_matches(const struct spool_dir *dir, const char *name)
+bool spool_is_segment_name(const char *pattern, const char *name)
 {
     /* Dot files are kumod's and ours to keep (kumod's start sweep chmods everything
      * else); never a segment. */
     if (name[0] == '.' || name[0] == '\0')
         return false;
-    return fnmatch(dir->pattern, name, FNM_PERIOD) == 0;
+    return fnmatch(pattern, name, FNM_PERIOD) == 0;
 }
 
 void spool_set_generation(struct segment *seg, uint32_t generation)
 {
     seg->generation = generation;
     free(seg->id_name);
-    seg->id_name = generation ? xasprintf("%s~%u", seg->name, generation) : xstrdup(seg->name);
-}
-
-char *spool_segment_name(const char *dir_path, size_t dir, const char *file)
-{
-    if (dir == 0)
-        return xstrdup(file);
-    uint32_t h = 2166136261u;
-    for (const char *c = dir_path; *c; c++)
-        h = (h ^ (unsigned char)*c) * 16777619u;
-    return xasprintf("%08x:%s", h, file);
+    seg->id_name = msgid_id_name(seg->name, generation);
 }
 
 size_t spool_dir_count(const struct spool *spool)
@@ -338,10 +329,10 @@ void spool_segment_free(struct segment *seg)
  * new inode), or report a change. */
 static void note_file(struct spool *spool, size_t dir, const char *file)
 {
-    if (!name_matches(&spool->dirs[dir], file))
+    if (!spool_is_segment_name(spool->dirs[dir].pattern, file))
         return;
     char *path = xasprintf("%s/%s", spool->dirs[dir].path, file);
-    char *name = spool_segment_name(spool->dirs[dir].path, dir, file);
+    char *name = msgid_segment_name(spool->dirs[dir].path, dir, file);
     struct stat st;
     int rc = stat(path, &st);
     free(path);
@@ -371,20 +362,18 @@ static int compare_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void scan_dir(struct spool *spool, size_t dir)
+int spool_list_dir(const char *path, const char *pattern, char ***names_out, size_t *count_out)
 {
-    DIR *d = opendir(spool->dirs[dir].path);
-    if (!d) {
-        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dirs[dir].path,
-                  strerror(errno));
-        return;
-    }
-    /* Noted in name order, so the oldest segments get the first turns to be read. */
+    *names_out = NULL;
+    *count_out = 0;
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
     char **names = NULL;
     size_t count = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!name_matches(&spool->dirs[dir], de->d_name))
+        if (!spool_is_segment_name(pattern, de->d_name))
             continue;
         if (count == cap)
             names = xrealloc(names, (cap = cap ? cap * 2 : 64) * sizeof(*names));
@@ -393,6 +382,21 @@ static void scan_dir(struct spool *spool, size_t dir)
     closedir(d);
     if (count > 1) /* an empty directory leaves names NULL, which qsort must not get */
         qsort(names, count, sizeof(*names), compare_names);
+    *names_out = names;
+    *count_out = count;
+    return 0;
+}
+
+static void scan_dir(struct spool *spool, size_t dir)
+{
+    char **names;
+    size_t count;
+    if (spool_list_dir(spool->dirs[dir].path, spool->dirs[dir].pattern, &names, &count) != 0) {
+        log_error("cannot scan the spool dir=%s error=\"%s\"", spool->dirs[dir].path,
+                  strerror(errno));
+        return;
+    }
+    /* Noted in name order, so the oldest segments get the first turns to be read. */
     for (size_t i = 0; i < count; i++) {
         note_file(spool, dir, names[i]);
         free(names[i]);
@@ -434,7 +438,7 @@ static void handle_inotify(struct loop *loop, int fd, uint32_t events, void *arg
                 dir++;
             if (ev->len == 0 || dir == spool->dir_count)
                 continue;
-            char *name = spool_segment_name(spool->dirs[dir].path, dir, ev->name);
+            char *name = msgid_segment_name(spool->dirs[dir].path, dir, ev->name);
             struct segment *seg = spool_find(spool, name);
             free(name);
             if ((ev->mask & (IN_DELETE | IN_MOVED_FROM)) && seg)

@@ -21,12 +21,12 @@ enum segment_state {
 };
 
 struct segment {
-    char *name; /* the file name; "<dir tag>:<file name>" in directories after the first */
+    char *name; /* the file name; "<dir tag>:<file name>" after the first directory (msgid.h) */
     char *file; /* the file name */
     /* Files seen under this name before (replaced, or deleted and made again): part of
      * the message ids, so the new file's records never collide with the old one's. */
     uint32_t generation;
-    char *id_name; /* name, or "name~generation": what message ids are made of */
+    char *id_name; /* name, or "name~generation": what message ids are made of (msgid.h) */
     size_t dir;    /* index of its spool directory */
     char *path;
     uint64_t inode;
@@ -45,7 +45,7 @@ struct segment {
     bool awaiting_reader;          /* done, backlog: waits for a free done-reader slot */
     bool holds_done_slot;          /* its reader was opened while it was done */
     struct watermark wm;
-    uint64_t resume_offset, resume_ordinal; /* from the checkpoint */
+    uint64_t resume_offset; /* from the checkpoint */
     uint64_t records_read;
     size_t in_flight_records; /* records of this segment not yet released */
     /* For the lag's age (spool_stats): since when (wall clock, ms) bytes of the file wait
@@ -80,9 +80,12 @@ size_t spool_segment_count(const struct spool *spool);
 struct segment *spool_segment(const struct spool *spool, size_t index);
 /* By name (see struct segment). */
 struct segment *spool_find(const struct spool *spool, const char *name);
-/* The segment name of a file in directory dir: "<tag>:<file>" after the first directory,
- * with tag 8 hex digits of a hash of the directory's path (malloc'd). */
-char *spool_segment_name(const char *dir_path, size_t dir, const char *file);
+/* Whether a file name of a spool directory is a segment's: it matches the pattern and is
+ * not a dot file. */
+bool spool_is_segment_name(const char *pattern, const char *name);
+/* The segment file names of directory path, in name order (an array of strings, all
+ * malloc'd). -1 with errno if the directory cannot be read. */
+int spool_list_dir(const char *path, const char *pattern, char ***names, size_t *count);
 /* Set the generation (from the checkpoint, or one more than a replaced file's). */
 void spool_set_generation(struct segment *seg, uint32_t generation);
 /* Free a segment the spool has already forgotten (after removed()). */

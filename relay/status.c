@@ -1,13 +1,13 @@
 #include "status.h"
 
 #include "config.h"
+#include "msgid.h"
 #include "offsets.h"
 #include "segment.h"
 #include "spool.h"
+#include "utf8.h"
 #include "xalloc.h"
 
-#include <dirent.h>
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +44,7 @@ static void count_behind(const char *path, uint64_t offset, const struct config 
                          const char *header, struct segment_status *row)
 {
     char *err = NULL;
-    struct segment_reader *reader =
-        segment_reader_open(path, offset, 0, cfg->max_record_bytes, &err);
+    struct segment_reader *reader = segment_reader_open(path, offset, cfg->max_record_bytes, &err);
     if (!reader) {
         free(err);
         return;
@@ -72,7 +71,7 @@ static void note_file(const struct config *cfg, size_t dir, const char *file,
 {
     const struct spool_source *src = &cfg->spools[dir];
     char *path = xasprintf("%s/%s", src->dir, file);
-    char *name = spool_segment_name(src->dir, dir, file);
+    char *name = msgid_segment_name(src->dir, dir, file);
     struct stat st;
     if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
         struct segment_status *row = add_row(t, name);
@@ -102,14 +101,15 @@ static void scan_spool(const struct config *cfg, const struct checkpoint *cp,
 {
     for (size_t dir = 0; dir < cfg->spool_count; dir++) {
         const struct spool_source *src = &cfg->spools[dir];
-        DIR *d = opendir(src->dir);
-        struct dirent *de;
-        while (d && (de = readdir(d)) != NULL) {
-            if (de->d_name[0] != '.' && fnmatch(src->pattern, de->d_name, FNM_PERIOD) == 0)
-                note_file(cfg, dir, de->d_name, cp, t);
+        char **names;
+        size_t count;
+        if (spool_list_dir(src->dir, src->pattern, &names, &count) != 0)
+            continue;
+        for (size_t i = 0; i < count; i++) {
+            note_file(cfg, dir, names[i], cp, t);
+            free(names[i]);
         }
-        if (d)
-            closedir(d);
+        free(names);
     }
     for (size_t i = 0; i < cp->count; i++) {
         struct segment_status *row = add_row(t, cp->entries[i].name);
@@ -130,7 +130,6 @@ static int by_name(const void *a, const void *b)
 static void print_table(const struct config *cfg, const struct status_table *t)
 {
     uint64_t records = 0, bytes = 0, behind_records = 0, behind_bytes = 0;
-    size_t behind_segments = 0;
     printf("%-40s %-9s %12s %14s %12s %14s\n", "SEGMENT", "STATE", "RECORDS", "BYTES", "BEHIND",
            "BEHIND_BYTES");
     for (size_t i = 0; i < t->count; i++) {
@@ -142,7 +141,6 @@ static void print_table(const struct config *cfg, const struct status_table *t)
         bytes += row->committed_bytes;
         behind_records += row->behind_records;
         behind_bytes += row->behind_bytes;
-        behind_segments += row->behind_records > 0;
     }
     printf("%-40s %-9s %12" PRIu64 " %14" PRIu64 " %12" PRIu64 " %14" PRIu64 "\n", "TOTAL", "",
            records, bytes, behind_records, behind_bytes);
@@ -154,23 +152,21 @@ static void print_table(const struct config *cfg, const struct status_table *t)
                 behind += t->rows[i].behind_records > 0;
             }
         }
-        char *tag = spool_segment_name(cfg->spools[dir].dir, dir, "");
-        tag[strcspn(tag, ":")] = '\0'; /* "<tag>:" of an empty file name */
+        char tag[9];
+        snprintf(tag, sizeof(tag), "%08x", msgid_dir_tag(cfg->spools[dir].dir));
         printf("spool %s%s%s: %zu segments, %zu behind\n", cfg->spools[dir].dir,
                dir ? " names " : "", dir ? tag : "", segments, behind);
-        free(tag);
     }
-    (void)behind_segments;
 }
 
 static void print_json_string(const char *s)
 {
     putchar('"');
     for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", *s);
+        char esc[6];
+        size_t n = json_escape_ascii((unsigned char)*s, esc);
+        if (n)
+            fwrite(esc, 1, n, stdout);
         else
             putchar(*s);
     }

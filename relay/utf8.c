@@ -52,3 +52,43 @@ size_t utf8_encode(unsigned cp, char *out)
     out[3] = (char)(0x80 | (cp & 0x3F));
     return 4;
 }
+
+size_t json_escape_ascii(unsigned char c, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    char short_form = 0;
+    switch (c) {
+    case '"':
+    case '\\':
+        short_form = (char)c;
+        break;
+    case '\n':
+        short_form = 'n';
+        break;
+    case '\r':
+        short_form = 'r';
+        break;
+    case '\t':
+        short_form = 't';
+        break;
+    case '\b':
+        short_form = 'b';
+        break;
+    case '\f':
+        short_form = 'f';
+        break;
+    default:
+        if (c >= 0x20 && c != 0x7f)
+            return 0;
+        out[0] = '\\';
+        out[1] = 'u';
+        out[2] = '0';
+        out[3] = '0';
+        out[4] = hex[c >> 4];
+        out[5] = hex[c & 15];
+        return 6;
+    }
+    out[0] = '\\';
+    out[1] = short_form;
+    return 2;
+}

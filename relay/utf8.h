@@ -13,4 +13,10 @@ size_t utf8_sequence(const unsigned char *p, size_t left);
  * bytes written. */
 size_t utf8_encode(unsigned cp, char *out);
 
+/* The escape in a JSON string of an ASCII byte that cannot stand there as is ('"', '\\',
+ * a control, DEL), into out (6 bytes of room): the short form where JSON has one (\n, \t,
+ * ...) like serde_json, \u00XX otherwise. Returns its length, 0 for a byte that needs none.
+ * Whether DEL is escaped is the caller's choice (JSON allows it bare). */
+size_t json_escape_ascii(unsigned char c, char *out);
+
 #endif

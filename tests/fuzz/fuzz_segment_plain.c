@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size -= 3;
     char path[64], *err = NULL;
     int fd = fuzz_memfd(data, cut, path);
-    struct segment_reader *r = segment_reader_open(path, 0, 0, max_record, &err);
+    struct segment_reader *r = segment_reader_open(path, 0, max_record, &err);
     if (!r) {
         free(err);
         close(fd);

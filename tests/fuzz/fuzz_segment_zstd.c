@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char path[64], *err = NULL;
     int fd = fuzz_memfd(magic, size >= 4 && memcmp(data, magic, 4) == 0 ? 0 : 4, path);
     fuzz_append(fd, data, cut);
-    struct segment_reader *r = segment_reader_open(path, 0, 0, 64 * 1024, &err);
+    struct segment_reader *r = segment_reader_open(path, 0, 64 * 1024, &err);
     if (!r) {
         free(err);
         close(fd);

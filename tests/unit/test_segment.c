@@ -266,12 +266,10 @@ static void expect_records(const struct got *g, size_t at, const struct records 
     }
 }
 
-static struct segment_reader *open_reader(uint64_t resume_offset, uint64_t resume_ordinal,
-                                          size_t max_record)
+static struct segment_reader *open_reader(uint64_t resume_offset, size_t max_record)
 {
     char *err = NULL;
-    struct segment_reader *r =
-        segment_reader_open(seg_path, resume_offset, resume_ordinal, max_record, &err);
+    struct segment_reader *r = segment_reader_open(seg_path, resume_offset, max_record, &err);
     cr_assert_not_null(r, "open: %s", err ? err : "?");
     cr_assert_null(err);
     return r;
@@ -294,7 +292,7 @@ enum { MAX_RECORD = 1 << 20 };
 Test(segment, plain_framing)
 {
     append_str("a\nbb\n\nccc\n");
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(segment_reader_kind(r), SEGMENT_KIND_PLAIN);
@@ -344,7 +342,7 @@ Test(segment, plain_many_records)
 {
     struct records rs = make_records(3000);
     append(rs.text, rs.len);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(g.count, rs.count);
@@ -365,7 +363,7 @@ Test(segment, plain_record_split_across_reads)
     records_add_sized(&rs, 2, 700 * 1024);
     records_add(&rs, "{\"last\":1}\n", 11);
     append("", 0);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     size_t cut1 = rs.ends[0] + 200 * 1024, cut2 = rs.ends[1] + 500 * 1024;
     append(rs.text, cut1);
@@ -391,7 +389,7 @@ Test(segment, plain_record_split_across_reads)
 static void trickle(const char *src, size_t len, size_t chunk, const struct records *rs)
 {
     append("", 0);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     for (size_t off = 0; off < len; off += chunk) {
         size_t n = len - off < chunk ? len - off : chunk;
@@ -429,7 +427,7 @@ Test(segment, zstd_complete_frame)
     size_t zlen;
     char *z = compress_records(&rs, &zlen);
     append(z, zlen);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(segment_reader_kind(r), SEGMENT_KIND_ZSTD);
@@ -468,7 +466,7 @@ Test(segment, zstd_small_frame)
     size_t zlen;
     char *z = compress_records(&rs, &zlen);
     append(z, zlen);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(g.count, 3);
@@ -491,7 +489,7 @@ Test(segment, zstd_highly_compressible)
     char *z = compress_records(&rs, &zlen);
     cr_assert_lt(zlen, 16384);
     append(z, zlen);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, rs.count, "got %zu records, want %zu", g.count, rs.count);
@@ -513,7 +511,7 @@ Test(segment, zstd_live_flushed)
     zw_records(&z, &rs, 0, 700);
     zw_feed(&z, NULL, 0, ZSTD_e_flush);
     zw_sync(&z);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, 700, "got %zu records, want 700", g.count);
@@ -546,7 +544,7 @@ Test(segment, zstd_live_flushed_any_size)
         zw_records(&z, &rs, 0, n);
         zw_feed(&z, NULL, 0, ZSTD_e_flush);
         zw_sync(&z);
-        struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+        struct segment_reader *r = open_reader(0, MAX_RECORD);
         struct got g = {0};
         cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
         cr_assert_eq(g.count, n, "%zu records (%lu bytes) flushed, got %zu", n,
@@ -578,7 +576,7 @@ Test(segment, zstd_live_unflushed_blocks)
         complete++;
     cr_assert_gt(complete, 0);
 
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, complete, "got %zu records, want %zu (decodable %zu bytes)", g.count,
@@ -636,7 +634,7 @@ Test(segment, zstd_truncated_frame_partial_line)
     zw_feed(&z, partial, strlen(partial), ZSTD_e_continue);
     zw_feed(&z, NULL, 0, ZSTD_e_flush);
     zw_sync(&z);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, 500);
@@ -664,7 +662,7 @@ Test(segment, zstd_truncated_mid_block)
         complete++;
     cr_assert_gt(complete, 0);
     cr_assert_lt(complete, rs.count);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, complete, "got %zu records, want %zu", g.count, complete);
@@ -683,7 +681,7 @@ Test(segment, zstd_frame_header_only)
     size_t zlen;
     char *z = compress_records(&rs, &zlen);
     append(z, 6);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(g.count, 0);
@@ -714,7 +712,7 @@ Test(segment, zstd_concatenated_frames)
     cr_assert_gt(z.len, first_len);
 
     append(z.out, first_len);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, split_rec);
@@ -744,7 +742,7 @@ Test(segment, zstd_many_small_frames)
         append(buf, n);
         free(buf);
     }
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
     cr_assert_eq(g.count, rs.count);
@@ -784,7 +782,7 @@ Test(segment, zstd_corrupt_block)
     size_t off = block_header_offset(z, zlen, 7);
     z[off] |= 0x06; /* block type 3: reserved */
     append(z, zlen);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_ERROR);
     cr_assert_str_eq(segment_reader_error(r), "zstd: Data corruption detected");
@@ -820,8 +818,7 @@ Test(segment, zstd_corrupt_block_keeps_every_block_before_it)
     append(z, zlen);
     size_t want = records_within(&rs, 7);
     for (size_t resume = 0; resume < want; resume += want / 3) {
-        struct segment_reader *r =
-            open_reader(resume ? rs.ends[resume - 1] : 0, resume, MAX_RECORD);
+        struct segment_reader *r = open_reader(resume ? rs.ends[resume - 1] : 0, MAX_RECORD);
         struct got g = {0};
         cr_assert_eq(drain(r, &g), SEGMENT_ERROR);
         cr_assert_eq(g.count, want - resume, "resume %zu: got %zu records, want %zu", resume,
@@ -854,7 +851,7 @@ Test(segment, zstd_corrupt_block_keeps_every_block_before_it)
 Test(segment, fingerprint_and_decoded_bytes)
 {
     append_str("{\"a\":1}\n{\"b\":2}\npartial");
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     uint64_t hash;
@@ -878,7 +875,7 @@ Test(segment, zstd_corrupt_first_block)
     unsigned char *z = (unsigned char *)compress_records(&rs, &zlen);
     z[block_header_offset(z, zlen, 0)] |= 0x06;
     append(z, zlen);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_ERROR);
     cr_assert_eq(g.count, 0);
@@ -895,7 +892,7 @@ Test(segment, zstd_garbage_after_magic)
     memset(bad, 0xFF, sizeof(bad));
     memcpy(bad, "\x28\xB5\x2F\xFD", 4);
     append(bad, sizeof(bad));
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_ERROR);
     cr_assert_eq(g.count, 0);
@@ -908,7 +905,7 @@ Test(segment, zstd_garbage_after_magic)
 Test(segment, empty_file)
 {
     append("", 0);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
@@ -927,7 +924,7 @@ Test(segment, short_live_zstd_file)
     size_t zlen;
     char *z = compress_records(&rs, &zlen);
     append(z, 2);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(segment_reader_kind(r), SEGMENT_KIND_UNKNOWN);
@@ -951,7 +948,7 @@ Test(segment, short_live_plain_file)
 {
     /* Two bytes that cannot begin the zstd magic: plain at once. */
     append_str("{\"");
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(segment_reader_kind(r), SEGMENT_KIND_PLAIN);
@@ -977,7 +974,7 @@ Test(segment, short_done_plain_files)
     for (size_t i = 0; i < 4; i++) {
         unlink(seg_path);
         append_str(files[i]);
-        struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+        struct segment_reader *r = open_reader(0, MAX_RECORD);
         struct got g = {0};
         cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
         cr_assert_eq(segment_reader_kind(r), SEGMENT_KIND_PLAIN, "file %zu", i);
@@ -994,7 +991,7 @@ Test(segment, magic_prefix_waits)
 {
     /* "\x28\xB5\x2F" may still become a zstd frame: wait, and do not call it plain. */
     append("\x28\xB5\x2F", 3);
-    struct segment_reader *r = open_reader(0, 0, MAX_RECORD);
+    struct segment_reader *r = open_reader(0, MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(segment_reader_kind(r), SEGMENT_KIND_UNKNOWN);
@@ -1012,7 +1009,7 @@ Test(segment, magic_prefix_waits)
 Test(segment, open_missing_file)
 {
     char *err = NULL;
-    struct segment_reader *r = segment_reader_open(seg_path, 0, 0, MAX_RECORD, &err);
+    struct segment_reader *r = segment_reader_open(seg_path, 0, MAX_RECORD, &err);
     cr_assert_null(r);
     char want[256];
     snprintf(want, sizeof(want), "cannot open %s: No such file or directory", seg_path);
@@ -1025,7 +1022,7 @@ Test(segment, open_missing_file)
 static void expect_resume(size_t k, const struct records *rs)
 {
     /* Resume after record k: the first record returned is k+1. */
-    struct segment_reader *r = open_reader(rs->ends[k], k + 1, MAX_RECORD);
+    struct segment_reader *r = open_reader(rs->ends[k], MAX_RECORD);
     cr_assert_eq(segment_reader_offset(r), rs->ends[k]);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN, "error: %s", segment_reader_error(r));
@@ -1078,7 +1075,7 @@ Test(segment, resume_zstd_live)
     zw_records(&z, &rs, 0, 200);
     zw_feed(&z, NULL, 0, ZSTD_e_flush);
     zw_sync(&z);
-    struct segment_reader *r = open_reader(rs.ends[299], 300, MAX_RECORD);
+    struct segment_reader *r = open_reader(rs.ends[299], MAX_RECORD);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(g.count, 0);
@@ -1141,7 +1138,7 @@ Test(segment, oversize_plain)
 {
     struct records rs = make_oversize_records();
     append(rs.text, rs.len);
-    struct segment_reader *r = open_reader(0, 0, 1000);
+    struct segment_reader *r = open_reader(0, 1000);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     expect_oversize_records(&g, &rs);
@@ -1157,7 +1154,7 @@ Test(segment, oversize_zstd)
     size_t zlen;
     char *z = compress_records(&rs, &zlen);
     append(z, zlen);
-    struct segment_reader *r = open_reader(0, 0, 1000);
+    struct segment_reader *r = open_reader(0, 1000);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     expect_oversize_records(&g, &rs);
@@ -1172,7 +1169,7 @@ Test(segment, oversize_trickle)
 {
     struct records rs = make_oversize_records();
     append("", 0);
-    struct segment_reader *r = open_reader(0, 0, 1000);
+    struct segment_reader *r = open_reader(0, 1000);
     struct got g = {0};
     for (size_t off = 0; off < rs.len; off += 997) {
         append(rs.text + off, rs.len - off < 997 ? rs.len - off : 997);
@@ -1191,7 +1188,7 @@ Test(segment, oversize_partial_tail)
     char *big = malloc(9000);
     memset(big, 'x', 9000);
     append(big, 9000);
-    struct segment_reader *r = open_reader(0, 0, 1000);
+    struct segment_reader *r = open_reader(0, 1000);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(g.count, 1);
@@ -1218,7 +1215,7 @@ Test(segment, resume_past_oversize)
     struct records rs = make_oversize_records();
     append(rs.text, rs.len);
     /* After record 5 (10000 bytes, oversize). */
-    struct segment_reader *r = open_reader(rs.ends[5], 6, 1000);
+    struct segment_reader *r = open_reader(rs.ends[5], 1000);
     struct got g = {0};
     cr_assert_eq(drain(r, &g), SEGMENT_AGAIN);
     cr_assert_eq(g.count, 6);
