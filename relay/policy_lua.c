@@ -2,6 +2,7 @@
 #include "policy_check.h"
 
 #include "config.h"
+#include "fnv.h"
 #include "hook_watchdog.h"
 #include "log.h"
 #include "loop.h"
@@ -10,7 +11,9 @@
 #include "lua_message.h"
 #include "lua_nats.h"
 #include "lua_sandbox.h"
+#include "metrics.h"
 #include "offsets.h"
+#include "rng.h"
 #include "segment.h"
 #include "spool.h"
 #include "subject.h"
@@ -207,9 +210,7 @@ static lua_Integer push_handlers(lua_State *L, const char *event)
 
 static bool first_time_seen(struct policy_lua *p, const char *text)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *c = text; *c; c++)
-        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    uint64_t h = fnv64_str(text);
     for (size_t i = 0; i < p->seen_error_count; i++)
         if (p->seen_errors[i] == h)
             return false;
@@ -233,6 +234,7 @@ static struct outcome error_outcome(struct policy_lua *p, const char *event)
     } else {
         const char *text = luaL_tolstring(p->L, -1, NULL);
         o.kind = OUTCOME_TRANSIENT;
+        metrics_policy_error();
         o.reason = xasprintf("%s", text);
         lua_pop(p->L, 1);
         if (first_time_seen(p, o.reason))
@@ -412,7 +414,7 @@ static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
         ms *= 2;
     if (qc->max_retry_interval_ms > 0 && ms > (double)qc->max_retry_interval_ms)
         ms = (double)qc->max_retry_interval_ms;
-    return (uint64_t)(ms * (0.9 + 0.2 * (double)rand() / RAND_MAX)); /* jitter ±10 % */
+    return (uint64_t)(ms * (0.9 + 0.2 * rng_unit())); /* jitter ±10 % */
 }
 
 static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
