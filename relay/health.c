@@ -26,9 +26,10 @@ static unsigned long long deadlettered_total(void)
 void health_log_totals(const char *what)
 {
     log_info("%s records=%llu published=%llu acked=%llu duplicates=%llu dropped=%llu "
-             "deadlettered=%llu",
+             "deadlettered=%llu policy_errors=%llu",
              what, LOADM(records_read), LOADM(publishes), LOADM(publishes_acked),
-             LOADM(publish_duplicates), LOADM(records_dropped), deadlettered_total());
+             LOADM(publish_duplicates), LOADM(records_dropped), deadlettered_total(),
+             LOADM(policy_errors));
 }
 
 /* A stall: records wait and no ack came for this long. */

@@ -196,6 +196,8 @@ end)
         self.assertEqual(1, len(warns), warns)
         line = policy.read_text().splitlines().index("        error('boom')") + 1
         self.assertIn(f'error="policy.lua:{line}: boom"', warns[0])
+        # Every error is counted (kumo_nats_relay_policy_errors_total), once per record here.
+        self.assertIn(" policy_errors=20", relay.log_text().splitlines()[-1])
 
     def test_runaway_loop_hits_the_instruction_budget_and_the_relay_goes_on(self):
         server = self.start_nats(["kumo.q"])
