@@ -6,7 +6,7 @@
 # nats-server -js on a free loopback port and prints the machine, the runs and the tables.
 # See bench.py for the BENCH_* environment variables (BENCH_BIG=1 adds the ~1 GB backlog).
 # NATS_SERVER=PATH runs it on another nats-server (e.g. one that tests/tools/nats-servers.sh
-# built).
+# built); BENCH_MATRIX=1 runs it on every server of the test matrix in turn.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -36,5 +36,13 @@ fi
 if [ -z "${BENCH_NATS:-}" ]; then
     BENCH_NATS=$("$repo/tests/tools/nats-servers.sh" --natscli) || BENCH_NATS=
     export BENCH_NATS
+fi
+if [ "${BENCH_MATRIX:-0}" = 1 ]; then
+    # Every server of the test matrix in turn (Debian's first), each its own full run.
+    "$repo/tests/tools/nats-servers.sh" | while read -r name path; do
+        echo "# nats-server $name"
+        NATS_SERVER=$path /usr/bin/python3 "$here/bench.py" "$@" || exit 1
+    done
+    exit $?
 fi
 exec /usr/bin/python3 "$here/bench.py" "$@"
