@@ -342,8 +342,10 @@ static void note_file(struct spool *spool, size_t dir, const char *file)
         return;
     char *path = xasprintf("%s/%s", spool->dirs[dir].path, file);
     char *name = spool_segment_name(spool->dirs[dir].path, dir, file);
+    /* lstat: the reader opens segments with O_NOFOLLOW, so a symlink could never be read;
+     * taken for a segment it would wait unread forever. */
     struct stat st;
-    int rc = stat(path, &st);
+    int rc = lstat(path, &st);
     free(path);
     struct segment *seg = spool_find(spool, name);
     if (rc != 0 || !S_ISREG(st.st_mode)) {
