@@ -333,6 +333,9 @@ static void note_file(struct spool *spool, size_t dir, const char *file)
         return;
     char *path = xasprintf("%s/%s", spool->dirs[dir].path, file);
     char *name = msgid_segment_name(spool->dirs[dir].path, dir, file);
+    /* stat, not lstat: a symlink named like a segment is noted, so that its reader says it
+     * will not follow it (O_NOFOLLOW) and --once reports it as not relayed, rather than
+     * the spool passing over it in silence. */
     struct stat st;
     int rc = stat(path, &st);
     free(path);
