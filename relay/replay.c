@@ -200,9 +200,47 @@ struct source {
     char *path;
     int fd;
     uint64_t inode, from, to;
+    struct timespec mtime;
     bool finished; /* the relay appends no more to it */
 };
 
+struct sources {
+    struct source *v;
+    size_t count;
+};
+
+static struct source *push(struct sources *s, struct source src)
+{
+    s->v = xrealloc(s->v, (s->count + 1) * sizeof(*s->v));
+    s->v[s->count] = src;
+    return &s->v[s->count++];
+}
+
+static struct source *add_source(struct sources *s, char *path, const struct stat *st,
+                                 uint64_t from)
+{
+    return push(s, (struct source){
+                       .path = path,
+                       .fd = -1,
+                       .inode = (uint64_t)st->st_ino,
+                       .from = from,
+                       .to = from,
+                       .mtime = st->st_mtim,
+                       /* read-only: the relay let go of it on SIGHUP (deadletter_reopen) */
+                       .finished = !(st->st_mode & 0222),
+                   });
+}
+
+static int by_mtime(const void *a, const void *b)
+{
+    const struct timespec *x = &((const struct source *)a)->mtime;
+    const struct timespec *y = &((const struct source *)b)->mtime;
+    if (x->tv_sec != y->tv_sec)
+        return x->tv_sec < y->tv_sec ? -1 : 1;
+    return x->tv_nsec < y->tv_nsec ? -1 : x->tv_nsec > y->tv_nsec;
+}
+
+/* An uncompressed dead-letter file (a compressed one is the operator's to read). */
 static bool plain_dead_letters(int dirfd, const char *name)
 {
     char first = 0;
@@ -214,83 +252,88 @@ static bool plain_dead_letters(int dirfd, const char *name)
     return plain;
 }
 
-/* deadletter.jsonl was rotated since the last replay: the file that carries the marked
- * inode under its rotated name (deadletter.jsonl.1, kept uncompressed by delaycompress) is
- * read on from the mark, then deadletter.jsonl from its start. A rotated file newer than
- * the marked one (rotated twice), or no marked file any more (compressed, removed), would
- * mean lines skipped: refused, with what to do. */
-static char *find_marked(const char *dir, const struct mark *m, struct source *out)
+/* deadletter.jsonl was rotated since the last replay (or was never replayed): the rotated
+ * files (deadletter.jsonl.N) still to read, oldest first. The one holding the marked inode
+ * is read on from the mark, then every uncompressed one written after it (all of them
+ * without a mark). A marked file no longer there (compressed, removed) would mean its
+ * later lines skipped: refused, with what to do. */
+static char *rotated_sources(const char *dir, const struct mark *m, struct sources *out)
 {
+    static const char prefix[] = "deadletter.jsonl.";
     DIR *d = opendir(dir);
     if (!d)
         return xasprintf("cannot read %s: %s", dir, strerror(errno));
-    static const char prefix[] = "deadletter.jsonl.";
-    struct stat st, marked = {0};
-    char *later = NULL;
-    for (int pass = 0; pass < 2; pass++) {
-        rewinddir(d);
-        for (struct dirent *e; (e = readdir(d)) != NULL;) {
-            if (strncmp(e->d_name, prefix, sizeof(prefix) - 1) != 0 ||
-                fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
-                continue;
-            if (pass == 0 && (uint64_t)st.st_ino == m->inode && !out->path) {
-                out->path = xasprintf("%s/%s", dir, e->d_name);
-                marked = st;
-            } else if (pass == 1 && out->path && (uint64_t)st.st_ino != m->inode && !later &&
-                       st.st_mtim.tv_sec > marked.st_mtim.tv_sec &&
-                       plain_dead_letters(dirfd(d), e->d_name)) {
-                later = xasprintf("%s/%s", dir, e->d_name);
-            }
-        }
+    struct stat st;
+    bool marked = false;
+    size_t marked_at = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, prefix, sizeof(prefix) - 1) != 0 ||
+            fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        char *path = xasprintf("%s/%s", dir, e->d_name);
+        if (m->inode && (uint64_t)st.st_ino == m->inode) {
+            marked_at = out->count;
+            marked = add_source(out, path, &st, m->offset) != NULL;
+        } else if (plain_dead_letters(dirfd(d), e->d_name))
+            add_source(out, path, &st, 0);
+        else
+            free(path);
     }
     closedir(d);
-    char *err = NULL;
-    if (!out->path)
-        err = xasprintf("deadletter.jsonl was rotated since the last replay, and the file it "
-                        "was replayed from (inode %" PRIu64 ", up to byte %" PRIu64
-                        ") is no longer in %s (compressed or removed): its later dead letters "
-                        "would be skipped. Replay them by hand, then remove %s/replayed to "
-                        "replay deadletter.jsonl from its start",
-                        m->inode, m->offset, dir, dir);
-    else if (later)
-        err = xasprintf("deadletter.jsonl was rotated more than once since the last replay: "
-                        "%s would be skipped. Replay the rotated files by hand, then remove "
-                        "%s/replayed to replay deadletter.jsonl from its start",
-                        later, dir);
-    else if ((out->fd = open(out->path, O_RDONLY | O_CLOEXEC)) < 0)
-        err = xasprintf("cannot read %s: %s", out->path, strerror(errno));
-    else {
-        out->inode = m->inode;
-        out->from = out->to = m->offset;
-        out->finished = !(marked.st_mode & 0222);
+    if (m->inode && !marked)
+        return xasprintf("deadletter.jsonl was rotated since the last replay, and the file it "
+                         "was replayed from (inode %" PRIu64 ", up to byte %" PRIu64
+                         ") is no longer in %s (compressed or removed): its later dead letters "
+                         "would be skipped. Replay them by hand, then remove %s/replayed to "
+                         "replay the uncompressed files from their start",
+                         m->inode, m->offset, dir, dir);
+    if (marked) { /* the ones written before it were replayed already */
+        struct source first = out->v[marked_at];
+        size_t kept = 0;
+        for (size_t i = 0; i < out->count; i++) {
+            if (i != marked_at && by_mtime(&out->v[i], &first) > 0)
+                out->v[kept++] = out->v[i];
+            else if (i != marked_at)
+                free(out->v[i].path);
+        }
+        out->count = kept;
+        push(out, first);
     }
-    free(later);
-    return err;
+    qsort(out->v, out->count, sizeof(*out->v), by_mtime);
+    return NULL;
 }
 
-/* The sources of this replay, in order: 1 or 2 (the rest of a rotated file first). */
+/* The files of this replay, in order: the rotated ones not replayed yet, then
+ * deadletter.jsonl, whose fd (cur_fd, or -1 when it does not exist) is already open. */
 static char *plan(const char *dir, const char *path, int cur_fd, const struct mark *m,
-                  struct source src[2], size_t *count)
+                  struct sources *out)
 {
     struct stat st = {0};
     if (cur_fd >= 0 && fstat(cur_fd, &st) != 0)
         return xasprintf("cannot read %s: %s", path, strerror(errno));
-    *count = 0;
-    if (m->inode && (cur_fd < 0 || m->inode != (uint64_t)st.st_ino)) {
-        char *err = find_marked(dir, m, &src[0]);
+    if (cur_fd < 0 || m->inode != (uint64_t)st.st_ino) {
+        char *err = rotated_sources(dir, m, out);
         if (err)
             return err;
-        *count = 1;
-        if (!src[0].finished)
-            return NULL; /* the relay still appends to it: the new file waits */
+        /* The relay appends to one file: the newest rotated one until it reopens, and
+         * after that only to deadletter.jsonl (a line there says it has). */
+        for (size_t i = 0; i + 1 < out->count; i++)
+            out->v[i].finished = true;
+        if (out->count && st.st_size > 0)
+            out->v[out->count - 1].finished = true;
+        for (size_t i = 0; i < out->count; i++)
+            if ((out->v[i].fd = open(out->v[i].path, O_RDONLY | O_CLOEXEC)) < 0)
+                return xasprintf("cannot read %s: %s", out->v[i].path, strerror(errno));
+        if (out->count && !out->v[out->count - 1].finished)
+            return NULL; /* deadletter.jsonl waits until the relay appends to it */
     }
     if (cur_fd >= 0) {
-        struct source *s = &src[(*count)++];
-        s->path = xstrdup(path);
+        uint64_t from = m->inode == (uint64_t)st.st_ino && m->offset <= (uint64_t)st.st_size
+                            ? m->offset
+                            : 0; /* a new file, or one truncated */
+        struct source *s = add_source(out, xstrdup(path), &st, from);
         s->fd = dup(cur_fd);
-        s->inode = (uint64_t)st.st_ino;
-        s->from = m->inode == s->inode && m->offset <= (uint64_t)st.st_size ? m->offset : 0;
-        s->to = s->from;
+        s->finished = false; /* the relay appends to it */
     }
     return NULL;
 }
@@ -365,12 +408,13 @@ int replay_deadletters(const struct config *cfg)
     char *path = xasprintf("%s/deadletter.jsonl", dir);
     char *mark_path = xasprintf("%s/replayed", dir);
     char *name = NULL, *err = NULL;
-    struct source src[2] = {{.fd = -1}, {.fd = -1}};
-    size_t count = 0;
+    struct sources all = {NULL, 0};
+    struct source *src;
+    size_t count;
     struct counts c = {0, 0, 0};
     int rc = 1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT && access(mark_path, F_OK) != 0) {
+    if (fd < 0 && errno == ENOENT && access(dir, F_OK) != 0) {
         printf("no dead letters to replay (%s does not exist)\n", path);
         rc = 0;
         goto out;
@@ -382,13 +426,18 @@ int replay_deadletters(const struct config *cfg)
     if ((err = lock_replays(dir)) != NULL)
         goto out;
     struct mark mark = read_mark(mark_path);
-    if ((err = plan(dir, path, fd, &mark, src, &count)) != NULL)
+    if ((err = plan(dir, path, fd, &mark, &all)) != NULL)
         goto out;
+    src = all.v;
+    count = all.count;
     if (count == 0 || !anything_new(src, count)) {
         struct mark now = count ? (struct mark){src[count - 1].inode, src[count - 1].from} : mark;
         if (now.inode != mark.inode && (err = write_mark(dir, &now)) != NULL)
             goto out;
-        printf("no dead letters to replay since the last replay (%s)\n", path);
+        if (fd < 0 && count == 0)
+            printf("no dead letters to replay (%s does not exist)\n", path);
+        else
+            printf("no dead letters to replay since the last replay (%s)\n", path);
         rc = 0;
         goto out;
     }
@@ -403,11 +452,12 @@ out:
     }
     if (fd >= 0)
         close(fd);
-    for (size_t i = 0; i < 2; i++) {
-        if (src[i].fd >= 0)
-            close(src[i].fd);
-        free(src[i].path);
+    for (size_t i = 0; i < all.count; i++) {
+        if (all.v[i].fd >= 0)
+            close(all.v[i].fd);
+        free(all.v[i].path);
     }
+    free(all.v);
     free(name);
     free(mark_path);
     free(path);
