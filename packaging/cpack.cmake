@@ -6,8 +6,8 @@
 # /usr/local does not write /etc or a systemd unit, and the packages contain exactly the
 # components CPack is told to take (CPACK_COMPONENTS_ALL), never a test tool.
 #
-#   relay  the binary, the configuration, the documentation, the sysusers.d file
-#          (both packages)
+#   relay  the binary, the configuration, the documentation, the sysusers.d file,
+#          the logrotate snippet (both packages)
 #   deb    the unit in /lib/systemd/system (Debian 12's systemdsystemunitdir),
 #          copyright and changelog.Debian.gz
 #   rpm    the unit in /usr/lib/systemd/system (%{_unitdir}), LICENSE as %license
@@ -38,6 +38,10 @@ install(FILES ${PROJECT_SOURCE_DIR}/README.md DESTINATION ${_pkg_doc}
         COMPONENT relay EXCLUDE_FROM_ALL)
 # The system user, declared once for systemd-sysusers; the maintainer scripts apply it.
 install(FILES ${_pkg_src}/sysusers/kumo-nats-relay.conf DESTINATION lib/sysusers.d
+        COMPONENT relay EXCLUDE_FROM_ALL)
+# The dead-letter file's rotation (the relay reopens it on SIGHUP); a conffile.
+install(FILES ${_pkg_src}/logrotate/kumo-nats-relay DESTINATION /etc/logrotate.d
+        PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ
         COMPONENT relay EXCLUDE_FROM_ALL)
 # The manual page is the binary's own --help and --version, through help2man, made when
 # the packages are (an install step, so everyday builds never run it) and never out of
@@ -175,9 +179,10 @@ set(CPACK_RPM_USER_FILELIST
     "%dir %attr(0750,root,kumo-nats-relay) /etc/kumo-nats-relay"
     "%config(noreplace) /etc/kumo-nats-relay/relay.yaml"
     "%config(noreplace) /etc/kumo-nats-relay/policy.lua"
+    "%config(noreplace) /etc/logrotate.d/kumo-nats-relay"
     "%license /usr/share/licenses/kumo-nats-relay/LICENSE")
 set(CPACK_RPM_EXCLUDE_FROM_AUTO_FILELIST_ADDITION
-    /usr/lib/systemd /usr/lib/systemd/system /usr/lib/sysusers.d /usr/share/man
+    /etc/logrotate.d /usr/lib/systemd /usr/lib/systemd/system /usr/lib/sysusers.d /usr/share/man
     /usr/share/man/man8 /usr/share/licenses)
 
 include(CPack)

@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev valgrind
   # tests/packaging: build, inspect, lint and install the .deb and the .rpm
   rpm rpmlint lintian cpio dpkg-dev file help2man systemd adduser init-system-helpers man-db
+  logrotate
   # tests/integration/test_metrics_alerts.py: promtool checks the shipped alert rules
   prometheus
 )

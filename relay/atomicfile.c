@@ -24,7 +24,7 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-static int fsync_dir(const char *dir)
+int atomicfile_fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
@@ -56,7 +56,7 @@ char *atomicfile_write(const struct atomicfile *f, const void *data, size_t len)
     close(fd);
     if (!err && rename(tmp, path) != 0)
         err = xasprintf("cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    else if (!err && fsync_dir(f->dir) != 0)
+    else if (!err && atomicfile_fsync_dir(f->dir) != 0)
         err = xasprintf("cannot fsync directory %s: %s", f->dir, strerror(errno));
     if (err)
         unlink(tmp);

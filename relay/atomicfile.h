@@ -20,4 +20,8 @@ struct atomicfile {
 /* Returns NULL, or the error (malloc'd); on error the temporary file is removed. */
 char *atomicfile_write(const struct atomicfile *f, const void *data, size_t len);
 
+/* fsync(2) of a directory, so that a rename or a create in it survives a crash. 0 or -1
+ * (errno set). For writers of large files that cannot go through atomicfile_write. */
+int atomicfile_fsync_dir(const char *dir);
+
 #endif

@@ -33,6 +33,11 @@ struct deadletter {
     size_t held_count;
 };
 
+static int open_file(const char *path)
+{
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+}
+
 struct deadletter *deadletter_open(const char *state_dir, char **err)
 {
     char *dir = xasprintf("%s/deadletter", state_dir);
@@ -45,7 +50,7 @@ struct deadletter *deadletter_open(const char *state_dir, char **err)
     dl->held_tail = &dl->held;
     dl->path = xasprintf("%s/deadletter.jsonl", dir);
     free(dir);
-    dl->fd = open(dl->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    dl->fd = open_file(dl->path);
     if (dl->fd < 0) {
         *err = xasprintf("cannot open %s: %s", dl->path, strerror(errno));
         free(dl->path);
@@ -143,6 +148,47 @@ char *deadletter_sync(struct deadletter *dl)
         return xasprintf("cannot fsync %s: %s", dl->path, strerror(errno));
     dl->dirty = false;
     return NULL;
+}
+
+/* logrotate's create mode renamed the file and made a new one: append to that from now on.
+ * What went to the old file is synced first (a checkpoint after this syncs only the new
+ * one), then the old file is made read-only: the sign `deadletter replay` reads that the
+ * relay will append no more to it, so its rest can be replayed and the new file started. */
+char *deadletter_reopen(struct deadletter *dl, bool *rotated)
+{
+    *rotated = false;
+    struct stat old_st, new_st;
+    int fd = open_file(dl->path);
+    if (fd < 0)
+        return xasprintf("cannot open %s: %s", dl->path, strerror(errno));
+    if (fstat(fd, &new_st) != 0 || fstat(dl->fd, &old_st) != 0) {
+        char *err = xasprintf("cannot stat %s: %s", dl->path, strerror(errno));
+        close(fd);
+        return err;
+    }
+    if (new_st.st_ino == old_st.st_ino && new_st.st_dev == old_st.st_dev) {
+        close(fd); /* not rotated: a plain reload */
+        return NULL;
+    }
+    char *err = deadletter_sync(dl);
+    if (err) {
+        close(fd); /* keep appending to the old file: its unsynced lines stay dirty */
+        return err;
+    }
+    if (fchmod(dl->fd, old_st.st_mode & 0444) != 0)
+        err = xasprintf("cannot make the rotated dead-letter file read-only (deadletter replay "
+                        "waits for that before it reads the new one): %s",
+                        strerror(errno));
+    close(dl->fd);
+    dl->fd = fd;
+    *rotated = true;
+    return err;
+}
+
+uint64_t deadletter_file_bytes(const struct deadletter *dl)
+{
+    struct stat st;
+    return dl && fstat(dl->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
 void deadletter_hold(struct deadletter *dl, void *cookie, const char *segment, uint64_t start,

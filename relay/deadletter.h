@@ -20,6 +20,12 @@ char *deadletter_write(struct deadletter *dl, const char *segment, uint64_t star
 /* fsync what was written since the last sync; called before a checkpoint commits offsets
  * past dead-lettered records. */
 char *deadletter_sync(struct deadletter *dl);
+/* SIGHUP: appends to a new file if the path now names one (logrotate renamed the old one
+ * and created it, or the relay creates it 0640). *rotated says whether it did. NULL or a
+ * malloc'd error; on error the old file is kept when its lines could not be synced. */
+char *deadletter_reopen(struct deadletter *dl, bool *rotated);
+/* Size of the file dead letters are appended to (one fstat; for the once-a-second gauge). */
+uint64_t deadletter_file_bytes(const struct deadletter *dl);
 /* A dead letter that could not be written (a full state_dir) is held: copied here, with
  * the caller's cookie (its record, which stays in flight so its offset does not move),
  * and written by deadletter_retry once the disk takes it. */

@@ -1,4 +1,5 @@
 #include "config.h"
+#include "deadletter.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -128,6 +129,7 @@ void health_update(struct relay *r)
     METRIC_SET(lag_ms, read_age_ms > st.unread_age_ms ? read_age_ms : st.unread_age_ms);
     size_t total = 0, disconnected = publisher_disconnected_count(&total);
     METRIC_SET(nats_connected, disconnected == 0 && total > 0);
+    METRIC_SET(deadletter_file_bytes, deadletter_file_bytes(r->deadletter));
     uint64_t since = 0;
     metrics_set_health_detail(publisher_down_reason(&since));
     maybe_ready(r);

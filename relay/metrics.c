@@ -202,6 +202,10 @@ static void put_gauges(FILE *f)
                "Bytes of segment files (as on disk: zstd-compressed) not read yet; status's "
                "BEHIND_BYTES counts decompressed record bytes instead.",
                LOAD(lag_bytes));
+    put_metric(f, "deadletter_file_bytes", "gauge",
+               "Size of the dead-letter file the relay appends to (deadletter.jsonl; after a "
+               "rotation and SIGHUP, the new one).",
+               LOAD(deadletter_file_bytes));
     put_metric(f, "lag_segments", "gauge", "Segments not yet completely relayed.",
                LOAD(lag_segments));
     fputs("# HELP kumo_nats_relay_dir_lag_file_bytes Bytes of segment files not read yet, by "

@@ -46,6 +46,7 @@ struct metrics {
     atomic_uint_fast64_t in_flight, nats_connected;
     atomic_uint_fast64_t segments_live, segments_done_pending, segments_finished;
     atomic_uint_fast64_t lag_bytes, lag_segments, oldest_unacked_ms;
+    atomic_uint_fast64_t deadletter_file_bytes; /* of the file appended to, once a second */
     atomic_uint_fast64_t lag_ms; /* age of the oldest record not yet acknowledged, read or not */
     /* per spool directory (the first METRICS_MAX_DIRS), named by metrics_set_dirs */
     atomic_uint_fast64_t dir_lag_bytes[METRICS_MAX_DIRS], dir_lag_segments[METRICS_MAX_DIRS];

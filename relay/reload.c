@@ -3,6 +3,7 @@
  * its connections still carry unacknowledged publishes, and records it held (batches,
  * retries) are handed to the new policy in their place in the watermark. */
 #include "config.h"
+#include "deadletter.h"
 #include "dupwindow.h"
 #include "log.h"
 #include "notify.h"
@@ -89,9 +90,24 @@ static void discard(struct config *cfg, struct policy *policy)
     free(cfg);
 }
 
+/* logrotate's create mode: the dead-letter file was renamed and a new one made. Done
+ * whether or not the configuration reloads. */
+static void reopen_deadletter(struct relay *r)
+{
+    bool rotated = false;
+    char *err = deadletter_reopen(r->deadletter, &rotated);
+    if (rotated)
+        log_info("SIGHUP: dead letters now go to a new file (the old one was rotated)");
+    if (err) {
+        log_warn("SIGHUP: dead-letter file error=\"%s\"", err);
+        free(err);
+    }
+}
+
 void reload_run(struct relay *r)
 {
     notify_reloading();
+    reopen_deadletter(r);
     log_info("SIGHUP: reloading config=%s", r->cfg->path);
     struct config *cfg = xcalloc(1, sizeof(*cfg));
     struct policy *policy = NULL;

@@ -194,6 +194,7 @@ rm -rf "$maint_build"
 
 expected_deb_files="/etc/kumo-nats-relay/policy.lua
 /etc/kumo-nats-relay/relay.yaml
+/etc/logrotate.d/kumo-nats-relay
 /lib/systemd/system/kumo-nats-relay.service
 /usr/bin/kumo-nats-relay
 /usr/lib/sysusers.d/kumo-nats-relay.conf
@@ -216,9 +217,10 @@ check "dpkg-deb -c: no test tools or tests" \
 check "dpkg-deb -c: /usr/bin/kumo-nats-relay is root:root 0755" \
     grep -qE '^-rwxr-xr-x root/root .* \./usr/bin/kumo-nats-relay$' <<<"$deb_listing"
 
-check "dpkg-deb -I: conffiles are relay.yaml and policy.lua" \
+check "dpkg-deb -I: conffiles are relay.yaml, policy.lua and the logrotate snippet" \
     same_lines "/etc/kumo-nats-relay/relay.yaml
-/etc/kumo-nats-relay/policy.lua" "$(dpkg-deb -I "$deb" conffiles)"
+/etc/kumo-nats-relay/policy.lua
+/etc/logrotate.d/kumo-nats-relay" "$(dpkg-deb -I "$deb" conffiles)"
 deb_info=$(dpkg-deb -I "$deb")
 check "dpkg-deb -I: postinst, prerm and postrm, executable" \
     bash -c 'for s in postinst prerm postrm; do
@@ -258,6 +260,7 @@ check "dpkg-deb -I: no build dependency in Depends" \
 expected_rpm_files="/etc/kumo-nats-relay
 /etc/kumo-nats-relay/policy.lua
 /etc/kumo-nats-relay/relay.yaml
+/etc/logrotate.d/kumo-nats-relay
 /usr/bin/kumo-nats-relay
 /usr/lib/systemd/system/kumo-nats-relay.service
 /usr/lib/sysusers.d/kumo-nats-relay.conf
@@ -275,10 +278,11 @@ expected_rpm_files="/etc/kumo-nats-relay
 check "rpm -qlp: exactly the binary, the config, the unit, sysusers.d, the docs, LICENSE and the man page" \
     same_lines "$expected_rpm_files" "$(rpm -qlp "$rpm" 2>/dev/null)"
 rpm_files=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
-check "rpm -qp: relay.yaml and policy.lua are %config(noreplace)" \
+check "rpm -qp: relay.yaml, policy.lua and the logrotate snippet are %config(noreplace)" \
     bash -c 'grep -qx "cn -rw-r--r-- root root /etc/kumo-nats-relay/relay.yaml" <<<"$1" &&
              grep -qx "cn -rw-r--r-- root root /etc/kumo-nats-relay/policy.lua" <<<"$1" &&
-             [ "$(grep -c "^c" <<<"$1")" -eq 2 ]' _ "$rpm_files"
+             grep -qx "cn -rw-r--r-- root root /etc/logrotate.d/kumo-nats-relay" <<<"$1" &&
+             [ "$(grep -c "^c" <<<"$1")" -eq 3 ]' _ "$rpm_files"
 check "rpm -qp: /etc/kumo-nats-relay is 0750 root:kumo-nats-relay" \
     grep -qx " drwxr-x--- root kumo-nats-relay /etc/kumo-nats-relay" <<<"$rpm_files"
 
@@ -549,6 +553,21 @@ install_checks() {
     check "the installed sysusers.d file: systemd-sysusers has nothing left to create" \
         bash -c '! command -v systemd-sysusers >/dev/null ||
                  [ -z "$(systemd-sysusers --dry-run kumo-nats-relay.conf 2>&1)" ]' 
+
+    # The dead-letter file as the relay leaves it, rotated the way cron's logrotate does.
+    local dl=$state/deadletter
+    install -d -m 0750 -o kumo-nats-relay -g kumo-nats-relay $dl
+    install -m 0640 -o kumo-nats-relay -g kumo-nats-relay /dev/null $dl/deadletter.jsonl
+    echo '{"segment":"x","start":0,"end":1,"reason":"r","line":"l\n"}' >>$dl/deadletter.jsonl
+    check "logrotate -d: the installed snippet parses, no error, rotates deadletter.jsonl" \
+        bash -c 'out=$(logrotate -d -f -s "$1/logrotate.state" /etc/logrotate.d/kumo-nats-relay 2>&1) &&
+                 ! grep -qi "error" <<<"$out" && grep -q "rotating log $2/deadletter.jsonl" <<<"$out" ||
+                 { echo "$out"; exit 1; }' _ "$work" "$dl"
+    check "logrotate -f: deadletter.jsonl.1 kept uncompressed, a new deadletter.jsonl 640 kumo-nats-relay" \
+        bash -c 'logrotate -f -s "$1/logrotate.state" /etc/logrotate.d/kumo-nats-relay &&
+                 [ -s "$2/deadletter.jsonl.1" ] && [ ! -s "$2/deadletter.jsonl" ] &&
+                 [ "$(stat -c "%a %U %G" "$2/deadletter.jsonl")" = "640 kumo-nats-relay kumo-nats-relay" ]' \
+        _ "$work" "$dl"
 
     # Upgrade over itself: the postinst's upgrade path; an edited conffile is kept.
     echo "# edited by tests/packaging" >>$etc/relay.yaml
