@@ -79,15 +79,21 @@ struct snapshot {
 };
 
 /* False when no hook runs, or it ended while being read. The record and its segment live
- * while their hook runs; the sequence check drops what was read after it ended. */
+ * while their hook runs; the sequence check drops what was read after it ended. The
+ * record is looked at only once its hook has run for a second: a hook that short may
+ * end (and its segment be freed) between the first check and the read, one that long is
+ * a hook the watchdog is about to report, which it needs the record for. */
 static bool take_snapshot(struct snapshot *s)
 {
     s->seq = atomic_load(&seq);
     if (!(s->seq & 1))
         return false;
     uint64_t started = atomic_load(&started_ms);
+    uint64_t now = loop_now_ms();
+    s->ran_ms = now > started ? now - started : 0;
     const char *name = atomic_load(&event);
-    const struct inflight_record *rec = atomic_load(&record);
+    const struct inflight_record *rec =
+        s->ran_ms >= STUCK_AFTER_STOP_MS ? atomic_load(&record) : NULL;
     snprintf(s->event, sizeof(s->event), "%s", name ? name : "?");
     s->has_record = rec != NULL;
     if (rec) {
@@ -95,11 +101,7 @@ static bool take_snapshot(struct snapshot *s)
         snprintf(s->segment, sizeof(s->segment), "%s", seg->id_name);
         s->offset = rec->start;
     }
-    if (atomic_load(&seq) != s->seq)
-        return false;
-    uint64_t now = loop_now_ms();
-    s->ran_ms = now > started ? now - started : 0;
-    return true;
+    return atomic_load(&seq) == s->seq;
 }
 
 char *hook_watchdog_health(void)
