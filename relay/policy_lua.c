@@ -49,6 +49,7 @@ struct retry {
     uint32_t attempts;
     uint64_t due_ms;
     uint64_t first_ms; /* when the oldest member was read, for max_age */
+    char *last_error;  /* for the dead letter when max_age runs out */
     struct retry *next;
 };
 
@@ -87,7 +88,8 @@ enum outcome_kind { OUTCOME_OK, OUTCOME_TRANSIENT, OUTCOME_PERMANENT };
 
 struct outcome {
     enum outcome_kind kind;
-    char *reason; /* malloc'd for TRANSIENT and PERMANENT */
+    char *reason;   /* malloc'd for TRANSIENT and PERMANENT */
+    bool reconnect; /* a Lua error or a 421: kumod closes the connection and builds a new one */
 };
 
 /* ---- the Lua state: allocator with a ceiling, instruction budget ---- */
@@ -226,10 +228,12 @@ static struct outcome error_outcome(struct policy_lua *p, const char *event)
     if (lua_kumo_is_reject(p->L, -1, &code, &message)) {
         o.kind = code >= 400 && code <= 499 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT;
         o.reason = xasprintf("rejected: %d %s", code, message ? message : "");
+        o.reconnect = code == 421;
     } else {
         const char *text = luaL_tolstring(p->L, -1, NULL);
         o.kind = OUTCOME_TRANSIENT;
         o.reason = xasprintf("%s", text);
+        o.reconnect = true;
         lua_pop(p->L, 1);
         if (first_time_seen(p, o.reason))
             log_warn("lua error in the '%s' event, the record will be retried error=\"%s\"", event,
@@ -271,15 +275,15 @@ static struct outcome resolve_queue(struct policy_lua *p, struct queue_state *q)
             char *err = lua_kumo_queue_config(L, -1, &q->qc);
             lua_pop(L, 2);
             if (err)
-                return (struct outcome){OUTCOME_PERMANENT, err};
-            return (struct outcome){OUTCOME_OK, NULL};
+                return (struct outcome){OUTCOME_PERMANENT, err, false};
+            return (struct outcome){OUTCOME_OK, NULL, false};
         }
         lua_pop(L, 1);
     }
     if (n > 0)
         lua_pop(L, 1);
     memset(&q->qc, 0, sizeof(q->qc)); /* no config: no custom_lua protocol */
-    return (struct outcome){OUTCOME_OK, NULL};
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 static struct queue_state *new_queue(struct policy_lua *p, const char *name)
@@ -313,8 +317,9 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
     const char *event = q->qc.constructor;
     if (push_handlers(L, event) == 0) {
         *o = (struct outcome){
-            OUTCOME_PERMANENT,
-            xasprintf("constructor event '%s' of queue %s has no handler", event, q->name)};
+            .kind = OUTCOME_PERMANENT,
+            .reason =
+                xasprintf("constructor event '%s' of queue %s has no handler", event, q->name)};
         return -1;
     }
     lua_geti(L, -1, 1);
@@ -334,8 +339,31 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
         *o = error_outcome(p, event);
         return -1;
     }
-    *o = (struct outcome){OUTCOME_OK, NULL};
+    *o = (struct outcome){OUTCOME_OK, NULL, false};
     return 0;
+}
+
+/* As kumod's lua_deliver.rs after a failed send: the connection object is closed (its
+ * close method, if it has one) and the next record calls the constructor again, so a
+ * connection gone stale recovers. */
+static void drop_connection(struct policy_lua *p, struct queue_state *q)
+{
+    lua_State *L = p->L;
+    if (q->connection_ref == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
+    if (lua_getfield(L, -1, "close") == LUA_TFUNCTION) {
+        lua_insert(L, -2);
+        if (call_hook(p, "close", 1, 0) != LUA_OK) {
+            log_warn("lua error in close queue=%s error=\"%s\"", q->name, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    } else {
+        lua_pop(L, 2);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, q->connection_ref);
+    q->connection_ref = LUA_NOREF;
+    q->constructed = false;
 }
 
 /* conn:method(arg) where arg is at arg_idx. */
@@ -347,14 +375,18 @@ static struct outcome call_connection(struct policy_lua *p, struct queue_state *
     if (lua_getfield(L, -1, method) != LUA_TFUNCTION) {
         lua_pop(L, 2);
         return (struct outcome){
-            OUTCOME_PERMANENT,
-            xasprintf("the connection of queue %s has no %s method", q->name, method)};
+            .kind = OUTCOME_PERMANENT,
+            .reason = xasprintf("the connection of queue %s has no %s method", q->name, method)};
     }
     lua_insert(L, -2); /* fn, conn */
     lua_pushvalue(L, arg_idx);
-    if (call_hook(p, method, 2, 0) != LUA_OK)
-        return error_outcome(p, method);
-    return (struct outcome){OUTCOME_OK, NULL};
+    if (call_hook(p, method, 2, 0) != LUA_OK) {
+        struct outcome o = error_outcome(p, method);
+        if (o.reconnect)
+            drop_connection(p, q);
+        return o;
+    }
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 /* Delivers one message (at msg_idx) through queue q. */
@@ -411,12 +443,21 @@ static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
     return (uint64_t)(ms * (0.9 + 0.2 * (double)rand() / RAND_MAX)); /* jitter ±10 % */
 }
 
+static void retry_free(struct retry *r)
+{
+    free(r->members);
+    free(r->last_error);
+    free(r);
+}
+
 static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
 {
     r->attempts++;
     const struct queue_config *qc = r->queue ? &r->queue->qc : NULL;
     struct queue_config defaults = {.retry_interval_ms = 1000, .max_retry_interval_ms = 60000};
     r->due_ms = loop_now_ms() + retry_delay_ms(qc ? qc : &defaults, r->attempts);
+    free(r->last_error);
+    r->last_error = xstrdup(reason);
     log_debug("record will be retried attempts=%u in_ms=%llu reason=\"%s\"", r->attempts,
               (unsigned long long)(r->due_ms - loop_now_ms()), reason);
     r->next = p->retries;
@@ -449,7 +490,7 @@ static void resolve_all(struct policy_lua *p, struct held_record *members, size_
  * constructor without one. */
 static struct outcome ensure_connection(struct policy_lua *p, struct queue_state *q)
 {
-    struct outcome o = {OUTCOME_OK, NULL};
+    struct outcome o = {OUTCOME_OK, NULL, false};
     if (q->constructed || call_constructor(p, q, 0, &o) != 0)
         return o;
     if (lua_istable(p->L, -1)) {
@@ -476,7 +517,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     bind_records(p, recs, count);
-    struct outcome o = {OUTCOME_OK, NULL};
+    struct outcome o = {OUTCOME_OK, NULL, false};
     if (q->qc.batch_size > 1)
         o = ensure_connection(p, q);
     if (o.kind == OUTCOME_OK && q->qc.batch_size > 1 && !q->per_record) {
@@ -538,7 +579,7 @@ static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *re
     }
     if (n > 0)
         lua_pop(L, 1);
-    return (struct outcome){OUTCOME_OK, NULL};
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_state **queue)
@@ -558,9 +599,10 @@ static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_stat
             q->qc.batch_size = 1;
     }
     if (!q->qc.constructor)
-        return (struct outcome){OUTCOME_PERMANENT,
-                                xasprintf("queue %s has no custom_lua protocol", q->name)};
-    return (struct outcome){OUTCOME_OK, NULL};
+        return (struct outcome){.kind = OUTCOME_PERMANENT,
+                                .reason =
+                                    xasprintf("queue %s has no custom_lua protocol", q->name)};
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 /* Runs the policy for the message at msg_idx. Returns the verdict, or DEFERRED when the
@@ -584,10 +626,12 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
             flush_batch(p, q);
         return POLICY_DEFERRED;
     }
+    bool sent = false;
     if (o.kind == OUTCOME_OK) {
         bind_records(p, &rec, 1);
         o = send_one(p, q, msg_idx);
         bind_records(p, NULL, 0);
+        sent = true;
     }
     if (o.kind == OUTCOME_OK)
         return POLICY_PUBLISHED;
@@ -597,7 +641,9 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
     }
     struct held_record *h = xmalloc(sizeof(*h));
     hold(p, h, rec, msg_idx);
-    retry_new(p, q && q->constructed ? q : NULL, h, 1, o.reason);
+    /* An error from sending retries through the queue (max_age applies, and a dropped
+     * connection is built again there); an earlier one runs the whole policy again. */
+    retry_new(p, sent ? q : NULL, h, 1, o.reason);
     free(o.reason);
     return POLICY_DEFERRED;
 }
@@ -636,11 +682,12 @@ static void run_retry(struct policy_lua *p, struct retry *r)
     lua_State *L = p->L;
     uint64_t max_age = r->queue ? (uint64_t)r->queue->qc.max_age_ms : 0;
     if (max_age > 0 && loop_now_ms() - r->first_ms > max_age) {
-        struct outcome o = {OUTCOME_PERMANENT, xstrdup("max_age exceeded")};
+        struct outcome o = {.kind = OUTCOME_PERMANENT,
+                            .reason = xasprintf("max_age exceeded; last error: %s",
+                                                r->last_error ? r->last_error : "none")};
         resolve_all(p, r->members, r->count, &o);
         free(o.reason);
-        free(r->members);
-        free(r);
+        retry_free(r);
         return;
     }
     struct outcome o;
@@ -662,16 +709,14 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         else
             luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
         free(reason);
-        free(r->members);
-        free(r);
+        retry_free(r);
         return;
     }
     if (o.kind == OUTCOME_TRANSIENT) {
         schedule_retry(p, r, o.reason);
     } else {
         resolve_all(p, r->members, r->count, &o);
-        free(r->members);
-        free(r);
+        retry_free(r);
     }
     free(o.reason);
 }
@@ -743,8 +788,7 @@ void policy_lua_release_held(struct policy_lua *p,
         struct retry *r = p->retries;
         p->retries = r->next;
         release_members(p, r->members, r->count, fn, ctx);
-        free(r->members);
-        free(r);
+        retry_free(r);
     }
 }
 
@@ -879,21 +923,8 @@ struct policy_lua *policy_lua_create(const struct config *cfg, const struct poli
 
 static void close_connections(struct policy_lua *p)
 {
-    lua_State *L = p->L;
-    for (struct queue_state *q = p->queues; q; q = q->next) {
-        if (q->connection_ref == LUA_NOREF)
-            continue;
-        lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
-        if (lua_getfield(L, -1, "close") == LUA_TFUNCTION) {
-            lua_insert(L, -2);
-            if (call_hook(p, "close", 1, 0) != LUA_OK) {
-                log_warn("lua error in close queue=%s error=\"%s\"", q->name, lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        } else {
-            lua_pop(L, 2);
-        }
-    }
+    for (struct queue_state *q = p->queues; q; q = q->next)
+        drop_connection(p, q);
 }
 
 static void free_queues(struct policy_lua *p)
@@ -910,8 +941,7 @@ static void free_queues(struct policy_lua *p)
     while (p->retries) {
         struct retry *r = p->retries;
         p->retries = r->next;
-        free(r->members);
-        free(r);
+        retry_free(r);
     }
 }
 
