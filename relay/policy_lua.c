@@ -10,6 +10,7 @@
 #include "lua_nats.h"
 #include "lua_sandbox.h"
 #include "offsets.h"
+#include "publish.h"
 #include "segment.h"
 #include "spool.h"
 #include "subject.h"
@@ -50,6 +51,13 @@ struct retry {
     uint64_t due_ms;
     uint64_t first_ms; /* when the oldest member was read, for max_age */
     char *last_error;  /* for the dead letter when max_age runs out */
+    /* Parked: the hook waits in publish for an ack (see call_parkable). */
+    lua_State *co;
+    int co_ref;
+    uint64_t await_id;
+    const char *event;       /* the hook's name, for errors and the budget */
+    unsigned publish_index;  /* publishes made so far in this attempt */
+    struct publish_ack *ack; /* came while another hook ran: resumed at the tick */
     struct retry *next;
 };
 
@@ -78,13 +86,24 @@ struct policy_lua {
     struct lua_nats nats;
     struct queue_state *queues;
     struct retry *retries;
+    struct retry *parked; /* hooks waiting for an ack */
+    struct retry *ready;  /* parked hooks whose ack came while another hook ran */
+    lua_State *runner;    /* the coroutine the next parkable hook runs on */
+    int runner_ref;
+    bool may_park;            /* the hook about to run may wait for an ack (call_parkable) */
+    struct retry just_parked; /* what call_parkable parked: co, co_ref, await_id, event */
     bool has_should_enqueue;
     char *hook_name; /* passed to should_enqueue_log_record; see lua_kumod_hook_name */
     uint64_t seen_errors[SEEN_ERRORS];
     size_t seen_error_count;
 };
 
-enum outcome_kind { OUTCOME_OK, OUTCOME_TRANSIENT, OUTCOME_PERMANENT };
+enum outcome_kind {
+    OUTCOME_OK,
+    OUTCOME_TRANSIENT,
+    OUTCOME_PERMANENT,
+    OUTCOME_PARKED, /* the hook waits for an ack: p->just_parked */
+};
 
 struct outcome {
     enum outcome_kind kind;
@@ -148,6 +167,68 @@ static int call_hook(struct policy_lua *p, const char *event, int nargs, int nre
     int rc = lua_pcall(p->L, nargs, nresults, 0);
     hook_watchdog_leave();
     p->current_event = NULL;
+    return rc;
+}
+
+/* Resumes co (nargs values on its stack) under a fresh budget, with publish allowed to
+ * yield in it. A yield that is not publish's is an error. */
+static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, int nargs, int *nres)
+{
+    p->stopping = hook_watchdog_stopping();
+    p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
+    p->current_event = event;
+    p->nats.runner = co;
+    p->nats.parked_await_id = 0;
+    hook_watchdog_enter(event);
+    int rc = lua_resume(co, p->L, nargs, nres);
+    hook_watchdog_leave();
+    p->nats.runner = NULL;
+    p->current_event = NULL;
+    if (rc == LUA_YIELD && p->nats.parked_await_id == 0) {
+        lua_settop(co, 0);
+        lua_pushfstring(co, "attempt to yield from the '%s' event", event);
+        rc = LUA_ERRRUN;
+    }
+    return rc;
+}
+
+/* As call_hook, but on a coroutine when p->may_park: a publish that waits for its ack
+ * (kumod's await_ack, the default) yields, and the loop resumes the hook when the ack
+ * comes, relaying other records meanwhile. Returns LUA_YIELD with the coroutine in
+ * p->just_parked. Lua 5.4 hooks are per thread: each coroutine gets the budget hook. */
+static int call_parkable(struct policy_lua *p, const char *event, int nargs, int nresults)
+{
+    if (!p->may_park)
+        return call_hook(p, event, nargs, nresults);
+    lua_State *L = p->L;
+    if (!p->runner) {
+        p->runner = lua_newthread(L);
+        lua_sethook(p->runner, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+        p->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_State *co = p->runner;
+    lua_xmove(L, co, nargs + 1);
+    int nres = 0;
+    int rc = resume_hook(p, co, event, nargs, &nres);
+    if (rc == LUA_OK) {
+        int keep = nres < nresults ? nres : nresults;
+        lua_settop(co, keep); /* the results are all that is on its stack */
+        lua_xmove(co, L, keep);
+        for (int i = keep; i < nresults; i++)
+            lua_pushnil(L);
+        return LUA_OK;
+    }
+    if (rc == LUA_YIELD) {
+        p->just_parked.co = co;
+        p->just_parked.co_ref = p->runner_ref;
+        p->just_parked.await_id = p->nats.parked_await_id;
+        p->just_parked.event = event;
+        p->just_parked.publish_index = p->nats.publish_index;
+    } else {
+        lua_xmove(co, L, 1); /* the error */
+        luaL_unref(L, LUA_REGISTRYINDEX, p->runner_ref);
+    }
+    p->runner = NULL; /* parked, or dead after an error: the next hook gets a new one */
     return rc;
 }
 
@@ -332,9 +413,13 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
     lua_pushstring(L, q->parts.domain);
     q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
     q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
-    int rc = call_hook(p, event, 3, 1);
+    int rc = msg_idx ? call_parkable(p, event, 3, 1) : call_hook(p, event, 3, 1);
     lua_pushnil(L);
     lua_setglobal(L, "message");
+    if (rc == LUA_YIELD) {
+        *o = (struct outcome){.kind = OUTCOME_PARKED};
+        return -1;
+    }
     if (rc != LUA_OK) {
         *o = error_outcome(p, event);
         return -1;
@@ -380,7 +465,10 @@ static struct outcome call_connection(struct policy_lua *p, struct queue_state *
     }
     lua_insert(L, -2); /* fn, conn */
     lua_pushvalue(L, arg_idx);
-    if (call_hook(p, method, 2, 0) != LUA_OK) {
+    int rc = call_parkable(p, method, 2, 0);
+    if (rc == LUA_YIELD)
+        return (struct outcome){.kind = OUTCOME_PARKED};
+    if (rc != LUA_OK) {
         struct outcome o = error_outcome(p, method);
         if (o.reconnect)
             drop_connection(p, q);
@@ -396,8 +484,12 @@ static struct outcome send_one(struct policy_lua *p, struct queue_state *q, int 
     struct outcome o;
     if (q->constructed && !q->per_record)
         return call_connection(p, q, "send", msg_idx);
-    if (call_constructor(p, q, msg_idx, &o) != 0)
+    if (call_constructor(p, q, msg_idx, &o) != 0) {
+        /* A constructor that waits for an ack publishes itself: the seed shape. */
+        if (o.kind == OUTCOME_PARKED && !q->constructed)
+            q->constructed = q->per_record = true;
         return o;
+    }
     if (!q->constructed && lua_istable(L, -1)) {
         q->connection_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         q->constructed = true;
@@ -445,6 +537,7 @@ static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
 
 static void retry_free(struct retry *r)
 {
+    free(r->ack);
     free(r->members);
     free(r->last_error);
     free(r);
@@ -464,10 +557,10 @@ static void schedule_retry(struct policy_lua *p, struct retry *r, const char *re
     p->retries = r;
 }
 
-static void retry_new(struct policy_lua *p, struct queue_state *q, struct held_record *members,
-                      size_t count, const char *reason)
+static struct retry *retry_alloc(struct queue_state *q, struct held_record *members, size_t count)
 {
     struct retry *r = xcalloc(1, sizeof(*r));
+    r->co_ref = LUA_NOREF;
     r->queue = q;
     r->members = members;
     r->count = count;
@@ -475,7 +568,25 @@ static void retry_new(struct policy_lua *p, struct queue_state *q, struct held_r
     for (size_t i = 0; i < count; i++)
         if (members[i].rec->read_at_ms < r->first_ms)
             r->first_ms = members[i].rec->read_at_ms;
-    schedule_retry(p, r, reason);
+    return r;
+}
+
+static void retry_new(struct policy_lua *p, struct queue_state *q, struct held_record *members,
+                      size_t count, const char *reason)
+{
+    schedule_retry(p, retry_alloc(q, members, count), reason);
+}
+
+/* The hook of r waits for an ack: policy_lua_acked resumes it. */
+static void park(struct policy_lua *p, struct retry *r)
+{
+    r->co = p->just_parked.co;
+    r->co_ref = p->just_parked.co_ref;
+    r->await_id = p->just_parked.await_id;
+    r->event = p->just_parked.event;
+    r->publish_index = p->just_parked.publish_index;
+    r->next = p->parked;
+    p->parked = r;
 }
 
 static void resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
@@ -521,8 +632,11 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
     if (q->qc.batch_size > 1)
         o = ensure_connection(p, q);
     if (o.kind == OUTCOME_OK && q->qc.batch_size > 1 && !q->per_record) {
+        p->may_park = true;
         o = call_connection(p, q, "send_batch", lua_gettop(L));
     } else {
+        /* One hook per message of a batch cannot wait in the middle: only one may park. */
+        p->may_park = count == 1;
         for (size_t i = 0; i < count && o.kind == OUTCOME_OK; i++) {
             bind_records(p, &recs[i], 1);
             lua_rawgeti(L, -1, (lua_Integer)i + 1);
@@ -530,6 +644,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
             lua_pop(L, 1);
         }
     }
+    p->may_park = false;
     lua_pop(L, 1);
     bind_records(p, NULL, 0);
     free(recs);
@@ -543,7 +658,9 @@ static void flush_batch(struct policy_lua *p, struct queue_state *q)
     q->batch = NULL;
     q->batch_count = 0;
     struct outcome o = send_members(p, q, members, count);
-    if (o.kind == OUTCOME_TRANSIENT) {
+    if (o.kind == OUTCOME_PARKED) {
+        park(p, retry_alloc(q, members, count));
+    } else if (o.kind == OUTCOME_TRANSIENT) {
         retry_new(p, q, members, count, o.reason);
     } else {
         resolve_all(p, members, count, &o);
@@ -629,12 +746,20 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
     bool sent = false;
     if (o.kind == OUTCOME_OK) {
         bind_records(p, &rec, 1);
+        p->may_park = true;
         o = send_one(p, q, msg_idx);
+        p->may_park = false;
         bind_records(p, NULL, 0);
         sent = true;
     }
     if (o.kind == OUTCOME_OK)
         return POLICY_PUBLISHED;
+    if (o.kind == OUTCOME_PARKED) {
+        struct held_record *h = xmalloc(sizeof(*h));
+        hold(p, h, rec, msg_idx);
+        park(p, retry_alloc(q, h, 1));
+        return POLICY_DEFERRED;
+    }
     if (o.kind == OUTCOME_PERMANENT) {
         *reason = o.reason;
         return POLICY_DEADLETTER;
@@ -677,6 +802,20 @@ enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_reco
 
 /* ---- periodic: retries and batches ---- */
 
+/* The attempt of r is over: again later, or decided. */
+static void settle(struct policy_lua *p, struct retry *r, struct outcome *o)
+{
+    if (o->kind == OUTCOME_PARKED) {
+        park(p, r);
+    } else if (o->kind == OUTCOME_TRANSIENT) {
+        schedule_retry(p, r, o->reason);
+    } else {
+        resolve_all(p, r->members, r->count, o);
+        retry_free(r);
+    }
+    free(o->reason);
+}
+
 static void run_retry(struct policy_lua *p, struct retry *r)
 {
     lua_State *L = p->L;
@@ -712,18 +851,22 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         retry_free(r);
         return;
     }
-    if (o.kind == OUTCOME_TRANSIENT) {
-        schedule_retry(p, r, o.reason);
-    } else {
-        resolve_all(p, r->members, r->count, &o);
-        retry_free(r);
-    }
-    free(o.reason);
+    settle(p, r, &o);
 }
+
+static void resume_parked(struct policy_lua *p, struct retry *r, const struct publish_ack *ack);
 
 void policy_lua_tick(struct policy_lua *p)
 {
     lua_nats_tick(&p->nats);
+    while (p->ready) {
+        struct retry *r = p->ready;
+        p->ready = r->next;
+        struct publish_ack *ack = r->ack;
+        r->ack = NULL;
+        resume_parked(p, r, ack);
+        free(ack);
+    }
     uint64_t now = loop_now_ms();
     struct retry *due = NULL;
     for (struct retry **r = &p->retries; *r;) {
@@ -749,9 +892,71 @@ void policy_lua_tick(struct policy_lua *p)
     }
 }
 
+/* Goes on with a parked hook: its publish returns the ack table or raises the error. */
+static void resume_parked(struct policy_lua *p, struct retry *r, const struct publish_ack *ack)
+{
+    lua_State *L = p->L, *co = r->co;
+    struct inflight_record **recs = xcalloc(r->count, sizeof(*recs));
+    for (size_t i = 0; i < r->count; i++)
+        recs[i] = r->members[i].rec;
+    bind_records(p, recs, r->count);
+    p->nats.publish_index = r->publish_index; /* the next publish gets the next id */
+    bool seed = r->queue->per_record;         /* its constructor reads the global */
+    if (seed) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
+        lua_setglobal(L, "message");
+    }
+    lua_nats_push_resume(co, ack);
+    int nres = 0;
+    int rc = resume_hook(p, co, r->event, 2, &nres);
+    if (seed) {
+        lua_pushnil(L);
+        lua_setglobal(L, "message");
+    }
+    struct outcome o = {OUTCOME_OK, NULL, false};
+    if (rc == LUA_YIELD) {
+        p->just_parked.co = co;
+        p->just_parked.co_ref = r->co_ref;
+        p->just_parked.await_id = p->nats.parked_await_id;
+        p->just_parked.event = r->event;
+        p->just_parked.publish_index = p->nats.publish_index;
+        o.kind = OUTCOME_PARKED;
+    } else {
+        if (rc != LUA_OK) {
+            lua_xmove(co, L, 1);
+            o = error_outcome(p, r->event);
+            if (o.reconnect && !seed)
+                drop_connection(p, r->queue);
+        }
+        luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
+        r->co = NULL;
+        r->co_ref = LUA_NOREF;
+    }
+    bind_records(p, NULL, 0);
+    free(recs);
+    settle(p, r, &o);
+}
+
 void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
 {
-    lua_nats_acked(p->L, &p->nats, ack);
+    if (lua_nats_acked(p->L, &p->nats, ack))
+        return;
+    for (struct retry **rp = &p->parked; *rp; rp = &(*rp)->next) {
+        struct retry *r = *rp;
+        if (r->await_id != ack->await_id)
+            continue;
+        *rp = r->next;
+        if (p->current_event) {
+            /* Taken while a hook waits (a table read outside a coroutine): not now. */
+            r->ack = xmalloc(sizeof(*r->ack));
+            *r->ack = *ack;
+            r->next = p->ready;
+            p->ready = r;
+        } else {
+            resume_parked(p, r, ack);
+        }
+        return;
+    }
 }
 
 size_t policy_lua_in_flight(const struct policy_lua *p)
@@ -784,11 +989,16 @@ void policy_lua_release_held(struct policy_lua *p,
         q->batch = NULL;
         q->batch_count = 0;
     }
-    while (p->retries) {
-        struct retry *r = p->retries;
-        p->retries = r->next;
-        release_members(p, r->members, r->count, fn, ctx);
-        retry_free(r);
+    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        while (*lists[i]) {
+            struct retry *r = *lists[i];
+            *lists[i] = r->next;
+            /* A parked hook is abandoned: the new policy runs the record again. */
+            luaL_unref(p->L, LUA_REGISTRYINDEX, r->co_ref);
+            release_members(p, r->members, r->count, fn, ctx);
+            retry_free(r);
+        }
     }
 }
 
@@ -938,10 +1148,13 @@ static void free_queues(struct policy_lua *p)
         free(q->parts_buf);
         free(q);
     }
-    while (p->retries) {
-        struct retry *r = p->retries;
-        p->retries = r->next;
-        retry_free(r);
+    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        while (*lists[i]) {
+            struct retry *r = *lists[i];
+            *lists[i] = r->next;
+            retry_free(r);
+        }
     }
 }
 

@@ -6,6 +6,8 @@ binary."""
 
 import json
 import re
+import socket
+import time
 
 import harness as h
 
@@ -20,6 +22,62 @@ kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
   }
 end)
 """
+
+
+# KumoMTA's integration-test publisher (its NATS test policy): send returns a string
+# built from the ack, so it needs publish to wait for the ack and return its fields.
+KUMO_TEST_SEND = """
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' }, name = 'kumo-test' }
+  return {
+    send = function(self, message)
+      local ret = client:publish { subject = 'kumo.q', payload = message:get_data() }
+      kumo.log_info('ack stream=' .. ret.stream .. ' sequence=' .. ret.sequence
+                    .. ' duplicate=' .. tostring(ret.duplicate) .. ' domain=[' .. ret.domain
+                    .. '] value=[' .. ret.value .. ']')
+      return 'stored at ' .. ret.sequence
+    end,
+    close = function(self) client:close() end,
+  }
+end)
+"""
+
+# Bounces go to a subject whose acknowledgement is slow in coming; the rest to one a
+# stream serves at once.
+TWO_SUBJECTS = """
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      local record = message:get_meta('log_record')
+      local subject = record.type == 'Bounce' and 'kumo.slow' or 'kumo.q'
+      local ret = client:publish { subject = subject, payload = message:get_data() }
+      return subject .. ' ' .. ret.sequence
+    end,
+  }
+end)
+"""
+
+
+class SilentSubscriber:
+    """A core NATS subscriber on a subject that never answers: a JetStream publish there
+    gets no acknowledgement (and no "no responders") until a stream takes the subject."""
+
+    def __init__(self, server, subject):
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        self.sock.recv(4096)  # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+                          + f"SUB {subject} 1\r\nPING\r\n".encode())
+        buf = b""
+        while b"PONG" not in buf:
+            buf += self.sock.recv(4096)
+
+    def close(self):
+        self.sock.close()
+
+
+def record_type(line):
+    return json.loads(line)["type"]
 
 
 class KumodAwaitTest(h.RelayTestCase):
@@ -111,3 +169,95 @@ end)
         line = policy.read_text().splitlines().index("      error('backend down')") + 1
         self.assertEqual({f"max_age exceeded; last error: policy.lua:{line}: backend down"},
                          {d["reason"] for d in dead})
+
+    # -- items 1 and 4: publish waits for the ack, as a coroutine ---------------------
+
+    def test_kumo_integration_test_send_relays_every_record_once(self):
+        # crates/mod-nats/src/lib.rs: await_ack defaults to true and publish returns the
+        # PublishAck {stream, sequence, duplicate, domain, value} (strings "" when empty);
+        # KumoMTA's NATS integration test concatenates ret.sequence.
+        server = self.start_nats(["kumo.q"])
+        policy = self.write_policy(server, KUMO_TEST_SEND)
+        expected = self.write_records(40, seed=3, segments=2)
+        relay = self.relay(self.lua_config(server, policy), start=False)
+        self.assertEqual(0, relay.run_once(timeout=60), relay.log_text())
+        dump = h.dump_stream(server.url, "KUMO")
+        h.assert_exactly_once(dump, expected)
+        acks = re.findall(r"ack stream=(\w+) sequence=(\d+) duplicate=(\w+) domain=\[\] "
+                          r"value=\[\]", relay.log_text())
+        self.assertEqual(40, len(acks), relay.log_text())
+        self.assertEqual({("KUMO", "false")}, {(s, d) for s, _, d in acks})
+        self.assertEqual(sorted(m["seq"] for m in dump), sorted(int(q) for _, q, _ in acks))
+        self.assertNotIn("lua error", relay.log_text())
+
+    def test_publish_error_is_raised_in_lua_and_pcall_sees_it(self):
+        # crates/mod-nats/src/lib.rs: the ack future's error (async_nats: no responders)
+        # is the publish call's Lua error, so pcall catches it and the policy decides.
+        server = self.start_nats(["kumo.q"])
+        policy = self.write_policy(server, """
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      local ok, err = pcall(client.publish, client,
+                            { subject = 'nostream.x', payload = message:get_data() })
+      if not ok then
+        kumo.reject(550, 'no stream: ' .. tostring(err))
+      end
+    end,
+  }
+end)
+""")
+        lines = h.make_records(5, seed=4)
+        h.write_segment(self.spool / h.segment_names(1)[0], lines)
+        relay = self.relay(self.lua_config(server, policy), start=False)
+        self.assertEqual(0, relay.run_once(timeout=60), relay.log_text())
+        dead = self.dead_letters()
+        self.assertEqual([x.decode() for x in lines], [d["line"] for d in dead])
+        self.assertEqual({"rejected: 550 no stream: publish: no responders (no stream listens "
+                          "on the subject)"}, {d["reason"] for d in dead})
+
+    def start_two_subjects(self, n, seed, **config):
+        server = self.start_nats(["kumo.q"])
+        policy = self.write_policy(server, TWO_SUBJECTS)
+        silent = SilentSubscriber(server, "kumo.slow")
+        self.addCleanup(silent.close)
+        expected = self.write_records(n, seed=seed)
+        fast = [(d, m) for d, m in expected if record_type(d) != "Bounce"]
+        slow = [(d, m) for d, m in expected if record_type(d) == "Bounce"]
+        self.assertGreater(len(slow), 0)
+        cfg = self.lua_config(server, policy, jetstream={"ack_timeout": "1s"}, **config)
+        return server, silent, cfg, fast, slow
+
+    def test_other_records_flow_while_an_ack_is_awaited(self):
+        # The hook waits in publish as kumod's async send does (lua_deliver.rs awaits the
+        # send future): the loop resumes it when the ack comes, other records go on.
+        server, silent, cfg, fast, slow = self.start_two_subjects(200, seed=5)
+        relay = self.relay(cfg)
+        h.wait_count(server.url, "KUMO", len(fast), timeout=30)
+        h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), fast)
+        # The slow records wait, parked; once a stream takes their subject the resent
+        # publishes are acknowledged and their hooks finish.
+        silent.close()
+        h.create_stream(server.url, "SLOW", ["kumo.slow"], dup_window=600)
+        h.wait_count(server.url, "SLOW", len(slow), timeout=30)
+        self.assertEqual(0, relay.stop())
+        h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), fast)
+        h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), slow)
+
+    def test_sigterm_with_parked_hooks_exits_in_time_and_a_rerun_relays_once(self):
+        # Parked hooks whose ack does not come are abandoned after shutdown_timeout, their
+        # records not committed: the next run sends them again.
+        server, silent, cfg, fast, slow = self.start_two_subjects(200, seed=6,
+                                                                  shutdown_timeout="2s")
+        relay = self.relay(cfg)
+        h.wait_count(server.url, "KUMO", len(fast), timeout=30)
+        started = time.monotonic()
+        relay.stop(timeout=10)
+        self.assertLess(time.monotonic() - started, 2 + 3)
+        silent.close()
+        h.create_stream(server.url, "SLOW", ["kumo.slow"], dup_window=600)
+        rerun = self.relay(cfg, start=False, name="rerun")
+        self.assertEqual(0, rerun.run_once(timeout=60), rerun.log_text())
+        h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), fast)
+        h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), slow)
