@@ -26,90 +26,7 @@
 #define EVENTS_KEY    "kumo-nats-relay.events"    /* event name -> { handlers... } */
 #define LOCATIONS_KEY "kumo-nats-relay.locations" /* event name -> "file:line" */
 
-enum {
-    INSTRUCTION_BUDGET = 100 * 1000 * 1000, /* per hook call: a runaway loop becomes an error */
-    STOPPING_BUDGET = 1000 * 1000,      /* per hook call once the relay stops: the drain waits */
-    HOOK_EVERY = 10000,                 /* instructions between budget checks */
-    MEMORY_CEILING = 512 * 1024 * 1024, /* bytes for the whole Lua state */
-    SEEN_ERRORS = 256,                  /* distinct error messages logged at warn */
-};
-
-/* A record the policy holds: in a batch, or waiting to be sent again. */
-struct held_record {
-    struct inflight_record *rec;
-    int message_ref; /* the pinned Message, in the registry */
-};
-
-struct queue_state;
-
-/* One record or one batch waiting for its next attempt. */
-struct retry {
-    struct queue_state *queue; /* NULL: run the whole policy again (the error came early) */
-    struct held_record *members;
-    size_t count;
-    uint32_t attempts;
-    uint64_t due_ms;
-    uint64_t first_ms; /* when the oldest member was read, for max_age */
-    char *last_error;  /* for the dead letter when max_age runs out */
-    /* Parked: the hook waits in publish for an ack (see call_parkable). */
-    lua_State *co;
-    int co_ref;
-    uint64_t await_id;
-    const char *event;       /* the hook's name, for errors and the budget */
-    unsigned publish_index;  /* publishes made so far in this attempt */
-    struct publish_ack *ack; /* came while another hook ran: resumed at the tick */
-    struct retry *next;
-};
-
-struct queue_state {
-    char *name;
-    char *parts_buf;
-    struct queue_parts parts;
-    struct queue_config qc;
-    bool constructed;
-    bool per_record;    /* the seed shape: the constructor publishes for each record */
-    int connection_ref; /* the connection table (LUA_NOREF for the seed shape) */
-    struct held_record *batch;
-    size_t batch_count;
-    uint64_t batch_started_ms;
-    struct queue_state *next;
-};
-
-struct policy_lua {
-    const struct config *cfg;
-    struct policy_env env;
-    lua_State *L;
-    size_t memory_used;
-    long budget;
-    bool stopping; /* the budget is STOPPING_BUDGET */
-    const char *current_event;
-    struct lua_nats nats;
-    struct queue_state *queues;
-    struct retry *retries;
-    struct retry *parked; /* hooks waiting for an ack */
-    struct retry *ready;  /* parked hooks whose ack came while another hook ran */
-    lua_State *runner;    /* the coroutine the next parkable hook runs on */
-    int runner_ref;
-    bool may_park;            /* the hook about to run may wait for an ack (call_parkable) */
-    struct retry just_parked; /* what call_parkable parked: co, co_ref, await_id, event */
-    bool has_should_enqueue;
-    char *hook_name; /* passed to should_enqueue_log_record; see lua_kumod_hook_name */
-    uint64_t seen_errors[SEEN_ERRORS];
-    size_t seen_error_count;
-};
-
-enum outcome_kind {
-    OUTCOME_OK,
-    OUTCOME_TRANSIENT,
-    OUTCOME_PERMANENT,
-    OUTCOME_PARKED, /* the hook waits for an ack: p->just_parked */
-};
-
-struct outcome {
-    enum outcome_kind kind;
-    char *reason;   /* malloc'd for TRANSIENT and PERMANENT */
-    bool reconnect; /* a Lua error or a 421: kumod closes the connection and builds a new one */
-};
+#include "policy_lua_internal.h"
 
 /* ---- the Lua state: allocator with a ceiling, instruction budget ---- */
 
@@ -158,7 +75,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 
 /* Calls the function below nargs arguments, protected, under a fresh budget. Leaves
  * nresults results, or the error value, on the stack. */
-static int call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
+int policy_lua_call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
 {
     p->stopping = hook_watchdog_stopping();
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
@@ -167,68 +84,6 @@ static int call_hook(struct policy_lua *p, const char *event, int nargs, int nre
     int rc = lua_pcall(p->L, nargs, nresults, 0);
     hook_watchdog_leave();
     p->current_event = NULL;
-    return rc;
-}
-
-/* Resumes co (nargs values on its stack) under a fresh budget, with publish allowed to
- * yield in it. A yield that is not publish's is an error. */
-static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, int nargs, int *nres)
-{
-    p->stopping = hook_watchdog_stopping();
-    p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
-    p->current_event = event;
-    p->nats.runner = co;
-    p->nats.parked_await_id = 0;
-    hook_watchdog_enter(event);
-    int rc = lua_resume(co, p->L, nargs, nres);
-    hook_watchdog_leave();
-    p->nats.runner = NULL;
-    p->current_event = NULL;
-    if (rc == LUA_YIELD && p->nats.parked_await_id == 0) {
-        lua_settop(co, 0);
-        lua_pushfstring(co, "attempt to yield from the '%s' event", event);
-        rc = LUA_ERRRUN;
-    }
-    return rc;
-}
-
-/* As call_hook, but on a coroutine when p->may_park: a publish that waits for its ack
- * (kumod's await_ack, the default) yields, and the loop resumes the hook when the ack
- * comes, relaying other records meanwhile. Returns LUA_YIELD with the coroutine in
- * p->just_parked. Lua 5.4 hooks are per thread: each coroutine gets the budget hook. */
-static int call_parkable(struct policy_lua *p, const char *event, int nargs, int nresults)
-{
-    if (!p->may_park)
-        return call_hook(p, event, nargs, nresults);
-    lua_State *L = p->L;
-    if (!p->runner) {
-        p->runner = lua_newthread(L);
-        lua_sethook(p->runner, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-        p->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-    lua_State *co = p->runner;
-    lua_xmove(L, co, nargs + 1);
-    int nres = 0;
-    int rc = resume_hook(p, co, event, nargs, &nres);
-    if (rc == LUA_OK) {
-        int keep = nres < nresults ? nres : nresults;
-        lua_settop(co, keep); /* the results are all that is on its stack */
-        lua_xmove(co, L, keep);
-        for (int i = keep; i < nresults; i++)
-            lua_pushnil(L);
-        return LUA_OK;
-    }
-    if (rc == LUA_YIELD) {
-        p->just_parked.co = co;
-        p->just_parked.co_ref = p->runner_ref;
-        p->just_parked.await_id = p->nats.parked_await_id;
-        p->just_parked.event = event;
-        p->just_parked.publish_index = p->nats.publish_index;
-    } else {
-        lua_xmove(co, L, 1); /* the error */
-        luaL_unref(L, LUA_REGISTRYINDEX, p->runner_ref);
-    }
-    p->runner = NULL; /* parked, or dead after an error: the next hook gets a new one */
     return rc;
 }
 
@@ -301,7 +156,7 @@ static bool first_time_seen(struct policy_lua *p, const char *text)
 }
 
 /* Turns the error value on top of the stack into an outcome, and pops it. */
-static struct outcome error_outcome(struct policy_lua *p, const char *event)
+struct outcome policy_lua_error_outcome(struct policy_lua *p, const char *event)
 {
     struct outcome o;
     int code;
@@ -347,8 +202,8 @@ static struct outcome resolve_queue(struct policy_lua *p, struct queue_state *q)
         q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
         q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
         q->parts.routing_domain[0] ? lua_pushstring(L, q->parts.routing_domain) : lua_pushnil(L);
-        if (call_hook(p, "get_queue_config", 4, 1) != LUA_OK) {
-            struct outcome o = error_outcome(p, "get_queue_config");
+        if (policy_lua_call_hook(p, "get_queue_config", 4, 1) != LUA_OK) {
+            struct outcome o = policy_lua_error_outcome(p, "get_queue_config");
             lua_pop(L, 1);
             return o;
         }
@@ -382,7 +237,7 @@ static struct queue_state *new_queue(struct policy_lua *p, const char *name)
 
 /* ---- sending ---- */
 
-static void bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count)
+void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count)
 {
     p->nats.records = recs;
     p->nats.record_count = count;
@@ -413,7 +268,7 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
     lua_pushstring(L, q->parts.domain);
     q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
     q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
-    int rc = msg_idx ? call_parkable(p, event, 3, 1) : call_hook(p, event, 3, 1);
+    int rc = msg_idx ? policy_await_call(p, event, 3, 1) : policy_lua_call_hook(p, event, 3, 1);
     lua_pushnil(L);
     lua_setglobal(L, "message");
     if (rc == LUA_YIELD) {
@@ -421,7 +276,7 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
         return -1;
     }
     if (rc != LUA_OK) {
-        *o = error_outcome(p, event);
+        *o = policy_lua_error_outcome(p, event);
         return -1;
     }
     *o = (struct outcome){OUTCOME_OK, NULL, false};
@@ -431,7 +286,7 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
 /* As kumod's lua_deliver.rs after a failed send: the connection object is closed (its
  * close method, if it has one) and the next record calls the constructor again, so a
  * connection gone stale recovers. */
-static void drop_connection(struct policy_lua *p, struct queue_state *q)
+void policy_lua_drop_connection(struct policy_lua *p, struct queue_state *q)
 {
     lua_State *L = p->L;
     if (q->connection_ref == LUA_NOREF)
@@ -439,7 +294,7 @@ static void drop_connection(struct policy_lua *p, struct queue_state *q)
     lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
     if (lua_getfield(L, -1, "close") == LUA_TFUNCTION) {
         lua_insert(L, -2);
-        if (call_hook(p, "close", 1, 0) != LUA_OK) {
+        if (policy_lua_call_hook(p, "close", 1, 0) != LUA_OK) {
             log_warn("lua error in close queue=%s error=\"%s\"", q->name, lua_tostring(L, -1));
             lua_pop(L, 1);
         }
@@ -465,13 +320,13 @@ static struct outcome call_connection(struct policy_lua *p, struct queue_state *
     }
     lua_insert(L, -2); /* fn, conn */
     lua_pushvalue(L, arg_idx);
-    int rc = call_parkable(p, method, 2, 0);
+    int rc = policy_await_call(p, method, 2, 0);
     if (rc == LUA_YIELD)
         return (struct outcome){.kind = OUTCOME_PARKED};
     if (rc != LUA_OK) {
-        struct outcome o = error_outcome(p, method);
+        struct outcome o = policy_lua_error_outcome(p, method);
         if (o.reconnect)
-            drop_connection(p, q);
+            policy_lua_drop_connection(p, q);
         return o;
     }
     return (struct outcome){OUTCOME_OK, NULL, false};
@@ -525,72 +380,8 @@ static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verd
     luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
 }
 
-static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
-{
-    double ms = (double)(qc->retry_interval_ms > 0 ? qc->retry_interval_ms : 1000);
-    for (uint32_t i = 1; i < attempts && ms < 1e12; i++)
-        ms *= 2;
-    if (qc->max_retry_interval_ms > 0 && ms > (double)qc->max_retry_interval_ms)
-        ms = (double)qc->max_retry_interval_ms;
-    return (uint64_t)(ms * (0.9 + 0.2 * (double)rand() / RAND_MAX)); /* jitter ±10 % */
-}
-
-static void retry_free(struct retry *r)
-{
-    free(r->ack);
-    free(r->members);
-    free(r->last_error);
-    free(r);
-}
-
-static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
-{
-    r->attempts++;
-    const struct queue_config *qc = r->queue ? &r->queue->qc : NULL;
-    struct queue_config defaults = {.retry_interval_ms = 1000, .max_retry_interval_ms = 60000};
-    r->due_ms = loop_now_ms() + retry_delay_ms(qc ? qc : &defaults, r->attempts);
-    free(r->last_error);
-    r->last_error = xstrdup(reason);
-    log_debug("record will be retried attempts=%u in_ms=%llu reason=\"%s\"", r->attempts,
-              (unsigned long long)(r->due_ms - loop_now_ms()), reason);
-    r->next = p->retries;
-    p->retries = r;
-}
-
-static struct retry *retry_alloc(struct queue_state *q, struct held_record *members, size_t count)
-{
-    struct retry *r = xcalloc(1, sizeof(*r));
-    r->co_ref = LUA_NOREF;
-    r->queue = q;
-    r->members = members;
-    r->count = count;
-    r->first_ms = loop_now_ms();
-    for (size_t i = 0; i < count; i++)
-        if (members[i].rec->read_at_ms < r->first_ms)
-            r->first_ms = members[i].rec->read_at_ms;
-    return r;
-}
-
-static void retry_new(struct policy_lua *p, struct queue_state *q, struct held_record *members,
-                      size_t count, const char *reason)
-{
-    schedule_retry(p, retry_alloc(q, members, count), reason);
-}
-
-/* The hook of r waits for an ack: policy_lua_acked resumes it. */
-static void park(struct policy_lua *p, struct retry *r)
-{
-    r->co = p->just_parked.co;
-    r->co_ref = p->just_parked.co_ref;
-    r->await_id = p->just_parked.await_id;
-    r->event = p->just_parked.event;
-    r->publish_index = p->just_parked.publish_index;
-    r->next = p->parked;
-    p->parked = r;
-}
-
-static void resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
-                        const struct outcome *o)
+void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
+                            const struct outcome *o)
 {
     enum policy_verdict v = o->kind == OUTCOME_OK ? POLICY_PUBLISHED : POLICY_DEADLETTER;
     for (size_t i = 0; i < count; i++)
@@ -627,7 +418,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
         lua_rawgeti(L, LUA_REGISTRYINDEX, members[i].message_ref);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    bind_records(p, recs, count);
+    policy_lua_bind_records(p, recs, count);
     struct outcome o = {OUTCOME_OK, NULL, false};
     if (q->qc.batch_size > 1)
         o = ensure_connection(p, q);
@@ -638,7 +429,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
         /* One hook per message of a batch cannot wait in the middle: only one may park. */
         p->may_park = count == 1;
         for (size_t i = 0; i < count && o.kind == OUTCOME_OK; i++) {
-            bind_records(p, &recs[i], 1);
+            policy_lua_bind_records(p, &recs[i], 1);
             lua_rawgeti(L, -1, (lua_Integer)i + 1);
             o = send_one(p, q, lua_gettop(L));
             lua_pop(L, 1);
@@ -646,7 +437,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
     }
     p->may_park = false;
     lua_pop(L, 1);
-    bind_records(p, NULL, 0);
+    policy_lua_bind_records(p, NULL, 0);
     free(recs);
     return o;
 }
@@ -659,11 +450,11 @@ static void flush_batch(struct policy_lua *p, struct queue_state *q)
     q->batch_count = 0;
     struct outcome o = send_members(p, q, members, count);
     if (o.kind == OUTCOME_PARKED) {
-        park(p, retry_alloc(q, members, count));
+        policy_await_hold(p, q, members, count);
     } else if (o.kind == OUTCOME_TRANSIENT) {
-        retry_new(p, q, members, count, o.reason);
+        policy_await_retry_new(p, q, members, count, o.reason);
     } else {
-        resolve_all(p, members, count, &o);
+        policy_lua_resolve_all(p, members, count, &o);
         free(members);
     }
     free(o.reason);
@@ -683,8 +474,8 @@ static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *re
         lua_geti(L, -1, i);
         lua_pushvalue(L, msg_idx);
         lua_pushstring(L, p->hook_name);
-        if (call_hook(p, "should_enqueue_log_record", 2, LUA_MULTRET) != LUA_OK) {
-            struct outcome o = error_outcome(p, "should_enqueue_log_record");
+        if (policy_lua_call_hook(p, "should_enqueue_log_record", 2, LUA_MULTRET) != LUA_OK) {
+            struct outcome o = policy_lua_error_outcome(p, "should_enqueue_log_record");
             lua_pop(L, 1);
             return o;
         }
@@ -745,11 +536,11 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
     }
     bool sent = false;
     if (o.kind == OUTCOME_OK) {
-        bind_records(p, &rec, 1);
+        policy_lua_bind_records(p, &rec, 1);
         p->may_park = true;
         o = send_one(p, q, msg_idx);
         p->may_park = false;
-        bind_records(p, NULL, 0);
+        policy_lua_bind_records(p, NULL, 0);
         sent = true;
     }
     if (o.kind == OUTCOME_OK)
@@ -757,7 +548,7 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
     if (o.kind == OUTCOME_PARKED) {
         struct held_record *h = xmalloc(sizeof(*h));
         hold(p, h, rec, msg_idx);
-        park(p, retry_alloc(q, h, 1));
+        policy_await_hold(p, q, h, 1);
         return POLICY_DEFERRED;
     }
     if (o.kind == OUTCOME_PERMANENT) {
@@ -768,7 +559,7 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
     hold(p, h, rec, msg_idx);
     /* An error from sending retries through the queue (max_age applies, and a dropped
      * connection is built again there); an earlier one runs the whole policy again. */
-    retry_new(p, sent ? q : NULL, h, 1, o.reason);
+    policy_await_retry_new(p, sent ? q : NULL, h, 1, o.reason);
     free(o.reason);
     return POLICY_DEFERRED;
 }
@@ -802,20 +593,6 @@ enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_reco
 
 /* ---- periodic: retries and batches ---- */
 
-/* The attempt of r is over: again later, or decided. */
-static void settle(struct policy_lua *p, struct retry *r, struct outcome *o)
-{
-    if (o->kind == OUTCOME_PARKED) {
-        park(p, r);
-    } else if (o->kind == OUTCOME_TRANSIENT) {
-        schedule_retry(p, r, o->reason);
-    } else {
-        resolve_all(p, r->members, r->count, o);
-        retry_free(r);
-    }
-    free(o->reason);
-}
-
 static void run_retry(struct policy_lua *p, struct retry *r)
 {
     lua_State *L = p->L;
@@ -824,9 +601,9 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         struct outcome o = {.kind = OUTCOME_PERMANENT,
                             .reason = xasprintf("max_age exceeded; last error: %s",
                                                 r->last_error ? r->last_error : "none")};
-        resolve_all(p, r->members, r->count, &o);
+        policy_lua_resolve_all(p, r->members, r->count, &o);
         free(o.reason);
-        retry_free(r);
+        policy_await_retry_free(r);
         return;
     }
     struct outcome o;
@@ -848,25 +625,16 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         else
             luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
         free(reason);
-        retry_free(r);
+        policy_await_retry_free(r);
         return;
     }
-    settle(p, r, &o);
+    policy_await_settle(p, r, &o);
 }
-
-static void resume_parked(struct policy_lua *p, struct retry *r, const struct publish_ack *ack);
 
 void policy_lua_tick(struct policy_lua *p)
 {
     lua_nats_tick(&p->nats);
-    while (p->ready) {
-        struct retry *r = p->ready;
-        p->ready = r->next;
-        struct publish_ack *ack = r->ack;
-        r->ack = NULL;
-        resume_parked(p, r, ack);
-        free(ack);
-    }
+    policy_await_run_ready(p);
     uint64_t now = loop_now_ms();
     struct retry *due = NULL;
     for (struct retry **r = &p->retries; *r;) {
@@ -892,90 +660,14 @@ void policy_lua_tick(struct policy_lua *p)
     }
 }
 
-/* Goes on with a parked hook: its publish returns the ack table or raises the error. */
-static void resume_parked(struct policy_lua *p, struct retry *r, const struct publish_ack *ack)
-{
-    lua_State *L = p->L, *co = r->co;
-    struct inflight_record **recs = xcalloc(r->count, sizeof(*recs));
-    for (size_t i = 0; i < r->count; i++)
-        recs[i] = r->members[i].rec;
-    bind_records(p, recs, r->count);
-    p->nats.publish_index = r->publish_index; /* the next publish gets the next id */
-    bool seed = r->queue->per_record;         /* its constructor reads the global */
-    if (seed) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
-        lua_setglobal(L, "message");
-    }
-    lua_nats_push_resume(co, ack);
-    int nres = 0;
-    int rc = resume_hook(p, co, r->event, 2, &nres);
-    if (seed) {
-        lua_pushnil(L);
-        lua_setglobal(L, "message");
-    }
-    struct outcome o = {OUTCOME_OK, NULL, false};
-    if (rc == LUA_YIELD) {
-        p->just_parked.co = co;
-        p->just_parked.co_ref = r->co_ref;
-        p->just_parked.await_id = p->nats.parked_await_id;
-        p->just_parked.event = r->event;
-        p->just_parked.publish_index = p->nats.publish_index;
-        o.kind = OUTCOME_PARKED;
-    } else {
-        if (rc != LUA_OK) {
-            lua_xmove(co, L, 1);
-            o = error_outcome(p, r->event);
-            if (o.reconnect && !seed)
-                drop_connection(p, r->queue);
-        }
-        luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
-        r->co = NULL;
-        r->co_ref = LUA_NOREF;
-    }
-    bind_records(p, NULL, 0);
-    free(recs);
-    settle(p, r, &o);
-}
-
-void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
-{
-    if (lua_nats_acked(p->L, &p->nats, ack))
-        return;
-    for (struct retry **rp = &p->parked; *rp; rp = &(*rp)->next) {
-        struct retry *r = *rp;
-        if (r->await_id != ack->await_id)
-            continue;
-        *rp = r->next;
-        if (p->current_event) {
-            /* Taken while a hook waits (a table read outside a coroutine): not now. */
-            r->ack = xmalloc(sizeof(*r->ack));
-            *r->ack = *ack;
-            r->next = p->ready;
-            p->ready = r;
-        } else {
-            resume_parked(p, r, ack);
-        }
-        return;
-    }
-}
-
 size_t policy_lua_in_flight(const struct policy_lua *p)
 {
     return lua_nats_in_flight(&p->nats);
 }
 
-static void release_members(struct policy_lua *p, struct held_record *members, size_t count,
-                            void (*fn)(void *, struct inflight_record *, const char *, size_t),
-                            void *ctx)
+void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
 {
-    for (size_t i = 0; i < count; i++) {
-        size_t len = 0;
-        lua_rawgeti(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
-        const char *data = lua_message_data(p->L, -1, &len);
-        fn(ctx, members[i].rec, data, len);
-        lua_pop(p->L, 1);
-        luaL_unref(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
-    }
+    policy_await_acked(p, ack);
 }
 
 void policy_lua_release_held(struct policy_lua *p,
@@ -984,22 +676,12 @@ void policy_lua_release_held(struct policy_lua *p,
                              void *ctx)
 {
     for (struct queue_state *q = p->queues; q; q = q->next) {
-        release_members(p, q->batch, q->batch_count, fn, ctx);
+        policy_await_release_members(p, q->batch, q->batch_count, fn, ctx);
         free(q->batch);
         q->batch = NULL;
         q->batch_count = 0;
     }
-    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
-    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-        while (*lists[i]) {
-            struct retry *r = *lists[i];
-            *lists[i] = r->next;
-            /* A parked hook is abandoned: the new policy runs the record again. */
-            luaL_unref(p->L, LUA_REGISTRYINDEX, r->co_ref);
-            release_members(p, r->members, r->count, fn, ctx);
-            retry_free(r);
-        }
-    }
+    policy_await_release(p, fn, ctx);
 }
 
 /* ---- loading ---- */
@@ -1073,7 +755,8 @@ static int load_chunk(lua_State *L, const char *path)
 static char *load_script(struct policy_lua *p)
 {
     lua_State *L = p->L;
-    if (load_chunk(L, p->cfg->policy_script) != LUA_OK || call_hook(p, "load", 0, 0) != LUA_OK) {
+    if (load_chunk(L, p->cfg->policy_script) != LUA_OK ||
+        policy_lua_call_hook(p, "load", 0, 0) != LUA_OK) {
         char *err = xasprintf("policy.script %s: %s", p->cfg->policy_script, lua_tostring(L, -1));
         lua_pop(L, 1);
         return err;
@@ -1083,7 +766,7 @@ static char *load_script(struct policy_lua *p)
     lua_Integer pre_init = push_handlers(L, "pre_init");
     for (lua_Integer i = 1; i <= pre_init; i++) {
         lua_geti(L, -1, i);
-        if (call_hook(p, "pre_init", 0, 0) != LUA_OK) {
+        if (policy_lua_call_hook(p, "pre_init", 0, 0) != LUA_OK) {
             char *err = xasprintf("pre_init: %s", lua_tostring(L, -1));
             lua_pop(L, 2);
             return err;
@@ -1094,7 +777,7 @@ static char *load_script(struct policy_lua *p)
     if (push_handlers(L, "init") > 0) {
         lua_geti(L, -1, 1);
         lua_remove(L, -2);
-        if (call_hook(p, "init", 0, 0) != LUA_OK) {
+        if (policy_lua_call_hook(p, "init", 0, 0) != LUA_OK) {
             char *err = xasprintf("init: %s", lua_tostring(L, -1));
             lua_pop(L, 1);
             return err;
@@ -1134,7 +817,7 @@ struct policy_lua *policy_lua_create(const struct config *cfg, const struct poli
 static void close_connections(struct policy_lua *p)
 {
     for (struct queue_state *q = p->queues; q; q = q->next)
-        drop_connection(p, q);
+        policy_lua_drop_connection(p, q);
 }
 
 static void free_queues(struct policy_lua *p)
@@ -1148,14 +831,7 @@ static void free_queues(struct policy_lua *p)
         free(q->parts_buf);
         free(q);
     }
-    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
-    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-        while (*lists[i]) {
-            struct retry *r = *lists[i];
-            *lists[i] = r->next;
-            retry_free(r);
-        }
-    }
+    policy_await_free(p);
 }
 
 void policy_lua_destroy(struct policy_lua *p)
