@@ -52,6 +52,7 @@ kumo.on('make.q', function(domain, tenant, campaign)
       local record = message:get_meta('log_record')
       local subject = record.type == 'Bounce' and 'kumo.slow' or 'kumo.q'
       local ret = client:publish { subject = subject, payload = message:get_data() }
+      kumo.log_info('stored ' .. subject .. ' ' .. ret.sequence)
       return subject .. ' ' .. ret.sequence
     end,
   }
@@ -236,11 +237,21 @@ end)
         relay = self.relay(cfg)
         h.wait_count(server.url, "KUMO", len(fast), timeout=30)
         h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), fast)
+
+        def stored(subject):
+            return [int(x) for x in re.findall(rf"stored {subject} (\d+)", relay.log_text())]
+        # Every fast record's hook has its ack while the slow ones still wait.
+        h.poll(lambda: len(stored("kumo.q")) == len(fast), 10, "the fast hooks' acks")
+        self.assertEqual(list(range(1, len(fast) + 1)), sorted(stored("kumo.q")))
+        self.assertEqual([], stored("kumo.slow"))
         # The slow records wait, parked; once a stream takes their subject the resent
         # publishes are acknowledged and their hooks finish.
         silent.close()
         h.create_stream(server.url, "SLOW", ["kumo.slow"], dup_window=600)
         h.wait_count(server.url, "SLOW", len(slow), timeout=30)
+        h.poll(lambda: len(stored("kumo.slow")) == len(slow), 10, "the slow hooks' acks")
+        self.assertEqual(list(range(1, len(slow) + 1)), sorted(stored("kumo.slow")))
+        self.assertNotIn("lua error", relay.log_text())
         self.assertEqual(0, relay.stop())
         h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), fast)
         h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), slow)
