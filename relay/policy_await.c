@@ -47,7 +47,11 @@ int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nr
     if (!p->may_park)
         return policy_lua_call_hook(p, event, nargs, nresults);
     lua_State *L = p->L;
-    if (!p->runner) {
+    if (!p->runner && p->spare_count > 0) {
+        p->spare_count--;
+        p->runner = p->spare[p->spare_count].co;
+        p->runner_ref = p->spare[p->spare_count].ref;
+    } else if (!p->runner) {
         p->runner = lua_newthread(L);
         lua_sethook(p->runner, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
         p->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -192,7 +196,14 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
             if (o.reconnect && !seed)
                 policy_lua_drop_connection(p, r->queue);
         }
-        luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
+        if (rc == LUA_OK && p->spare_count < SPARE_RUNNERS) {
+            lua_settop(co, 0); /* finished: it can run the next hook */
+            p->spare[p->spare_count].co = co;
+            p->spare[p->spare_count].ref = r->co_ref;
+            p->spare_count++;
+        } else {
+            luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
+        }
         r->co = NULL;
         r->co_ref = LUA_NOREF;
     }

@@ -19,6 +19,7 @@ enum {
     HOOK_EVERY = 10000,                 /* instructions between budget checks */
     MEMORY_CEILING = 512 * 1024 * 1024, /* bytes for the whole Lua state */
     SEEN_ERRORS = 256,                  /* distinct error messages logged at warn */
+    SPARE_RUNNERS = 256,                /* finished coroutines kept for the next hooks */
 };
 
 /* A record the policy holds: in a batch, or waiting to be sent again. */
@@ -77,6 +78,11 @@ struct policy_lua {
     struct retry *ready;  /* parked hooks whose ack came while another hook ran */
     lua_State *runner;    /* the coroutine the next parkable hook runs on */
     int runner_ref;
+    struct {
+        lua_State *co;
+        int ref;
+    } spare[SPARE_RUNNERS]; /* coroutines whose hook finished: cheaper than new ones */
+    size_t spare_count;
     bool may_park;            /* the hook about to run may wait for an ack (call_parkable) */
     struct retry just_parked; /* what call_parkable parked: co, co_ref, await_id, event */
     bool has_should_enqueue;
