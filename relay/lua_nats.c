@@ -422,7 +422,48 @@ static void read_publish_args(lua_State *L, struct publish_args *a)
         read_headers(L, lua_absindex(L, -2), a);
     else if (!lua_isnil(L, -2))
         luaL_error(L, "publish: headers must be a table");
-    a->await_ack = lua_toboolean(L, -1);
+    /* kumod's Message: await_ack defaults to true. */
+    a->await_ack = lua_isnil(L, -1) || lua_toboolean(L, -1);
+}
+
+/* kumod's PublishAck as a table: every field present, strings "" when empty. ack NULL:
+ * nothing was sent because the stream has it already (read back at start) or --check. */
+static void push_ack_fields(lua_State *L, const struct publish_ack *ack)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, ack ? ack->stream : "");
+    lua_setfield(L, -2, "stream");
+    lua_pushinteger(L, ack ? (lua_Integer)ack->sequence : 0);
+    lua_setfield(L, -2, "sequence");
+    lua_pushboolean(L, ack ? ack->duplicate : true);
+    lua_setfield(L, -2, "duplicate");
+    lua_pushstring(L, ack ? ack->domain : "");
+    lua_setfield(L, -2, "domain");
+    lua_pushstring(L, "");
+    lua_setfield(L, -2, "value");
+}
+
+void lua_nats_push_resume(lua_State *L, const struct publish_ack *ack)
+{
+    if (ack->error[0]) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "publish: %s", ack->error);
+    } else {
+        lua_pushboolean(L, 1);
+        push_ack_fields(L, ack);
+    }
+}
+
+/* Where a publish that yielded for its ack goes on: the loop resumed the coroutine with
+ * (true, ack table) or (false, error). The error is raised here, inside the policy, so a
+ * pcall around publish sees it as in kumod. */
+static int publish_resumed(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    if (!lua_toboolean(L, -2))
+        return lua_error(L);
+    return 1;
 }
 
 /* __index of an ack table whose ack has not come yet: wait for this one ack. */
@@ -478,6 +519,7 @@ static int client_publish(lua_State *L)
         return luaL_error(L, "publish: only possible while a record is being handled");
     }
     uint64_t await_id = a.await_ack ? ++nats->next_await_id : 0;
+    int rc = 0;
     if (!nats->env->check_only) {
         struct policy_publish msg = {
             .via = h->client->pub,
@@ -491,9 +533,9 @@ static int client_publish(lua_State *L)
             .await_id = await_id,
         };
         char *err = NULL;
-        int rc = nats->env->publish(nats->env->ctx, nats->records, nats->record_count, &msg, &err);
+        rc = nats->env->publish(nats->env->ctx, nats->records, nats->record_count, &msg, &err);
         free(a.headers);
-        if (rc != 0) {
+        if (rc < 0) {
             lua_pushfstring(L, "publish: %s", err);
             free(err);
             return lua_error(L);
@@ -501,7 +543,23 @@ static int client_publish(lua_State *L)
     } else {
         free(a.headers);
     }
-    push_ack_table(L, h->client, a.await_ack, await_id);
+    if (!a.await_ack) {
+        lua_newtable(L);
+        return 1;
+    }
+    if (nats->env->check_only || rc == 1) {
+        push_ack_fields(L, NULL); /* nothing sent, no ack to wait for */
+        return 1;
+    }
+    if (L == nats->runner && lua_isyieldable(L)) {
+        /* Park this hook until the ack comes: the loop relays other records meanwhile
+         * (policy_lua.c resumes it). */
+        nats->parked_await_id = await_id;
+        return lua_yieldk(L, 0, 0, publish_resumed);
+    }
+    /* Not in a coroutine the relay runs (a batch's per-message constructor...): the
+     * table waits for the ack when it is read. */
+    push_ack_table(L, h->client, true, await_id);
     return 1;
 }
 
@@ -513,26 +571,30 @@ static int client_close(lua_State *L)
     return 0;
 }
 
-void lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack)
+bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack)
 {
+    (void)nats;
     lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    if (lua_geti(L, -1, (lua_Integer)ack->await_id) == LUA_TTABLE) {
+    bool found = lua_geti(L, -1, (lua_Integer)ack->await_id) == LUA_TTABLE;
+    if (found) {
         lua_pushnil(L);
         lua_setmetatable(L, -2);
-        lua_pushstring(L, ack->stream);
-        lua_setfield(L, -2, "stream");
-        lua_pushinteger(L, (lua_Integer)ack->sequence);
-        lua_setfield(L, -2, "sequence");
-        lua_pushboolean(L, ack->duplicate);
-        lua_setfield(L, -2, "duplicate");
-        if (ack->domain[0]) {
-            lua_pushstring(L, ack->domain);
-            lua_setfield(L, -2, "domain");
+        if (!ack->error[0]) {
+            /* Copy kumod's fields into the table the policy already holds. */
+            push_ack_fields(L, ack);
+            lua_pushnil(L);
+            while (lua_next(L, -2) != 0) {
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_settable(L, -5);
+            }
+            lua_pop(L, 1);
         }
         lua_pushnil(L);
         lua_rawseti(L, -3, (lua_Integer)ack->await_id);
     }
     lua_pop(L, 2);
+    return found;
 }
 
 void lua_nats_open(lua_State *L, struct lua_nats *nats)

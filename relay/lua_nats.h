@@ -22,6 +22,8 @@ struct lua_nats {
     size_t record_count;
     unsigned publish_index; /* publishes made in this attempt: the Nats-Msg-Id suffix */
     uint64_t next_await_id;
+    lua_State *runner;        /* the coroutine a parkable hook runs on: publish waits there */
+    uint64_t parked_await_id; /* the ack a publish just yielded for */
     struct lua_nats_client **clients; /* one per distinct connect configuration */
     size_t client_count;
 };
@@ -30,8 +32,12 @@ struct lua_nats {
 void lua_nats_open(lua_State *L, struct lua_nats *nats);
 /* Ack timeouts and retries of every connection. */
 void lua_nats_tick(struct lua_nats *nats);
-/* Fill the ack table a publish with await_ack returned. */
-void lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack);
+/* Fill the ack table a publish with await_ack returned outside a coroutine; false when
+ * no such table waits for this ack. */
+bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack);
+/* Push what a coroutine parked in publish is resumed with: true and the ack table
+ * (kumod's {stream, sequence, duplicate, domain, value}), or false and the error. */
+void lua_nats_push_resume(lua_State *L, const struct publish_ack *ack);
 /* In flight through all connections. */
 size_t lua_nats_in_flight(const struct lua_nats *nats);
 void lua_nats_close_all(struct lua_nats *nats);

@@ -39,7 +39,9 @@ struct policy_publish {
 struct policy_env {
     struct loop *loop;
     void *ctx;
-    /* Publish for records; returns 0, or -1 with *err when it can never be published. */
+    /* Publish for records; returns 0, 1 when the stream already has it (read back at
+     * start: nothing is sent, no ack comes), or -1 with *err when it can never be
+     * published. */
     int (*publish)(void *ctx, struct inflight_record *const *records, size_t count,
                    const struct policy_publish *msg, char **err);
     /* A deferred record is decided. data is its line, for a dead letter. */

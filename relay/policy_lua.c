@@ -13,7 +13,7 @@
 #include "lua_sandbox.h"
 #include "metrics.h"
 #include "offsets.h"
-#include "rng.h"
+#include "publish.h"
 #include "segment.h"
 #include "spool.h"
 #include "subject.h"
@@ -29,70 +29,7 @@
 #define EVENTS_KEY    "kumo-nats-relay.events"    /* event name -> { handlers... } */
 #define LOCATIONS_KEY "kumo-nats-relay.locations" /* event name -> "file:line" */
 
-enum {
-    INSTRUCTION_BUDGET = 100 * 1000 * 1000, /* per hook call: a runaway loop becomes an error */
-    STOPPING_BUDGET = 1000 * 1000,      /* per hook call once the relay stops: the drain waits */
-    HOOK_EVERY = 10000,                 /* instructions between budget checks */
-    MEMORY_CEILING = 512 * 1024 * 1024, /* bytes for the whole Lua state */
-    SEEN_ERRORS = 256,                  /* distinct error messages logged at warn */
-};
-
-/* A record the policy holds: in a batch, or waiting to be sent again. */
-struct held_record {
-    struct inflight_record *rec;
-    int message_ref; /* the pinned Message, in the registry */
-};
-
-struct queue_state;
-
-/* One record or one batch waiting for its next attempt. */
-struct retry {
-    struct queue_state *queue; /* NULL: run the whole policy again (the error came early) */
-    struct held_record *members;
-    size_t count;
-    uint32_t attempts;
-    uint64_t due_ms;
-    uint64_t first_ms; /* when the oldest member was read, for max_age */
-    struct retry *next;
-};
-
-struct queue_state {
-    char *name;
-    char *parts_buf;
-    struct queue_parts parts;
-    struct queue_config qc;
-    bool constructed;
-    bool per_record;    /* the seed shape: the constructor publishes for each record */
-    int connection_ref; /* the connection table (LUA_NOREF for the seed shape) */
-    struct held_record *batch;
-    size_t batch_count;
-    uint64_t batch_started_ms;
-    struct queue_state *next;
-};
-
-struct policy_lua {
-    const struct config *cfg;
-    struct policy_env env;
-    lua_State *L;
-    size_t memory_used;
-    long budget;
-    bool stopping; /* the budget is STOPPING_BUDGET */
-    const char *current_event;
-    struct lua_nats nats;
-    struct queue_state *queues;
-    struct retry *retries;
-    bool has_should_enqueue;
-    char *hook_name; /* passed to should_enqueue_log_record; see lua_kumod_hook_name */
-    uint64_t seen_errors[SEEN_ERRORS];
-    size_t seen_error_count;
-};
-
-enum outcome_kind { OUTCOME_OK, OUTCOME_TRANSIENT, OUTCOME_PERMANENT };
-
-struct outcome {
-    enum outcome_kind kind;
-    char *reason; /* malloc'd for TRANSIENT and PERMANENT */
-};
+#include "policy_lua_internal.h"
 
 /* ---- the Lua state: allocator with a ceiling, instruction budget ---- */
 
@@ -141,7 +78,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 
 /* Calls the function below nargs arguments, protected, under a fresh budget. Leaves
  * nresults results, or the error value, on the stack. */
-static int call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
+int policy_lua_call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
 {
     p->stopping = hook_watchdog_stopping();
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
@@ -220,7 +157,7 @@ static bool first_time_seen(struct policy_lua *p, const char *text)
 }
 
 /* Turns the error value on top of the stack into an outcome, and pops it. */
-static struct outcome error_outcome(struct policy_lua *p, const char *event)
+struct outcome policy_lua_error_outcome(struct policy_lua *p, const char *event)
 {
     struct outcome o;
     int code;
@@ -231,11 +168,13 @@ static struct outcome error_outcome(struct policy_lua *p, const char *event)
     } else if (lua_kumo_is_reject(p->L, -1, &code, &message)) {
         o.kind = code >= 400 && code <= 499 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT;
         o.reason = xasprintf("rejected: %d %s", code, message ? message : "");
+        o.reconnect = code == 421;
     } else {
         const char *text = luaL_tolstring(p->L, -1, NULL);
         o.kind = OUTCOME_TRANSIENT;
         metrics_policy_error();
         o.reason = xasprintf("%s", text);
+        o.reconnect = true;
         lua_pop(p->L, 1);
         if (first_time_seen(p, o.reason))
             log_warn("lua error in the '%s' event, the record will be retried error=\"%s\"", event,
@@ -268,8 +207,8 @@ static struct outcome resolve_queue(struct policy_lua *p, struct queue_state *q)
         q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
         q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
         q->parts.routing_domain[0] ? lua_pushstring(L, q->parts.routing_domain) : lua_pushnil(L);
-        if (call_hook(p, "get_queue_config", 4, 1) != LUA_OK) {
-            struct outcome o = error_outcome(p, "get_queue_config");
+        if (policy_lua_call_hook(p, "get_queue_config", 4, 1) != LUA_OK) {
+            struct outcome o = policy_lua_error_outcome(p, "get_queue_config");
             lua_pop(L, 1);
             return o;
         }
@@ -277,15 +216,15 @@ static struct outcome resolve_queue(struct policy_lua *p, struct queue_state *q)
             char *err = lua_kumo_queue_config(L, -1, &q->qc);
             lua_pop(L, 2);
             if (err)
-                return (struct outcome){OUTCOME_PERMANENT, err};
-            return (struct outcome){OUTCOME_OK, NULL};
+                return (struct outcome){OUTCOME_PERMANENT, err, false};
+            return (struct outcome){OUTCOME_OK, NULL, false};
         }
         lua_pop(L, 1);
     }
     if (n > 0)
         lua_pop(L, 1);
     memset(&q->qc, 0, sizeof(q->qc)); /* no config: no custom_lua protocol */
-    return (struct outcome){OUTCOME_OK, NULL};
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 static struct queue_state *new_queue(struct policy_lua *p, const char *name)
@@ -303,7 +242,7 @@ static struct queue_state *new_queue(struct policy_lua *p, const char *name)
 
 /* ---- sending ---- */
 
-static void bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count)
+void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count)
 {
     p->nats.records = recs;
     p->nats.record_count = count;
@@ -319,8 +258,9 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
     const char *event = q->qc.constructor;
     if (push_handlers(L, event) == 0) {
         *o = (struct outcome){
-            OUTCOME_PERMANENT,
-            xasprintf("constructor event '%s' of queue %s has no handler", event, q->name)};
+            .kind = OUTCOME_PERMANENT,
+            .reason =
+                xasprintf("constructor event '%s' of queue %s has no handler", event, q->name)};
         return -1;
     }
     lua_geti(L, -1, 1);
@@ -333,15 +273,42 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
     lua_pushstring(L, q->parts.domain);
     q->parts.tenant[0] ? lua_pushstring(L, q->parts.tenant) : lua_pushnil(L);
     q->parts.campaign[0] ? lua_pushstring(L, q->parts.campaign) : lua_pushnil(L);
-    int rc = call_hook(p, event, 3, 1);
+    int rc = msg_idx ? policy_await_call(p, event, 3, 1) : policy_lua_call_hook(p, event, 3, 1);
     lua_pushnil(L);
     lua_setglobal(L, "message");
-    if (rc != LUA_OK) {
-        *o = error_outcome(p, event);
+    if (rc == LUA_YIELD) {
+        *o = (struct outcome){.kind = OUTCOME_PARKED};
         return -1;
     }
-    *o = (struct outcome){OUTCOME_OK, NULL};
+    if (rc != LUA_OK) {
+        *o = policy_lua_error_outcome(p, event);
+        return -1;
+    }
+    *o = (struct outcome){OUTCOME_OK, NULL, false};
     return 0;
+}
+
+/* As kumod's lua_deliver.rs after a failed send: the connection object is closed (its
+ * close method, if it has one) and the next record calls the constructor again, so a
+ * connection gone stale recovers. */
+void policy_lua_drop_connection(struct policy_lua *p, struct queue_state *q)
+{
+    lua_State *L = p->L;
+    if (q->connection_ref == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
+    if (lua_getfield(L, -1, "close") == LUA_TFUNCTION) {
+        lua_insert(L, -2);
+        if (policy_lua_call_hook(p, "close", 1, 0) != LUA_OK) {
+            log_warn("lua error in close queue=%s error=\"%s\"", q->name, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    } else {
+        lua_pop(L, 2);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, q->connection_ref);
+    q->connection_ref = LUA_NOREF;
+    q->constructed = false;
 }
 
 /* conn:method(arg) where arg is at arg_idx. */
@@ -353,14 +320,21 @@ static struct outcome call_connection(struct policy_lua *p, struct queue_state *
     if (lua_getfield(L, -1, method) != LUA_TFUNCTION) {
         lua_pop(L, 2);
         return (struct outcome){
-            OUTCOME_PERMANENT,
-            xasprintf("the connection of queue %s has no %s method", q->name, method)};
+            .kind = OUTCOME_PERMANENT,
+            .reason = xasprintf("the connection of queue %s has no %s method", q->name, method)};
     }
     lua_insert(L, -2); /* fn, conn */
     lua_pushvalue(L, arg_idx);
-    if (call_hook(p, method, 2, 0) != LUA_OK)
-        return error_outcome(p, method);
-    return (struct outcome){OUTCOME_OK, NULL};
+    int rc = policy_await_call(p, method, 2, 0);
+    if (rc == LUA_YIELD)
+        return (struct outcome){.kind = OUTCOME_PARKED};
+    if (rc != LUA_OK) {
+        struct outcome o = policy_lua_error_outcome(p, method);
+        if (o.reconnect)
+            policy_lua_drop_connection(p, q);
+        return o;
+    }
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 /* Delivers one message (at msg_idx) through queue q. */
@@ -370,8 +344,12 @@ static struct outcome send_one(struct policy_lua *p, struct queue_state *q, int 
     struct outcome o;
     if (q->constructed && !q->per_record)
         return call_connection(p, q, "send", msg_idx);
-    if (call_constructor(p, q, msg_idx, &o) != 0)
+    if (call_constructor(p, q, msg_idx, &o) != 0) {
+        /* A constructor that waits for an ack publishes itself: the seed shape. */
+        if (o.kind == OUTCOME_PARKED && !q->constructed)
+            q->constructed = q->per_record = true;
         return o;
+    }
     if (!q->constructed && lua_istable(L, -1)) {
         q->connection_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         q->constructed = true;
@@ -407,44 +385,8 @@ static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verd
     luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
 }
 
-static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
-{
-    double ms = (double)(qc->retry_interval_ms > 0 ? qc->retry_interval_ms : 1000);
-    for (uint32_t i = 1; i < attempts && ms < 1e12; i++)
-        ms *= 2;
-    if (qc->max_retry_interval_ms > 0 && ms > (double)qc->max_retry_interval_ms)
-        ms = (double)qc->max_retry_interval_ms;
-    return (uint64_t)(ms * (0.9 + 0.2 * rng_unit())); /* jitter ±10 % */
-}
-
-static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
-{
-    r->attempts++;
-    const struct queue_config *qc = r->queue ? &r->queue->qc : NULL;
-    struct queue_config defaults = {.retry_interval_ms = 1000, .max_retry_interval_ms = 60000};
-    r->due_ms = loop_now_ms() + retry_delay_ms(qc ? qc : &defaults, r->attempts);
-    log_debug("record will be retried attempts=%u in_ms=%llu reason=\"%s\"", r->attempts,
-              (unsigned long long)(r->due_ms - loop_now_ms()), reason);
-    r->next = p->retries;
-    p->retries = r;
-}
-
-static void retry_new(struct policy_lua *p, struct queue_state *q, struct held_record *members,
-                      size_t count, const char *reason)
-{
-    struct retry *r = xcalloc(1, sizeof(*r));
-    r->queue = q;
-    r->members = members;
-    r->count = count;
-    r->first_ms = loop_now_ms();
-    for (size_t i = 0; i < count; i++)
-        if (members[i].rec->read_at_ms < r->first_ms)
-            r->first_ms = members[i].rec->read_at_ms;
-    schedule_retry(p, r, reason);
-}
-
-static void resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
-                        const struct outcome *o)
+void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
+                            const struct outcome *o)
 {
     enum policy_verdict v = o->kind == OUTCOME_OK ? POLICY_PUBLISHED : POLICY_DEADLETTER;
     for (size_t i = 0; i < count; i++)
@@ -455,7 +397,7 @@ static void resolve_all(struct policy_lua *p, struct held_record *members, size_
  * constructor without one. */
 static struct outcome ensure_connection(struct policy_lua *p, struct queue_state *q)
 {
-    struct outcome o = {OUTCOME_OK, NULL};
+    struct outcome o = {OUTCOME_OK, NULL, false};
     if (q->constructed || call_constructor(p, q, 0, &o) != 0)
         return o;
     if (lua_istable(p->L, -1)) {
@@ -481,22 +423,26 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
         lua_rawgeti(L, LUA_REGISTRYINDEX, members[i].message_ref);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    bind_records(p, recs, count);
-    struct outcome o = {OUTCOME_OK, NULL};
+    policy_lua_bind_records(p, recs, count);
+    struct outcome o = {OUTCOME_OK, NULL, false};
     if (q->qc.batch_size > 1)
         o = ensure_connection(p, q);
     if (o.kind == OUTCOME_OK && q->qc.batch_size > 1 && !q->per_record) {
+        p->may_park = true;
         o = call_connection(p, q, "send_batch", lua_gettop(L));
     } else {
+        /* One hook per message of a batch cannot wait in the middle: only one may park. */
+        p->may_park = count == 1;
         for (size_t i = 0; i < count && o.kind == OUTCOME_OK; i++) {
-            bind_records(p, &recs[i], 1);
+            policy_lua_bind_records(p, &recs[i], 1);
             lua_rawgeti(L, -1, (lua_Integer)i + 1);
             o = send_one(p, q, lua_gettop(L));
             lua_pop(L, 1);
         }
     }
+    p->may_park = false;
     lua_pop(L, 1);
-    bind_records(p, NULL, 0);
+    policy_lua_bind_records(p, NULL, 0);
     free(recs);
     return o;
 }
@@ -508,10 +454,12 @@ static void flush_batch(struct policy_lua *p, struct queue_state *q)
     q->batch = NULL;
     q->batch_count = 0;
     struct outcome o = send_members(p, q, members, count);
-    if (o.kind == OUTCOME_TRANSIENT) {
-        retry_new(p, q, members, count, o.reason);
+    if (o.kind == OUTCOME_PARKED) {
+        policy_await_hold(p, q, members, count);
+    } else if (o.kind == OUTCOME_TRANSIENT) {
+        policy_await_retry_new(p, q, members, count, o.reason);
     } else {
-        resolve_all(p, members, count, &o);
+        policy_lua_resolve_all(p, members, count, &o);
         free(members);
     }
     free(o.reason);
@@ -531,8 +479,8 @@ static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *re
         lua_geti(L, -1, i);
         lua_pushvalue(L, msg_idx);
         lua_pushstring(L, p->hook_name);
-        if (call_hook(p, "should_enqueue_log_record", 2, LUA_MULTRET) != LUA_OK) {
-            struct outcome o = error_outcome(p, "should_enqueue_log_record");
+        if (policy_lua_call_hook(p, "should_enqueue_log_record", 2, LUA_MULTRET) != LUA_OK) {
+            struct outcome o = policy_lua_error_outcome(p, "should_enqueue_log_record");
             lua_pop(L, 1);
             return o;
         }
@@ -544,7 +492,7 @@ static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *re
     }
     if (n > 0)
         lua_pop(L, 1);
-    return (struct outcome){OUTCOME_OK, NULL};
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_state **queue)
@@ -564,9 +512,10 @@ static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_stat
             q->qc.batch_size = 1;
     }
     if (!q->qc.constructor)
-        return (struct outcome){OUTCOME_PERMANENT,
-                                xasprintf("queue %s has no custom_lua protocol", q->name)};
-    return (struct outcome){OUTCOME_OK, NULL};
+        return (struct outcome){.kind = OUTCOME_PERMANENT,
+                                .reason =
+                                    xasprintf("queue %s has no custom_lua protocol", q->name)};
+    return (struct outcome){OUTCOME_OK, NULL, false};
 }
 
 /* Runs the policy for the message at msg_idx. Returns the verdict, or DEFERRED when the
@@ -590,20 +539,32 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
             flush_batch(p, q);
         return POLICY_DEFERRED;
     }
+    bool sent = false;
     if (o.kind == OUTCOME_OK) {
-        bind_records(p, &rec, 1);
+        policy_lua_bind_records(p, &rec, 1);
+        p->may_park = true;
         o = send_one(p, q, msg_idx);
-        bind_records(p, NULL, 0);
+        p->may_park = false;
+        policy_lua_bind_records(p, NULL, 0);
+        sent = true;
     }
     if (o.kind == OUTCOME_OK)
         return POLICY_PUBLISHED;
+    if (o.kind == OUTCOME_PARKED) {
+        struct held_record *h = xmalloc(sizeof(*h));
+        hold(p, h, rec, msg_idx);
+        policy_await_hold(p, q, h, 1);
+        return POLICY_DEFERRED;
+    }
     if (o.kind == OUTCOME_PERMANENT) {
         *reason = o.reason;
         return POLICY_DEADLETTER;
     }
     struct held_record *h = xmalloc(sizeof(*h));
     hold(p, h, rec, msg_idx);
-    retry_new(p, q && q->constructed ? q : NULL, h, 1, o.reason);
+    /* An error from sending retries through the queue (max_age applies, and a dropped
+     * connection is built again there); an earlier one runs the whole policy again. */
+    policy_await_retry_new(p, sent ? q : NULL, h, 1, o.reason);
     free(o.reason);
     return POLICY_DEFERRED;
 }
@@ -642,11 +603,12 @@ static void run_retry(struct policy_lua *p, struct retry *r)
     lua_State *L = p->L;
     uint64_t max_age = r->queue ? (uint64_t)r->queue->qc.max_age_ms : 0;
     if (max_age > 0 && loop_now_ms() - r->first_ms > max_age) {
-        struct outcome o = {OUTCOME_PERMANENT, xstrdup("max_age exceeded")};
-        resolve_all(p, r->members, r->count, &o);
+        struct outcome o = {.kind = OUTCOME_PERMANENT,
+                            .reason = xasprintf("max_age exceeded; last error: %s",
+                                                r->last_error ? r->last_error : "none")};
+        policy_lua_resolve_all(p, r->members, r->count, &o);
         free(o.reason);
-        free(r->members);
-        free(r);
+        policy_await_retry_free(r);
         return;
     }
     struct outcome o;
@@ -668,23 +630,16 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         else
             luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
         free(reason);
-        free(r->members);
-        free(r);
+        policy_await_retry_free(r);
         return;
     }
-    if (o.kind == OUTCOME_TRANSIENT) {
-        schedule_retry(p, r, o.reason);
-    } else {
-        resolve_all(p, r->members, r->count, &o);
-        free(r->members);
-        free(r);
-    }
-    free(o.reason);
+    policy_await_settle(p, r, &o);
 }
 
 void policy_lua_tick(struct policy_lua *p)
 {
     lua_nats_tick(&p->nats);
+    policy_await_run_ready(p);
     uint64_t now = loop_now_ms();
     struct retry *due = NULL;
     for (struct retry **r = &p->retries; *r;) {
@@ -710,28 +665,14 @@ void policy_lua_tick(struct policy_lua *p)
     }
 }
 
-void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
-{
-    lua_nats_acked(p->L, &p->nats, ack);
-}
-
 size_t policy_lua_in_flight(const struct policy_lua *p)
 {
     return lua_nats_in_flight(&p->nats);
 }
 
-static void release_members(struct policy_lua *p, struct held_record *members, size_t count,
-                            void (*fn)(void *, struct inflight_record *, const char *, size_t),
-                            void *ctx)
+void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack)
 {
-    for (size_t i = 0; i < count; i++) {
-        size_t len = 0;
-        lua_rawgeti(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
-        const char *data = lua_message_data(p->L, -1, &len);
-        fn(ctx, members[i].rec, data, len);
-        lua_pop(p->L, 1);
-        luaL_unref(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
-    }
+    policy_await_acked(p, ack);
 }
 
 void policy_lua_release_held(struct policy_lua *p,
@@ -740,18 +681,12 @@ void policy_lua_release_held(struct policy_lua *p,
                              void *ctx)
 {
     for (struct queue_state *q = p->queues; q; q = q->next) {
-        release_members(p, q->batch, q->batch_count, fn, ctx);
+        policy_await_release_members(p, q->batch, q->batch_count, fn, ctx);
         free(q->batch);
         q->batch = NULL;
         q->batch_count = 0;
     }
-    while (p->retries) {
-        struct retry *r = p->retries;
-        p->retries = r->next;
-        release_members(p, r->members, r->count, fn, ctx);
-        free(r->members);
-        free(r);
-    }
+    policy_await_release(p, fn, ctx);
 }
 
 /* ---- loading ---- */
@@ -825,7 +760,8 @@ static int load_chunk(lua_State *L, const char *path)
 static char *load_script(struct policy_lua *p)
 {
     lua_State *L = p->L;
-    if (load_chunk(L, p->cfg->policy_script) != LUA_OK || call_hook(p, "load", 0, 0) != LUA_OK) {
+    if (load_chunk(L, p->cfg->policy_script) != LUA_OK ||
+        policy_lua_call_hook(p, "load", 0, 0) != LUA_OK) {
         char *err = xasprintf("policy.script %s: %s", p->cfg->policy_script, lua_tostring(L, -1));
         lua_pop(L, 1);
         return err;
@@ -835,7 +771,7 @@ static char *load_script(struct policy_lua *p)
     lua_Integer pre_init = push_handlers(L, "pre_init");
     for (lua_Integer i = 1; i <= pre_init; i++) {
         lua_geti(L, -1, i);
-        if (call_hook(p, "pre_init", 0, 0) != LUA_OK) {
+        if (policy_lua_call_hook(p, "pre_init", 0, 0) != LUA_OK) {
             char *err = xasprintf("pre_init: %s", lua_tostring(L, -1));
             lua_pop(L, 2);
             return err;
@@ -846,7 +782,7 @@ static char *load_script(struct policy_lua *p)
     if (push_handlers(L, "init") > 0) {
         lua_geti(L, -1, 1);
         lua_remove(L, -2);
-        if (call_hook(p, "init", 0, 0) != LUA_OK) {
+        if (policy_lua_call_hook(p, "init", 0, 0) != LUA_OK) {
             char *err = xasprintf("init: %s", lua_tostring(L, -1));
             lua_pop(L, 1);
             return err;
@@ -888,21 +824,8 @@ struct policy_lua *policy_lua_create(const struct config *cfg, const struct poli
 
 static void close_connections(struct policy_lua *p)
 {
-    lua_State *L = p->L;
-    for (struct queue_state *q = p->queues; q; q = q->next) {
-        if (q->connection_ref == LUA_NOREF)
-            continue;
-        lua_rawgeti(L, LUA_REGISTRYINDEX, q->connection_ref);
-        if (lua_getfield(L, -1, "close") == LUA_TFUNCTION) {
-            lua_insert(L, -2);
-            if (call_hook(p, "close", 1, 0) != LUA_OK) {
-                log_warn("lua error in close queue=%s error=\"%s\"", q->name, lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        } else {
-            lua_pop(L, 2);
-        }
-    }
+    for (struct queue_state *q = p->queues; q; q = q->next)
+        policy_lua_drop_connection(p, q);
 }
 
 static void free_queues(struct policy_lua *p)
@@ -916,12 +839,7 @@ static void free_queues(struct policy_lua *p)
         free(q->parts_buf);
         free(q);
     }
-    while (p->retries) {
-        struct retry *r = p->retries;
-        p->retries = r->next;
-        free(r->members);
-        free(r);
-    }
+    policy_await_free(p);
 }
 
 void policy_lua_destroy(struct policy_lua *p)

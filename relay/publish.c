@@ -43,19 +43,6 @@ struct slot_list {
     size_t count;
 };
 
-/* What the nats.c threads hand to the loop: connection changes only (acks are taken from
- * the subscription on the loop itself, see take_acks). */
-enum event_kind {
-    EVENT_DISCONNECTED,
-    EVENT_RECONNECTED,
-    EVENT_CLOSED,
-    EVENT_CONNECTED,
-};
-
-struct event {
-    enum event_kind kind;
-};
-
 /* A JetStream reply to one publish, read on the loop. */
 enum reply_kind {
     REPLY_ACK,
@@ -70,6 +57,22 @@ struct reply {
     uint64_t sequence;
     char detail[128]; /* the error, or the stream of an ack */
     char domain[64];
+};
+
+/* What the nats.c threads hand to the loop: connection changes, and the replies to
+ * awaited publishes (see on_await_reply). Other acks are taken from the subscription on
+ * the loop itself, see take_acks. */
+enum event_kind {
+    EVENT_DISCONNECTED,
+    EVENT_RECONNECTED,
+    EVENT_CLOSED,
+    EVENT_CONNECTED,
+    EVENT_AWAITED_REPLY,
+};
+
+struct event {
+    enum event_kind kind;
+    struct reply reply; /* EVENT_AWAITED_REPLY */
 };
 
 struct event_queue {
@@ -95,6 +98,7 @@ struct publisher {
     natsOptions *probe_opts; /* the same servers and credentials, one attempt, no retry */
     natsConnection *conn;
     natsSubscription *sub;
+    natsSubscription *await_sub; /* replies to publishes someone waits for: see on_await_reply */
     natsInbox *inbox;
     size_t inbox_len;
     struct slot **chunks; /* slots never move: their index is in reply subjects */
@@ -446,6 +450,19 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
     } else {
         METRIC_ADD(publish_errors, 1);
     }
+    if (s->await_id) {
+        /* A Lua policy waits for this one: kumod raises the error in publish, so the
+         * policy decides (pcall, reject, or a retry of the record). */
+        struct publish_ack ack = {.await_id = s->await_id};
+        if (ev->kind == REPLY_NO_RESPONDERS)
+            snprintf(ack.error, sizeof(ack.error), "no responders (%s)", ev->detail);
+        else
+            snprintf(ack.error, sizeof(ack.error), "%s", ev->detail);
+        void *cookie = s->cookie;
+        free_slot(p, s);
+        p->done(p->ctx, cookie, &ack);
+        return;
+    }
     if (s->state == SLOT_SENT) {
         uint64_t wait = backoff_ms(s->attempts);
         log_warn("jetstream refused a publish, retrying in %" PRIu64 "ms subject=%s attempts=%u "
@@ -575,8 +592,10 @@ static void connection_failed(struct publisher *p)
         probe_error(p, why, sizeof(why));
     servers_text(p, servers, sizeof(servers));
     natsSubscription_Destroy(p->sub);
+    natsSubscription_Destroy(p->await_sub);
     natsConnection_Destroy(p->conn);
     p->sub = NULL;
+    p->await_sub = NULL;
     p->conn = NULL;
     p->connected = false;
     mark_down(p);
@@ -647,8 +666,12 @@ static void process_events(struct publisher *p)
     memcpy(p->batch, p->queue.items, count * sizeof(*p->batch));
     p->queue.count = 0;
     pthread_mutex_unlock(&p->queue.lock);
-    for (size_t i = 0; i < count; i++)
-        handle_connection_event(p, p->batch[i].kind);
+    for (size_t i = 0; i < count; i++) {
+        if (p->batch[i].kind == EVENT_AWAITED_REPLY)
+            handle_reply(p, &p->batch[i].reply);
+        else
+            handle_connection_event(p, p->batch[i].kind);
+    }
 }
 
 static void on_eventfd(struct loop *loop, int fd, uint32_t events, void *arg)
@@ -785,6 +808,35 @@ static natsStatus connect_options(struct publisher *p, const struct nats_auth *a
     return st;
 }
 
+/* Replies to publishes someone waits for (await_id) come on <inbox>A.<slot>.<generation>
+ * to an asynchronous subscription: nats.c's NextMsg destroys a "no responders" reply
+ * before its subject can name the slot, and a Lua policy waiting in publish must see
+ * that error as kumod raises it. Few publishes wait, so its thread's wake-ups are few. */
+static void on_await_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    struct publisher *p = closure;
+    struct event ev = {.kind = EVENT_AWAITED_REPLY};
+    if (parse_reply(natsMsg_GetSubject(msg), p->inbox_len + 1, &ev.reply.slot,
+                    &ev.reply.generation)) {
+        classify_reply(msg, &ev.reply);
+        enqueue(p, &ev);
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* nats.c's last call of on_await_reply has returned. */
+static void on_await_sub_complete(void *closure)
+{
+    struct publisher *p = closure;
+    pthread_mutex_lock(&p->queue.lock);
+    bool shutting_down = p->queue.shutting_down;
+    pthread_mutex_unlock(&p->queue.lock);
+    if (shutting_down)
+        note_final_callback(p, &p->queue.subscription_closed);
+}
+
 /* Connects (or starts connecting in the background) and subscribes to the ack inbox. */
 static natsStatus open_connection(struct publisher *p)
 {
@@ -800,6 +852,14 @@ static natsStatus open_connection(struct publisher *p)
     /* Acks are bounded by the window; never let nats.c drop one as a slow consumer. */
     if (st == NATS_OK)
         st = natsSubscription_SetPendingLimits(p->sub, -1, -1);
+    free(wildcard);
+    wildcard = xasprintf("%sA.*.*", p->inbox);
+    if (st == NATS_OK)
+        st = natsConnection_Subscribe(&p->await_sub, p->conn, wildcard, on_await_reply, p);
+    if (st == NATS_OK)
+        st = natsSubscription_SetPendingLimits(p->await_sub, -1, -1);
+    if (st == NATS_OK)
+        st = natsSubscription_SetOnCompleteCB(p->await_sub, on_await_sub_complete, p);
     free(wildcard);
     if (st == NATS_OK && !pending)
         on_connection_event(p, EVENT_CONNECTED);
@@ -880,7 +940,8 @@ static bool close_and_wait(struct publisher *p)
     struct event_queue *q = &p->queue;
     pthread_mutex_lock(&q->lock);
     q->shutting_down = true;
-    q->subscription_closed = true; /* synchronous: no thread of nats.c holds p for it */
+    /* The ack subscription is synchronous: no thread of nats.c holds p for it. */
+    q->subscription_closed = p->await_sub == NULL;
     q->connection_closed = p->conn == NULL;
     pthread_mutex_unlock(&q->lock);
     if (p->conn && p->connected)
@@ -910,6 +971,7 @@ void publisher_destroy(struct publisher *p)
         return;
     }
     natsSubscription_Destroy(p->sub);
+    natsSubscription_Destroy(p->await_sub);
     natsConnection_Destroy(p->conn);
     natsOptions_Destroy(p->opts);
     natsOptions_Destroy(p->probe_opts);
@@ -950,17 +1012,20 @@ static natsStatus build_message(struct publisher *p, struct slot *s,
 {
     /* <inbox>.<slot>.<generation>, by hand: this runs for every record. */
     char reply[160];
-    if (p->inbox_len + 2 + 2 * DECIMAL_MAX < sizeof(reply)) {
+    if (p->inbox_len + 3 + 2 * DECIMAL_MAX < sizeof(reply)) {
         char *at = reply;
         memcpy(at, p->inbox, p->inbox_len);
         at += p->inbox_len;
+        if (req->await_id)
+            *at++ = 'A'; /* the awaited publishes' own subscription */
         *at++ = '.';
         at += decimal_put(at, s->index);
         *at++ = '.';
         at += decimal_put(at, s->generation);
         *at = '\0';
     } else {
-        snprintf(reply, sizeof(reply), "%s.%u.%u", p->inbox, s->index, s->generation);
+        snprintf(reply, sizeof(reply), "%s%s.%u.%u", p->inbox, req->await_id ? "A" : "", s->index,
+                 s->generation);
     }
     natsStatus st = natsMsg_Create(msg, req->subject, reply, req->data, (int)req->len);
     for (size_t i = 0; st == NATS_OK && i < req->header_count; i++)

@@ -37,9 +37,12 @@ struct publish_ack {
     char stream[128];
     char domain[64];
     uint64_t await_id; /* as given in the request */
+    char error[160];   /* not empty: JetStream refused a publish someone waits for */
 };
 
-/* Called on the loop once per publish, when JetStream has stored it. */
+/* Called on the loop once per publish, when JetStream has stored it, or, for a publish
+ * someone waits for (await_id), when JetStream refused it: the waiter decides (a Lua
+ * policy sees the error as kumod's publish raises it). */
 typedef void (*publish_done_fn)(void *ctx, void *cookie, const struct publish_ack *ack);
 
 struct publish_request {

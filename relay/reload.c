@@ -94,6 +94,8 @@ static void discard(struct config *cfg, struct policy *policy)
  * whether or not the configuration reloads. */
 static void reopen_deadletter(struct relay *r)
 {
+    if (!r->deadletter) /* not open (yet): nothing was written to rotate */
+        return;
     bool rotated = false;
     char *err = deadletter_reopen(r->deadletter, &rotated);
     if (rotated)

@@ -248,7 +248,18 @@ static void close_publisher(struct fixture *f)
     loop_destroy(f->loop);
 }
 
+/* A publish whose ack a Lua policy waits for (await_id): JetStream's refusals come back
+ * to it at once instead of being retried (publish_with). */
+static void publish_with(struct publisher *p, uintptr_t cookie, const char *subject, const char *id,
+                         uint64_t await_id);
+
 static void publish(struct publisher *p, uintptr_t cookie, const char *subject, const char *id)
+{
+    publish_with(p, cookie, subject, id, cookie * 10);
+}
+
+static void publish_with(struct publisher *p, uintptr_t cookie, const char *subject, const char *id,
+                         uint64_t await_id)
 {
     char data[64];
     snprintf(data, sizeof(data), "record %zu", (size_t)cookie);
@@ -259,7 +270,7 @@ static void publish(struct publisher *p, uintptr_t cookie, const char *subject, 
                                   .msg_id = id,
                                   .headers = headers,
                                   .header_count = 1,
-                                  .await_id = cookie * 10};
+                                  .await_id = await_id};
     char *err = NULL;
     cr_assert_eq(publisher_publish(p, (void *)cookie, &req, &err), 0, "publish: %s", err);
 }
@@ -337,7 +348,7 @@ Test(publish, no_responders_then_the_resend_after_the_timeout_lands)
     start_server();
     struct fixture f = connect_publisher(200);
     cr_assert(run_until(f.loop, f.p, is_connected, NULL, 5000));
-    publish(f.p, 1, "late.x", "relay:seg:1");
+    publish_with(f.p, 1, "late.x", "relay:seg:1", 0); /* nobody waits for this one */
     cr_assert(run_until(f.loop, f.p, no_responders_seen, NULL, 5000));
     cr_expect_eq(ack_count, 0);
     cr_expect_eq(publisher_in_flight(f.p), 1, "still in flight: it is sent again");
@@ -351,6 +362,23 @@ Test(publish, no_responders_then_the_resend_after_the_timeout_lands)
     cr_expect_eq(acks[0].ack.sequence, 1);
     cr_expect_geq(COUNT(publish_timeouts), 1);
     cr_expect_geq(COUNT(publish_resends), 1);
+    cr_expect_eq(publisher_in_flight(f.p), 0);
+    close_publisher(&f);
+}
+
+/* An awaited publish (a Lua policy in client:publish) gets the refusal at once, as kumod
+ * raises it in publish (crates/mod-nats), and its slot is free. */
+Test(publish, no_responders_reach_an_awaited_publish_at_once)
+{
+    start_server();
+    struct fixture f = connect_publisher(200);
+    cr_assert(run_until(f.loop, f.p, is_connected, NULL, 5000));
+    publish(f.p, 1, "nobody.x", "relay:seg:1");
+    size_t want = 1;
+    cr_assert(run_until(f.loop, f.p, acks_at_least, &want, 5000));
+    cr_expect_eq(acks[0].cookie, 1);
+    cr_expect_eq(acks[0].ack.await_id, 10);
+    cr_expect_str_eq(acks[0].ack.error, "no responders (no stream listens on the subject)");
     cr_expect_eq(publisher_in_flight(f.p), 0);
     close_publisher(&f);
 }

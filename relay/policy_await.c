@@ -1,0 +1,301 @@
+/* Records the Lua policy holds between attempts: retries with their backoff, and hooks
+ * parked in publish until their ack comes (kumod's await_ack). A parked hook is a Lua
+ * coroutine; the loop resumes it from policy_lua_acked, so waiting never stops the relay
+ * and the record stays held (uncommitted) until the hook has finished. */
+#include "policy_lua_internal.h"
+
+#include "hook_watchdog.h"
+#include "log.h"
+#include "loop.h"
+#include "lua_message.h"
+#include "offsets.h"
+#include "publish.h"
+#include "rng.h"
+#include "segment.h"
+#include "xalloc.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+
+/* Resumes co (nargs values on its stack) under a fresh budget, with publish allowed to
+ * yield in it. A yield that is not publish's is an error. */
+static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, int nargs, int *nres)
+{
+    p->stopping = hook_watchdog_stopping();
+    p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
+    p->current_event = event;
+    p->nats.runner = co;
+    p->nats.parked_await_id = 0;
+    hook_watchdog_enter(event);
+    int rc = lua_resume(co, p->L, nargs, nres);
+    hook_watchdog_leave();
+    p->nats.runner = NULL;
+    p->current_event = NULL;
+    if (rc == LUA_YIELD && p->nats.parked_await_id == 0) {
+        lua_settop(co, 0);
+        lua_pushfstring(co, "attempt to yield from the '%s' event", event);
+        rc = LUA_ERRRUN;
+    }
+    return rc;
+}
+
+/* As call_hook, but on a coroutine when p->may_park: a publish that waits for its ack
+ * (kumod's await_ack, the default) yields, and the loop resumes the hook when the ack
+ * comes, relaying other records meanwhile. Returns LUA_YIELD with the coroutine in
+ * p->just_parked. Lua 5.4 hooks are per thread: each coroutine gets the budget hook. */
+int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nresults)
+{
+    if (!p->may_park)
+        return policy_lua_call_hook(p, event, nargs, nresults);
+    lua_State *L = p->L;
+    if (!p->runner && p->spare_count > 0) {
+        p->spare_count--;
+        p->runner = p->spare[p->spare_count].co;
+        p->runner_ref = p->spare[p->spare_count].ref;
+    } else if (!p->runner) {
+        p->runner = lua_newthread(L);
+        lua_sethook(p->runner, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
+        p->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_State *co = p->runner;
+    lua_xmove(L, co, nargs + 1);
+    int nres = 0;
+    int rc = resume_hook(p, co, event, nargs, &nres);
+    if (rc == LUA_OK) {
+        int keep = nres < nresults ? nres : nresults;
+        lua_settop(co, keep); /* the results are all that is on its stack */
+        lua_xmove(co, L, keep);
+        for (int i = keep; i < nresults; i++)
+            lua_pushnil(L);
+        return LUA_OK;
+    }
+    if (rc == LUA_YIELD) {
+        p->just_parked.co = co;
+        p->just_parked.co_ref = p->runner_ref;
+        p->just_parked.await_id = p->nats.parked_await_id;
+        p->just_parked.event = event;
+        p->just_parked.publish_index = p->nats.publish_index;
+    } else {
+        lua_xmove(co, L, 1); /* the error */
+        luaL_unref(L, LUA_REGISTRYINDEX, p->runner_ref);
+    }
+    p->runner = NULL; /* parked, or dead after an error: the next hook gets a new one */
+    return rc;
+}
+
+static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
+{
+    double ms = (double)(qc->retry_interval_ms > 0 ? qc->retry_interval_ms : 1000);
+    for (uint32_t i = 1; i < attempts && ms < 1e12; i++)
+        ms *= 2;
+    if (qc->max_retry_interval_ms > 0 && ms > (double)qc->max_retry_interval_ms)
+        ms = (double)qc->max_retry_interval_ms;
+    return (uint64_t)(ms * (0.9 + 0.2 * rng_unit())); /* jitter ±10 % */
+}
+
+void policy_await_retry_free(struct retry *r)
+{
+    free(r->ack);
+    free(r->members);
+    free(r->last_error);
+    free(r);
+}
+
+static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
+{
+    r->attempts++;
+    const struct queue_config *qc = r->queue ? &r->queue->qc : NULL;
+    struct queue_config defaults = {.retry_interval_ms = 1000, .max_retry_interval_ms = 60000};
+    r->due_ms = loop_now_ms() + retry_delay_ms(qc ? qc : &defaults, r->attempts);
+    free(r->last_error);
+    r->last_error = xstrdup(reason);
+    log_debug("record will be retried attempts=%u in_ms=%llu reason=\"%s\"", r->attempts,
+              (unsigned long long)(r->due_ms - loop_now_ms()), reason);
+    r->next = p->retries;
+    p->retries = r;
+}
+
+static struct retry *retry_alloc(struct queue_state *q, struct held_record *members, size_t count)
+{
+    struct retry *r = xcalloc(1, sizeof(*r));
+    r->co_ref = LUA_NOREF;
+    r->queue = q;
+    r->members = members;
+    r->count = count;
+    r->first_ms = loop_now_ms();
+    for (size_t i = 0; i < count; i++)
+        if (members[i].rec->read_at_ms < r->first_ms)
+            r->first_ms = members[i].rec->read_at_ms;
+    return r;
+}
+
+void policy_await_retry_new(struct policy_lua *p, struct queue_state *q,
+                            struct held_record *members, size_t count, const char *reason)
+{
+    schedule_retry(p, retry_alloc(q, members, count), reason);
+}
+
+/* The hook of r waits for an ack: policy_lua_acked resumes it. */
+static void park(struct policy_lua *p, struct retry *r)
+{
+    r->co = p->just_parked.co;
+    r->co_ref = p->just_parked.co_ref;
+    r->await_id = p->just_parked.await_id;
+    r->event = p->just_parked.event;
+    r->publish_index = p->just_parked.publish_index;
+    r->next = p->parked;
+    p->parked = r;
+}
+
+/* The attempt of r is over: again later, or decided. */
+void policy_await_settle(struct policy_lua *p, struct retry *r, struct outcome *o)
+{
+    if (o->kind == OUTCOME_PARKED) {
+        park(p, r);
+    } else if (o->kind == OUTCOME_TRANSIENT) {
+        schedule_retry(p, r, o->reason);
+    } else {
+        policy_lua_resolve_all(p, r->members, r->count, o);
+        policy_await_retry_free(r);
+    }
+    free(o->reason);
+}
+
+/* Goes on with a parked hook: its publish returns the ack table or raises the error. */
+static void resume_parked(struct policy_lua *p, struct retry *r, const struct publish_ack *ack)
+{
+    lua_State *L = p->L, *co = r->co;
+    struct inflight_record **recs = xcalloc(r->count, sizeof(*recs));
+    for (size_t i = 0; i < r->count; i++)
+        recs[i] = r->members[i].rec;
+    policy_lua_bind_records(p, recs, r->count);
+    p->nats.publish_index = r->publish_index; /* the next publish gets the next id */
+    bool seed = r->queue->per_record;         /* its constructor reads the global */
+    if (seed) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
+        lua_setglobal(L, "message");
+    }
+    lua_nats_push_resume(co, ack);
+    int nres = 0;
+    int rc = resume_hook(p, co, r->event, 2, &nres);
+    if (seed) {
+        lua_pushnil(L);
+        lua_setglobal(L, "message");
+    }
+    struct outcome o = {OUTCOME_OK, NULL, false};
+    if (rc == LUA_YIELD) {
+        p->just_parked.co = co;
+        p->just_parked.co_ref = r->co_ref;
+        p->just_parked.await_id = p->nats.parked_await_id;
+        p->just_parked.event = r->event;
+        p->just_parked.publish_index = p->nats.publish_index;
+        o.kind = OUTCOME_PARKED;
+    } else {
+        if (rc != LUA_OK) {
+            lua_xmove(co, L, 1);
+            o = policy_lua_error_outcome(p, r->event);
+            if (o.reconnect && !seed)
+                policy_lua_drop_connection(p, r->queue);
+        }
+        if (rc == LUA_OK && p->spare_count < SPARE_RUNNERS) {
+            lua_settop(co, 0); /* finished: it can run the next hook */
+            p->spare[p->spare_count].co = co;
+            p->spare[p->spare_count].ref = r->co_ref;
+            p->spare_count++;
+        } else {
+            luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
+        }
+        r->co = NULL;
+        r->co_ref = LUA_NOREF;
+    }
+    policy_lua_bind_records(p, NULL, 0);
+    free(recs);
+    policy_await_settle(p, r, &o);
+}
+
+void policy_await_acked(struct policy_lua *p, const struct publish_ack *ack)
+{
+    if (lua_nats_acked(p->L, &p->nats, ack))
+        return;
+    for (struct retry **rp = &p->parked; *rp; rp = &(*rp)->next) {
+        struct retry *r = *rp;
+        if (r->await_id != ack->await_id)
+            continue;
+        *rp = r->next;
+        if (p->current_event) {
+            /* Taken while a hook waits (a table read outside a coroutine): not now. */
+            r->ack = xmalloc(sizeof(*r->ack));
+            *r->ack = *ack;
+            r->next = p->ready;
+            p->ready = r;
+        } else {
+            resume_parked(p, r, ack);
+        }
+        return;
+    }
+}
+
+void policy_await_release_members(struct policy_lua *p, struct held_record *members, size_t count,
+                                  void (*fn)(void *, struct inflight_record *, const char *,
+                                             size_t),
+                                  void *ctx)
+{
+    for (size_t i = 0; i < count; i++) {
+        size_t len = 0;
+        lua_rawgeti(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
+        const char *data = lua_message_data(p->L, -1, &len);
+        fn(ctx, members[i].rec, data, len);
+        lua_pop(p->L, 1);
+        luaL_unref(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
+    }
+}
+
+/* Holds members for an attempt parked in call: the hook waits for an ack. */
+void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_record *members,
+                       size_t count)
+{
+    park(p, retry_alloc(q, members, count));
+}
+
+/* Resumes the parked hooks whose ack came while another hook ran. */
+void policy_await_run_ready(struct policy_lua *p)
+{
+    while (p->ready) {
+        struct retry *r = p->ready;
+        p->ready = r->next;
+        struct publish_ack *ack = r->ack;
+        r->ack = NULL;
+        resume_parked(p, r, ack);
+        free(ack);
+    }
+}
+
+void policy_await_release(struct policy_lua *p,
+                          void (*fn)(void *ctx, struct inflight_record *rec, const char *data,
+                                     size_t len),
+                          void *ctx)
+{
+    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        while (*lists[i]) {
+            struct retry *r = *lists[i];
+            *lists[i] = r->next;
+            /* A parked hook is abandoned: the new policy runs the record again. */
+            luaL_unref(p->L, LUA_REGISTRYINDEX, r->co_ref);
+            policy_await_release_members(p, r->members, r->count, fn, ctx);
+            policy_await_retry_free(r);
+        }
+    }
+}
+
+void policy_await_free(struct policy_lua *p)
+{
+    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        while (*lists[i]) {
+            struct retry *r = *lists[i];
+            *lists[i] = r->next;
+            policy_await_retry_free(r);
+        }
+    }
+}
