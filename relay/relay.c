@@ -1,5 +1,6 @@
 #include "relay.h"
 #include "relay_internal.h"
+#include "relay_inflight.h"
 
 #include "config.h"
 #include "deadletter.h"
@@ -32,9 +33,6 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
-
-/* A record read before the stream's sequence was known: no floor for the checkpoint. */
-#define UNKNOWN_FLOOR UINT64_MAX
 
 enum {
     RECORDS_PER_TURN = 256, /* records read from one segment before the next gets a turn */
@@ -136,12 +134,6 @@ static void on_segment_changed(void *ctx, struct segment *seg)
     ready_push(ctx, seg);
 }
 
-static void free_segment_if_unused(struct segment *seg)
-{
-    if (seg->gone && seg->in_flight_records == 0)
-        spool_segment_free(seg);
-}
-
 /* The segment's size and the fingerprint of its first bytes, for its checkpoint entry: an
  * open reader has read the file from its start, so it knows them without a system call. */
 static void keep_identity(struct segment *seg)
@@ -193,75 +185,10 @@ static void on_segment_removed(void *ctx, struct segment *seg)
     seg->awaiting_reader = false;
     close_reader(r, seg);
     r->dirty = true;
-    free_segment_if_unused(seg);
+    relay_inflight_free_if_unused(seg);
 }
 
 /* ---- records ---- */
-
-static struct inflight_record *record_take(struct relay *r)
-{
-    struct inflight_record *rec = r->free_records;
-    if (rec) {
-        r->free_records = rec->next;
-        r->records_in_use++;
-    }
-    return rec;
-}
-
-static void record_release(void *arg, struct inflight_record *rec)
-{
-    struct relay *r = arg;
-    struct segment *seg = rec->segment;
-    seg->in_flight_records--;
-    METRIC_ADD(records_committed, 1);
-    rec->next = r->free_records;
-    r->free_records = rec;
-    r->records_in_use--;
-}
-
-static void finish_if_drained(struct segment *seg)
-{
-    if (seg->state == SEGMENT_STATE_DRAINING && seg->wm.pending == 0) {
-        seg->state = SEGMENT_STATE_FINISHED;
-        log_debug("segment finished segment=%s records=%" PRIu64, seg->name,
-                  seg->wm.committed_ordinal);
-    }
-}
-
-static void record_complete(struct relay *r, struct inflight_record *rec)
-{
-    struct segment *seg = rec->segment;
-    if (offsets_watermark_complete(&seg->wm, rec, record_release, r))
-        r->dirty = true;
-    finish_if_drained(seg);
-    free_segment_if_unused(seg);
-}
-
-/* A publish made for several records (a batch) completes all of them; the cookie of a
- * single record's publish is the record itself, tagged apart by its low bit. */
-struct publish_group {
-    size_t count;
-    struct inflight_record *records[];
-};
-
-static void *make_cookie(struct inflight_record *const *records, size_t count)
-{
-    if (count == 1)
-        return records[0];
-    struct publish_group *g = xmalloc(sizeof(*g) + count * sizeof(g->records[0]));
-    g->count = count;
-    memcpy(g->records, records, count * sizeof(g->records[0]));
-    return (void *)((uintptr_t)g | 1);
-}
-
-void relay_release_hold(struct relay *r, struct inflight_record *rec)
-{
-    if (--rec->outstanding > 0)
-        return;
-    if (rec->publishes > 0)
-        metrics_observe_ack_latency((loop_now_ms() - rec->read_at_ms) * 1000);
-    record_complete(r, rec);
-}
 
 static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *ack)
 {
@@ -274,14 +201,7 @@ static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *a
     }
     if (ack->await_id)
         policy_acked(r->policy, ack);
-    if ((uintptr_t)cookie & 1) {
-        struct publish_group *g = (void *)((uintptr_t)cookie & ~(uintptr_t)1);
-        for (size_t i = 0; i < g->count; i++)
-            relay_release_hold(r, g->records[i]);
-        free(g);
-    } else {
-        relay_release_hold(r, cookie);
-    }
+    relay_inflight_published(r, cookie);
 }
 
 static int env_publish(void *ctx, struct inflight_record *const *records, size_t count,
@@ -315,10 +235,9 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
         .header_count = msg->header_count,
         .await_id = msg->await_id,
     };
-    void *cookie = make_cookie(records, count);
+    void *cookie = relay_inflight_cookie(records, count);
     if (publisher_publish(msg->via ? msg->via : r->pub, cookie, &req, err) != 0) {
-        if ((uintptr_t)cookie & 1)
-            free((void *)((uintptr_t)cookie & ~(uintptr_t)1));
+        relay_inflight_cookie_free(cookie);
         return -1;
     }
     for (size_t i = 0; i < count; i++) {
@@ -426,22 +345,8 @@ void relay_apply_policy(struct relay *r, struct inflight_record *rec,
 
 static void handle_record(struct relay *r, struct segment *seg, const struct segment_record *sr)
 {
-    struct inflight_record *rec = record_take(r);
-    rec->segment = seg;
-    rec->start = sr->start;
-    rec->end = sr->end;
-    rec->ordinal = sr->ordinal;
-    rec->outstanding = 0;
-    rec->publishes = 0;
-    rec->complete = false;
-    rec->read_at_ms = loop_now_ms();
-    rec->stream_floor = r->stream_seq_known ? r->stream_seq : UNKNOWN_FLOOR;
-    seg->in_flight_records++;
-    seg->records_read++;
-    METRIC_ADD(records_read, 1);
-    offsets_watermark_push(&seg->wm, rec);
-
-    relay_apply_policy(r, rec, sr);
+    uint64_t floor = r->stream_seq_known ? r->stream_seq : UNKNOWN_FLOOR;
+    relay_apply_policy(r, relay_inflight_take(&r->inflight, seg, sr, floor), sr);
 }
 
 /* ---- reading ---- */
@@ -484,7 +389,7 @@ static void end_of_segment(struct relay *r, struct segment *seg)
     }
     close_reader(r, seg);
     seg->state = SEGMENT_STATE_DRAINING;
-    finish_if_drained(seg);
+    relay_inflight_finish_if_drained(seg);
     r->dirty = true;
 }
 
@@ -520,7 +425,7 @@ static void segment_failed(struct relay *r, struct segment *seg)
               seg->name, last, d.decoded_offset, d.compressed_offset, error);
     close_reader(r, seg);
     seg->state = SEGMENT_STATE_DRAINING;
-    finish_if_drained(seg);
+    relay_inflight_finish_if_drained(seg);
     r->dirty = true;
 }
 
@@ -542,8 +447,8 @@ static void read_again_from_start(struct relay *r, struct segment *seg)
 
 static bool window_open(const struct relay *r)
 {
-    return r->free_records && r->publishes_in_flight < r->cfg->max_in_flight && !r->draining &&
-           (!r->pub || publisher_connected(r->pub));
+    return r->inflight.free_records && r->publishes_in_flight < r->cfg->max_in_flight &&
+           !r->draining && (!r->pub || publisher_connected(r->pub));
 }
 
 /* Reads up to RECORDS_PER_TURN records. Returns true if the segment should get another
@@ -725,11 +630,11 @@ static void once_report(struct relay *r)
                      seg->name, seg->wm.committed_offset, seg->wm.pending,
                      seg->reader || seg->state != SEGMENT_STATE_READING ? "yes" : "no");
     }
-    if (segments == 0 && r->records_in_use == 0 && r->checkpoint_failures == 0)
+    if (segments == 0 && r->inflight.records_in_use == 0 && r->checkpoint_failures == 0)
         return;
     log_error("--once stopped before the spool was relayed, exit status %d "
               "records_unacknowledged=%zu segments_left=%zu checkpoint=%s",
-              RELAY_EXIT_INCOMPLETE, r->records_in_use, segments,
+              RELAY_EXIT_INCOMPLETE, r->inflight.records_in_use, segments,
               r->checkpoint_failures ? "not written" : "written");
     r->exit_status = RELAY_EXIT_INCOMPLETE;
 }
@@ -749,7 +654,7 @@ static void finish_drain(struct relay *r)
 
 static bool all_relayed(const struct relay *r)
 {
-    return !r->ready_head && r->records_in_use == 0;
+    return !r->ready_head && r->inflight.records_in_use == 0;
 }
 
 static void before_sleep(struct loop *loop, void *arg)
@@ -940,18 +845,13 @@ static char *relay_start(struct relay *r)
         err = load_checkpoint(r);
     if (err)
         return err;
-    r->record_count = r->cfg->max_in_flight * 2;
-    r->records = xcalloc(r->record_count, sizeof(*r->records));
-    for (size_t i = 0; i < r->record_count; i++) {
-        r->records[i].next = r->free_records;
-        r->free_records = &r->records[i];
-    }
+    relay_inflight_init(&r->inflight, r->cfg->max_in_flight * 2);
     r->loop = loop_create();
     if (setup_signals(r) != 0)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
-    if ((err = poison_open(r->cfg->state_dir, r->record_count)) != NULL)
+    if ((err = poison_open(r->cfg->state_dir, r->inflight.record_count)) != NULL)
         return err;
     hook_watchdog_start((uint64_t)r->cfg->shutdown_timeout_ms);
     struct policy_env env = relay_policy_env(r);
@@ -1021,7 +921,7 @@ static void relay_stop(struct relay *r)
     offsets_checkpoint_free(&r->checkpoint);
     recover_free(r->recovery);
     dupwindow_free();
-    free(r->records);
+    relay_inflight_free(&r->inflight);
 }
 
 int relay_run(const struct config *cfg, const struct relay_options *options)

@@ -6,6 +6,7 @@
 
 #include "offsets.h"
 #include "policy.h"
+#include "relay_inflight.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,11 +48,10 @@ struct relay {
     struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
     bool have_checkpoint;
     struct segment *ready_head, *ready_tail;
-    size_t done_readers; /* open readers of done segments (see DONE_READERS) */
-    struct inflight_record *records, *free_records;
-    size_t record_count, records_in_use;
-    size_t publishes_in_flight; /* through every connection: the window */
-    bool dirty;                 /* offsets moved since the last checkpoint */
+    size_t done_readers;           /* open readers of done segments (see DONE_READERS) */
+    struct inflight_pool inflight; /* relay_inflight.c */
+    size_t publishes_in_flight;    /* through every connection: the window */
+    bool dirty;                    /* offsets moved since the last checkpoint */
     bool draining;
     uint64_t drain_deadline_ms;
     bool started; /* the first scan is done */
