@@ -7,6 +7,7 @@
 #include "offsets.h"
 #include "policy.h"
 #include "relay_inflight.h"
+#include "relay_reader.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,8 +48,7 @@ struct relay {
     struct deadletter *deadletter;
     struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
     bool have_checkpoint;
-    struct segment *ready_head, *ready_tail;
-    size_t done_readers;           /* open readers of done segments (see DONE_READERS) */
+    struct relay_reader reader;    /* relay_reader.c */
     struct inflight_pool inflight; /* relay_inflight.c */
     size_t publishes_in_flight;    /* through every connection: the window */
     bool dirty;                    /* offsets moved since the last checkpoint */
@@ -70,6 +70,8 @@ void relay_release_hold(struct relay *r, struct inflight_record *rec);
 struct publisher *relay_open_default_publisher(struct relay *r, const struct config *cfg,
                                                char **err);
 struct policy_env relay_policy_env(struct relay *r);
+/* A record of this segment waits for its dead letter to be written. */
+bool relay_deadletter_holds(const struct relay *r, const struct segment *seg);
 
 /* health.c */
 void health_update(struct relay *r);
