@@ -1,6 +1,7 @@
 #include "relay.h"
 #include "relay_internal.h"
 #include "relay_inflight.h"
+#include "relay_deadletter.h"
 #include "relay_reader.h"
 
 #include "config.h"
@@ -141,78 +142,12 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
     return 0;
 }
 
-static void deadletter_counted(const struct inflight_record *rec, const char *reason)
-{
-    const struct segment *seg = rec->segment;
-    METRIC_ADD(deadlettered[metrics_deadletter_reason(reason)], 1);
-    log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
-             rec->start, reason);
-}
-
-static void deadletter_record(struct relay *r, struct inflight_record *rec, const char *reason,
-                              const char *data, size_t len)
-{
-    const struct segment *seg = rec->segment;
-    char *err = deadletter_write(r->deadletter, seg->name, rec->start, rec->end, reason, data,
-                                 data ? len : 0);
-    if (!err) {
-        deadletter_counted(rec, reason);
-        return;
-    }
-    /* Moving the offset past a record we could not even write down would lose it, and
-     * stopping would relay nothing else. As with a checkpoint that cannot be written: the
-     * record is held (one more hold: its offset stays), its segment is read no further,
-     * the others go on, and the dead letter is written again every second. */
-    rec->outstanding++;
-    deadletter_hold(r->deadletter, rec, seg->name, rec->start, rec->end, reason, data,
-                    data ? len : 0);
-    r->deadletters_held = deadletter_held(r->deadletter);
-    log_error("cannot dead-letter a record, holding it and retrying segment=%s offset=%" PRIu64
-              " error=\"%s\"",
-              seg->name, rec->start, err);
-    free(err);
-}
-
-static void on_deadletter_written(void *ctx, void *cookie, const char *reason)
-{
-    struct relay *r = ctx;
-    struct inflight_record *rec = cookie;
-    struct segment *seg = rec->segment;
-    deadletter_counted(rec, reason);
-    relay_release_hold(r, rec);
-    relay_reader_push(&r->reader, seg); /* read on, if nothing else of it is held */
-}
-
-static void retry_deadletters(struct relay *r)
-{
-    if (!r->deadletters_held)
-        return;
-    char *err = deadletter_retry(r->deadletter, on_deadletter_written, r);
-    r->deadletter_retries++;
-    r->deadletters_held = deadletter_held(r->deadletter);
-    if (err && r->deadletter_retries % 60 == 0)
-        log_error("cannot dead-letter a record, still holding records=%zu retries=%" PRIu64
-                  " error=\"%s\"",
-                  r->deadletters_held, r->deadletter_retries, err);
-    if (!err) {
-        log_info("dead letters written again after retries=%" PRIu64, r->deadletter_retries);
-        r->deadletter_retries = 0;
-    }
-    free(err);
-}
-
-/* A record of this segment waits for its dead letter to be written. */
-bool relay_deadletter_holds(const struct relay *r, const struct segment *seg)
-{
-    return r->deadletters_held && deadletter_holds(r->deadletter, seg->name);
-}
-
 static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
                         const char *reason, const char *data, size_t len)
 {
     struct relay *r = ctx;
     if (verdict == POLICY_DEADLETTER)
-        deadletter_record(r, rec, reason ? reason : "policy error", data, len);
+        relay_deadletter_record(r, rec, reason ? reason : "policy error", data, len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
     relay_release_hold(r, rec); /* the hold taken when the policy deferred it */
@@ -228,7 +163,7 @@ void relay_apply_policy(struct relay *r, struct inflight_record *rec,
     char *reason = NULL;
     enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
     if (verdict == POLICY_DEADLETTER)
-        deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
+        relay_deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
     free(reason);
@@ -440,7 +375,7 @@ static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
 static void on_second(struct loop *loop, void *arg)
 {
     struct relay *r = arg;
-    retry_deadletters(r);
+    relay_deadletter_retry(r);
     health_update(r);
     health_report(r);
 }

@@ -70,8 +70,6 @@ void relay_release_hold(struct relay *r, struct inflight_record *rec);
 struct publisher *relay_open_default_publisher(struct relay *r, const struct config *cfg,
                                                char **err);
 struct policy_env relay_policy_env(struct relay *r);
-/* A record of this segment waits for its dead letter to be written. */
-bool relay_deadletter_holds(const struct relay *r, const struct segment *seg);
 
 /* health.c */
 void health_update(struct relay *r);

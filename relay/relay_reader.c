@@ -5,6 +5,7 @@
  * or a file shorter than the checkpoint says. Each record read is handed to the policy
  * (relay_apply_policy); what happens to it then is relay_inflight.c's. */
 #include "relay_reader.h"
+#include "relay_deadletter.h"
 #include "relay_internal.h"
 
 #include "config.h"
