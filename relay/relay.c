@@ -1,6 +1,7 @@
 #include "relay.h"
 #include "relay_internal.h"
 #include "relay_inflight.h"
+#include "relay_checkpoint.h"
 #include "relay_deadletter.h"
 #include "relay_reader.h"
 
@@ -40,47 +41,6 @@ enum {
     TICK_MS = 100,     /* ack timeouts and retries */
     RESCAN_MS = 30000, /* the safety-net scan, in case inotify missed something */
 };
-
-/* ---- segment lifecycle ---- */
-
-static const struct checkpoint_entry *checkpoint_entry(const struct relay *r, const char *name)
-{
-    for (size_t i = 0; i < r->checkpoint.count; i++)
-        if (strcmp(r->checkpoint.entries[i].name, name) == 0)
-            return &r->checkpoint.entries[i];
-    return NULL;
-}
-
-static void on_segment_added(void *ctx, struct segment *seg)
-{
-    struct relay *r = ctx;
-    const struct checkpoint_entry *e = checkpoint_entry(r, seg->name);
-    if (e && seg->generation < e->generation)
-        spool_set_generation(seg, e->generation);
-    const char *why = e ? spool_check_identity(seg, e) : NULL;
-    if (why) {
-        /* A new file under a known name: its offsets start again at 0, so its ids need a
-         * new generation or they would equal the old file's, and be dropped as copies. One
-         * replaced while we run may already have a later one from the spool. */
-        spool_set_generation(seg,
-                             seg->generation > e->generation ? seg->generation : e->generation + 1);
-        log_warn("segment %s, reading it from the start segment=%s generation=%u", why, seg->name,
-                 seg->generation);
-        e = NULL;
-    }
-    if (e) {
-        seg->resume_offset = e->offset;
-        seg->wm.committed_offset = e->offset;
-        seg->wm.committed_ordinal = e->ordinal;
-        if (e->finished)
-            seg->state = SEGMENT_STATE_FINISHED;
-    } else if (!r->started && !r->have_checkpoint && r->cfg->start_at == START_AT_END) {
-        seg->skip_existing = true;
-    }
-    r->dirty = true;
-    log_debug("segment added segment=%s offset=%" PRIu64 " state=%d", seg->name, seg->resume_offset,
-              seg->state);
-}
 
 /* ---- records ---- */
 
@@ -171,86 +131,6 @@ void relay_apply_policy(struct relay *r, struct inflight_record *rec,
         relay_release_hold(r, rec);
 }
 
-/* ---- checkpoint ---- */
-
-/* A sequence of jetstream.stream below every message stored for a record the checkpoint
- * does not cover: the lowest floor of the records still in flight (a segment's oldest has
- * its lowest), else the last acknowledged sequence. While ids found at start wait to be
- * read again, it stays below where that read began, or a crash now would lose them.
- * False when not known (a record read before the stream's sequence was). */
-static bool stream_floor(const struct relay *r, uint64_t *floor)
-{
-    if (!r->cfg->jetstream_stream || !r->stream_seq_known)
-        return false;
-    *floor = r->stream_seq;
-    if (recover_pending(r->recovery) > 0 && recover_from_seq(r->recovery) - 1 < *floor)
-        *floor = recover_from_seq(r->recovery) - 1;
-    size_t n = spool_segment_count(r->spool);
-    for (size_t i = 0; i < n; i++) {
-        const struct inflight_record *head = spool_segment(r->spool, i)->wm.head;
-        if (head && head->stream_floor == UNKNOWN_FLOOR)
-            return false;
-        if (head && head->stream_floor < *floor)
-            *floor = head->stream_floor;
-    }
-    return true;
-}
-
-static void write_checkpoint(struct relay *r)
-{
-    struct checkpoint cp = {.spool_dir = (char *)r->cfg->spool_dir};
-    if (stream_floor(r, &cp.stream_floor))
-        cp.stream = (char *)r->cfg->jetstream_stream;
-    size_t n = spool_segment_count(r->spool);
-    for (size_t i = 0; i < n; i++) {
-        struct segment *seg = spool_segment(r->spool, i);
-        struct checkpoint_entry e = {
-            .name = seg->name,
-            .inode = seg->inode,
-            .offset = seg->wm.committed_offset,
-            .ordinal = seg->wm.committed_ordinal,
-            .finished = seg->state == SEGMENT_STATE_FINISHED,
-            .generation = seg->generation,
-        };
-        if (seg->reader)
-            relay_reader_keep_identity(seg);
-        e.size = seg->size;
-        e.fp_len = seg->fp_len;
-        e.fp_hash = seg->fp_hash;
-        offsets_checkpoint_add(&cp, &e);
-    }
-    /* Dead letters must be durable before the offsets that skip their records are. */
-    char *err = deadletter_sync(r->deadletter);
-    if (!err)
-        err = offsets_checkpoint_write(r->cfg->state_dir, &cp);
-    if (err) {
-        r->checkpoint_failures++;
-        METRIC_ADD(checkpoint_failures, 1);
-        if (r->checkpoint_failures == 1 || r->checkpoint_failures % 100 == 0)
-            log_error("cannot write the checkpoint, offsets are not saved failures=%" PRIu64
-                      " error=\"%s\"",
-                      r->checkpoint_failures, err);
-        free(err);
-        r->dirty = true; /* tried again at the next interval, even if no offset moves */
-    } else {
-        if (r->checkpoint_failures > 0)
-            log_info("checkpoint written again after failures=%" PRIu64, r->checkpoint_failures);
-        r->checkpoint_failures = 0;
-        METRIC_ADD(checkpoint_writes, 1);
-        r->dirty = false;
-    }
-    for (size_t i = 0; i < cp.count; i++)
-        free(cp.entries[i].name);
-    free(cp.entries);
-}
-
-static void on_checkpoint_timer(struct loop *loop, void *arg)
-{
-    struct relay *r = arg;
-    if (r->dirty)
-        write_checkpoint(r);
-}
-
 /* ---- the loop's hooks ---- */
 
 static void begin_drain(struct relay *r, const char *why)
@@ -307,7 +187,7 @@ static void finish_drain(struct relay *r)
         log_warn("shutdown timeout: %zu publishes unacknowledged; they will be sent again at "
                  "the next start",
                  left);
-    write_checkpoint(r);
+    relay_checkpoint_write(r);
     if (r->options->once)
         once_report(r);
     loop_stop(r->loop);
@@ -403,31 +283,6 @@ static bool state_dir_full(const char *dir)
     return statvfs(dir, &st) == 0 && st.f_bavail == 0;
 }
 
-static char *load_checkpoint(struct relay *r)
-{
-    if (r->options->reset_offsets) {
-        char *path = xasprintf("%s/checkpoint", r->cfg->state_dir);
-        char *aside =
-            xasprintf("%s/checkpoint.reset-%lld", r->cfg->state_dir, (long long)time(NULL));
-        if (rename(path, aside) == 0)
-            log_warn("--reset-offsets: checkpoint set aside as %s; relaying from the start", aside);
-        free(path);
-        free(aside);
-    }
-    char *err = offsets_checkpoint_load(r->cfg->state_dir, &r->checkpoint, &r->have_checkpoint);
-    if (err)
-        return err;
-    if (r->have_checkpoint && !r->checkpoint.spool_dir)
-        return xasprintf("checkpoint %s/checkpoint names no spool; refusing to apply its offsets "
-                         "(use --reset-offsets to start over)",
-                         r->cfg->state_dir);
-    if (r->have_checkpoint && strcmp(r->checkpoint.spool_dir, r->cfg->spool_dir) != 0)
-        return xasprintf("checkpoint %s/checkpoint belongs to spool %s, not %s; refusing to "
-                         "apply its offsets (use --reset-offsets to start over)",
-                         r->cfg->state_dir, r->checkpoint.spool_dir, r->cfg->spool_dir);
-    return NULL;
-}
-
 static int setup_signals(struct relay *r)
 {
     sigset_t mask;
@@ -503,7 +358,7 @@ static char *relay_start(struct relay *r)
     rng_seed(); /* retry jitter that differs between the hosts of a fleet */
     char *err = prepare_state_dir(r->cfg);
     if (!err)
-        err = load_checkpoint(r);
+        err = relay_checkpoint_load(r);
     if (err)
         return err;
     relay_inflight_init(&r->inflight, r->cfg->max_in_flight * 2);
@@ -530,7 +385,7 @@ static char *relay_start(struct relay *r)
         r->stream_seq = last_seq;
         r->stream_seq_known = true;
     }
-    struct spool_events events = {on_segment_added, relay_reader_segment_changed,
+    struct spool_events events = {relay_checkpoint_segment_added, relay_reader_segment_changed,
                                   relay_reader_segment_removed, r};
     if (!(r->spool = spool_open(r->cfg->spools, r->cfg->spool_count, r->loop, &events, &err)))
         return err;
@@ -541,7 +396,7 @@ static char *relay_start(struct relay *r)
     recover_keep_pending(r->recovery, id_to_read_again, r);
     r->started = true;
     /* Prove at once that the state directory takes a checkpoint, not at the first ack. */
-    write_checkpoint(r);
+    relay_checkpoint_write(r);
     if (r->checkpoint_failures && !state_dir_full(r->cfg->state_dir))
         return xasprintf("state_dir %s is not usable for checkpoints", r->cfg->state_dir);
     if (r->checkpoint_failures)
@@ -561,7 +416,7 @@ static char *relay_start(struct relay *r)
         return err;
     health_update(r);
     loop_add_timer(r->loop, RESCAN_MS, on_rescan, r);
-    loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, on_checkpoint_timer, r);
+    loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, relay_checkpoint_timer, r);
     loop_set_before_sleep(r->loop, before_sleep, r);
     return NULL;
 }
