@@ -1,6 +1,9 @@
-/* The relay's state, shared by the files that make up the relay: relay.c (the record
- * pipeline on the loop), health.c (metrics gauges, health, systemd status) and reload.c
- * (SIGHUP). Nothing outside them includes this. */
+/* The relay's state, shared by the files that make up the relay: relay.c (the loop's
+ * callbacks and the policy's environment), relay_reader.c (reading segments),
+ * relay_inflight.c (records in flight), relay_deadletter.c, relay_checkpoint.c,
+ * relay_lifecycle.c (start and stop), health.c (metrics gauges, health, systemd status)
+ * and reload.c (SIGHUP). Each part keeps what only it uses in its own struct (struct
+ * relay_reader, struct inflight_pool). Nothing outside them includes this. */
 #ifndef RELAY_RELAY_INTERNAL_H
 #define RELAY_RELAY_INTERNAL_H
 
