@@ -3,7 +3,8 @@
  * verdict do to the records). The parts it ties together have their own files: reading
  * segments (relay_reader.c), the in-flight records (relay_inflight.c), dead letters and
  * their hold (relay_deadletter.c), the checkpoint (relay_checkpoint.c), start and stop
- * (relay_lifecycle.c); and health.c, reload.c for what an operator sees and SIGHUP. */
+ * (relay_lifecycle.c); relay_health.c and relay_reload.c for what an operator sees and
+ * SIGHUP. */
 #include "relay.h"
 #include "relay_checkpoint.h"
 #include "relay_deadletter.h"

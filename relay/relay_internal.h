@@ -1,9 +1,9 @@
 /* The relay's state, shared by the files that make up the relay: relay.c (the loop's
  * callbacks and the policy's environment), relay_reader.c (reading segments),
  * relay_inflight.c (records in flight), relay_deadletter.c, relay_checkpoint.c,
- * relay_lifecycle.c (start and stop), health.c (metrics gauges, health, systemd status)
- * and reload.c (SIGHUP). Each part keeps what only it uses in its own struct (struct
- * relay_reader, struct inflight_pool). Nothing outside them includes this. */
+ * relay_lifecycle.c (start and stop), relay_health.c (metrics gauges, health, systemd
+ * status) and relay_reload.c (SIGHUP). Each part keeps what only it uses in its own
+ * struct (struct relay_reader, struct inflight_pool). Nothing outside them includes this. */
 #ifndef RELAY_RELAY_INTERNAL_H
 #define RELAY_RELAY_INTERNAL_H
 
@@ -74,13 +74,13 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
                                                char **err);
 struct policy_env relay_policy_env(struct relay *r);
 
-/* health.c */
+/* relay_health.c */
 void health_update(struct relay *r);
 void health_report(struct relay *r);
 void health_report_done(struct relay *r); /* --once finished: the bar at 100 % */
 void health_log_totals(const char *what);
 
-/* reload.c */
+/* relay_reload.c */
 void reload_run(struct relay *r);
 void reload_tick(struct relay *r);
 void reload_release_all(struct relay *r);
