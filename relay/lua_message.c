@@ -94,7 +94,7 @@ static bool meta_get(lua_State *L, int idx, int key)
 /* The record parsed once and kept in meta; nil when the line is not JSON (a per-record
  * template can write anything). A record nested deeper than the parsers go is JSON that
  * cannot be read: asking for it dead-letters the record with the reason the built-in
- * policy gives when its subject needs a field (builtin.c), so both policies agree. */
+ * policy gives when its subject needs a field (policy_builtin.c), so both policies agree. */
 static int push_log_record(lua_State *L, struct message *m)
 {
     char *err;

@@ -5,7 +5,7 @@
 #include "policy.h"
 #include "preflight.h"
 #include "relay.h"
-#include "replay.h"
+#include "deadletter_replay.h"
 #include "statelock.h"
 #include "status.h"
 #include "xalloc.h"

@@ -1,6 +1,6 @@
 #include "policy.h"
 
-#include "builtin.h"
+#include "policy_builtin.h"
 #include "config.h"
 #include "hook_watchdog.h"
 #include "policy_lua.h"

@@ -1,5 +1,5 @@
 /* The policy seam: what happens to each record. Two policies stand behind it: the
- * built-in one (every record to a subject template, builtin.c) and the operator's Lua
+ * built-in one (every record to a subject template, policy_builtin.c) and the operator's Lua
  * policy (policy_lua.c), which mirrors KumoMTA's log hook and custom_lua queue events. */
 #ifndef RELAY_POLICY_H
 #define RELAY_POLICY_H

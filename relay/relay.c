@@ -1,8 +1,19 @@
+/* The relay's orchestrator: the loop's callbacks (before sleep, the tick, the second, the
+ * rescan, signals, the drain at stop) and the policy's environment (what a publish and a
+ * verdict do to the records). The parts it ties together have their own files: reading
+ * segments (relay_reader.c), the in-flight records (relay_inflight.c), dead letters and
+ * their hold (relay_deadletter.c), the checkpoint (relay_checkpoint.c), start and stop
+ * (relay_lifecycle.c); relay_health.c and relay_reload.c for what an operator sees and
+ * SIGHUP. */
 #include "relay.h"
+#include "relay_checkpoint.h"
+#include "relay_deadletter.h"
+#include "relay_inflight.h"
 #include "relay_internal.h"
+#include "relay_lifecycle.h"
+#include "relay_reader.h"
 
 #include "config.h"
-#include "deadletter.h"
 #include "dupwindow.h"
 #include "hook_watchdog.h"
 #include "log.h"
@@ -10,258 +21,27 @@
 #include "msgid.h"
 #include "notify.h"
 #include "loop.h"
-#include "offsets.h"
 #include "policy.h"
-#include "poison.h"
 #include "publish.h"
 #include "recover.h"
-#include "rng.h"
 #include "segment.h"
 #include "spool.h"
 #include "xalloc.h"
 
 #include <stdlib.h>
 #include <errno.h>
-#include <inttypes.h>
 #include <signal.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
-/* A record read before the stream's sequence was known: no floor for the checkpoint. */
-#define UNKNOWN_FLOOR UINT64_MAX
-
 enum {
-    RECORDS_PER_TURN = 256, /* records read from one segment before the next gets a turn */
-    TICK_MS = 100,          /* ack timeouts and retries */
-    RESCAN_MS = 30000,      /* the safety-net scan, in case inotify missed something */
-    /* Done segments decoded at once. Each open reader holds a zstd window and buffers
-     * (~2.5 MB), so a backlog of many done segments, read all at once, would cost memory
-     * in proportion to the backlog. Live segments always get a reader: a quiet one must
-     * never wait behind a busy one. */
-    DONE_READERS = 2,
+    TICK_MS = 100,     /* ack timeouts and retries */
+    RESCAN_MS = 30000, /* the safety-net scan, in case inotify missed something */
 };
-
-/* ---- the ready queue: segments that may have records to read ---- */
-
-static void ready_push(struct relay *r, struct segment *seg)
-{
-    if (seg->ready || seg->state != SEGMENT_STATE_READING || seg->gone)
-        return;
-    seg->ready = true;
-    seg->ready_next = NULL;
-    if (r->ready_tail)
-        r->ready_tail->ready_next = seg;
-    else
-        r->ready_head = seg;
-    r->ready_tail = seg;
-}
-
-static struct segment *ready_pop(struct relay *r)
-{
-    struct segment *seg = r->ready_head;
-    if (!seg)
-        return NULL;
-    r->ready_head = seg->ready_next;
-    if (!r->ready_head)
-        r->ready_tail = NULL;
-    seg->ready = false;
-    return seg;
-}
-
-static void ready_forget(struct relay *r, struct segment *seg)
-{
-    for (struct segment **p = &r->ready_head; *p; p = &(*p)->ready_next) {
-        if (*p == seg) {
-            *p = seg->ready_next;
-            if (r->ready_tail == seg) {
-                r->ready_tail = NULL;
-                for (struct segment *s = r->ready_head; s; s = s->ready_next)
-                    r->ready_tail = s;
-            }
-            break;
-        }
-    }
-    seg->ready = false;
-}
-
-/* ---- segment lifecycle ---- */
-
-static const struct checkpoint_entry *checkpoint_entry(const struct relay *r, const char *name)
-{
-    for (size_t i = 0; i < r->checkpoint.count; i++)
-        if (strcmp(r->checkpoint.entries[i].name, name) == 0)
-            return &r->checkpoint.entries[i];
-    return NULL;
-}
-
-static void on_segment_added(void *ctx, struct segment *seg)
-{
-    struct relay *r = ctx;
-    const struct checkpoint_entry *e = checkpoint_entry(r, seg->name);
-    if (e && seg->generation < e->generation)
-        spool_set_generation(seg, e->generation);
-    const char *why = e ? spool_check_identity(seg, e) : NULL;
-    if (why) {
-        /* A new file under a known name: its offsets start again at 0, so its ids need a
-         * new generation or they would equal the old file's, and be dropped as copies. One
-         * replaced while we run may already have a later one from the spool. */
-        spool_set_generation(seg,
-                             seg->generation > e->generation ? seg->generation : e->generation + 1);
-        log_warn("segment %s, reading it from the start segment=%s generation=%u", why, seg->name,
-                 seg->generation);
-        e = NULL;
-    }
-    if (e) {
-        seg->resume_offset = e->offset;
-        seg->wm.committed_offset = e->offset;
-        seg->wm.committed_ordinal = e->ordinal;
-        if (e->finished)
-            seg->state = SEGMENT_STATE_FINISHED;
-    } else if (!r->started && !r->have_checkpoint && r->cfg->start_at == START_AT_END) {
-        seg->skip_existing = true;
-    }
-    r->dirty = true;
-    log_debug("segment added segment=%s offset=%" PRIu64 " state=%d", seg->name, seg->resume_offset,
-              seg->state);
-}
-
-static void on_segment_changed(void *ctx, struct segment *seg)
-{
-    ready_push(ctx, seg);
-}
-
-static void free_segment_if_unused(struct segment *seg)
-{
-    if (seg->gone && seg->in_flight_records == 0)
-        spool_segment_free(seg);
-}
-
-/* The segment's size and the fingerprint of its first bytes, for its checkpoint entry: an
- * open reader has read the file from its start, so it knows them without a system call. */
-static void keep_identity(struct segment *seg)
-{
-    uint64_t hash;
-    size_t len;
-    segment_reader_fingerprint(seg->reader, &hash, &len);
-    if (len > seg->fp_len) {
-        seg->fp_len = (uint32_t)len;
-        seg->fp_hash = hash;
-    }
-    if (segment_reader_bytes_read(seg->reader) > seg->size)
-        seg->size = segment_reader_bytes_read(seg->reader);
-}
-
-/* Closes a segment's reader. A done reader's slot goes to the waiting backlog: all of it
- * is queued again, in name order, and the first to run takes the slot. Waking all (not
- * one) means a segment that fails to open cannot leave the others waiting. */
-static void close_reader(struct relay *r, struct segment *seg)
-{
-    if (seg->reader)
-        keep_identity(seg);
-    segment_reader_close(seg->reader);
-    seg->reader = NULL;
-    if (!seg->holds_done_slot)
-        return;
-    seg->holds_done_slot = false;
-    r->done_readers--;
-    size_t n = spool_segment_count(r->spool);
-    for (size_t i = 0; i < n; i++) {
-        struct segment *s = spool_segment(r->spool, i);
-        if (s->awaiting_reader) {
-            s->awaiting_reader = false;
-            ready_push(r, s);
-        }
-    }
-}
-
-static void on_segment_removed(void *ctx, struct segment *seg)
-{
-    struct relay *r = ctx;
-    if (seg->state != SEGMENT_STATE_FINISHED) {
-        METRIC_ADD(segments_lost, 1);
-        log_warn("segment deleted before it was relayed completely, forgetting it segment=%s "
-                 "records_read=%" PRIu64 " committed_offset=%" PRIu64,
-                 seg->name, seg->records_read, seg->wm.committed_offset);
-    }
-    ready_forget(r, seg);
-    seg->awaiting_reader = false;
-    close_reader(r, seg);
-    r->dirty = true;
-    free_segment_if_unused(seg);
-}
 
 /* ---- records ---- */
-
-static struct inflight_record *record_take(struct relay *r)
-{
-    struct inflight_record *rec = r->free_records;
-    if (rec) {
-        r->free_records = rec->next;
-        r->records_in_use++;
-    }
-    return rec;
-}
-
-static void record_release(void *arg, struct inflight_record *rec)
-{
-    struct relay *r = arg;
-    struct segment *seg = rec->segment;
-    seg->in_flight_records--;
-    METRIC_ADD(records_committed, 1);
-    rec->next = r->free_records;
-    r->free_records = rec;
-    r->records_in_use--;
-}
-
-static void finish_if_drained(struct segment *seg)
-{
-    if (seg->state == SEGMENT_STATE_DRAINING && seg->wm.pending == 0) {
-        seg->state = SEGMENT_STATE_FINISHED;
-        log_debug("segment finished segment=%s records=%" PRIu64, seg->name,
-                  seg->wm.committed_ordinal);
-    }
-}
-
-static void record_complete(struct relay *r, struct inflight_record *rec)
-{
-    struct segment *seg = rec->segment;
-    if (offsets_watermark_complete(&seg->wm, rec, record_release, r))
-        r->dirty = true;
-    finish_if_drained(seg);
-    free_segment_if_unused(seg);
-}
-
-/* A publish made for several records (a batch) completes all of them; the cookie of a
- * single record's publish is the record itself, tagged apart by its low bit. */
-struct publish_group {
-    size_t count;
-    struct inflight_record *records[];
-};
-
-static void *make_cookie(struct inflight_record *const *records, size_t count)
-{
-    if (count == 1)
-        return records[0];
-    struct publish_group *g = xmalloc(sizeof(*g) + count * sizeof(g->records[0]));
-    g->count = count;
-    memcpy(g->records, records, count * sizeof(g->records[0]));
-    return (void *)((uintptr_t)g | 1);
-}
-
-void relay_release_hold(struct relay *r, struct inflight_record *rec)
-{
-    if (--rec->outstanding > 0)
-        return;
-    if (rec->publishes > 0)
-        metrics_observe_ack_latency((loop_now_ms() - rec->read_at_ms) * 1000);
-    record_complete(r, rec);
-}
 
 static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *ack)
 {
@@ -274,14 +54,7 @@ static void on_publish_done(void *ctx, void *cookie, const struct publish_ack *a
     }
     if (ack->await_id)
         policy_acked(r->policy, ack);
-    if ((uintptr_t)cookie & 1) {
-        struct publish_group *g = (void *)((uintptr_t)cookie & ~(uintptr_t)1);
-        for (size_t i = 0; i < g->count; i++)
-            relay_release_hold(r, g->records[i]);
-        free(g);
-    } else {
-        relay_release_hold(r, cookie);
-    }
+    relay_inflight_published(r, cookie);
 }
 
 static int env_publish(void *ctx, struct inflight_record *const *records, size_t count,
@@ -315,10 +88,9 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
         .header_count = msg->header_count,
         .await_id = msg->await_id,
     };
-    void *cookie = make_cookie(records, count);
+    void *cookie = relay_inflight_cookie(records, count);
     if (publisher_publish(msg->via ? msg->via : r->pub, cookie, &req, err) != 0) {
-        if ((uintptr_t)cookie & 1)
-            free((void *)((uintptr_t)cookie & ~(uintptr_t)1));
+        relay_inflight_cookie_free(cookie);
         return -1;
     }
     for (size_t i = 0; i < count; i++) {
@@ -329,78 +101,12 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
     return 0;
 }
 
-static void deadletter_counted(const struct inflight_record *rec, const char *reason)
-{
-    const struct segment *seg = rec->segment;
-    METRIC_ADD(deadlettered[metrics_deadletter_reason(reason)], 1);
-    log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
-             rec->start, reason);
-}
-
-static void deadletter_record(struct relay *r, struct inflight_record *rec, const char *reason,
-                              const char *data, size_t len)
-{
-    const struct segment *seg = rec->segment;
-    char *err = deadletter_write(r->deadletter, seg->name, rec->start, rec->end, reason, data,
-                                 data ? len : 0);
-    if (!err) {
-        deadletter_counted(rec, reason);
-        return;
-    }
-    /* Moving the offset past a record we could not even write down would lose it, and
-     * stopping would relay nothing else. As with a checkpoint that cannot be written: the
-     * record is held (one more hold: its offset stays), its segment is read no further,
-     * the others go on, and the dead letter is written again every second. */
-    rec->outstanding++;
-    deadletter_hold(r->deadletter, rec, seg->name, rec->start, rec->end, reason, data,
-                    data ? len : 0);
-    r->deadletters_held = deadletter_held(r->deadletter);
-    log_error("cannot dead-letter a record, holding it and retrying segment=%s offset=%" PRIu64
-              " error=\"%s\"",
-              seg->name, rec->start, err);
-    free(err);
-}
-
-static void on_deadletter_written(void *ctx, void *cookie, const char *reason)
-{
-    struct relay *r = ctx;
-    struct inflight_record *rec = cookie;
-    struct segment *seg = rec->segment;
-    deadletter_counted(rec, reason);
-    relay_release_hold(r, rec);
-    ready_push(r, seg); /* read on, if nothing else of it is held */
-}
-
-static void retry_deadletters(struct relay *r)
-{
-    if (!r->deadletters_held)
-        return;
-    char *err = deadletter_retry(r->deadletter, on_deadletter_written, r);
-    r->deadletter_retries++;
-    r->deadletters_held = deadletter_held(r->deadletter);
-    if (err && r->deadletter_retries % 60 == 0)
-        log_error("cannot dead-letter a record, still holding records=%zu retries=%" PRIu64
-                  " error=\"%s\"",
-                  r->deadletters_held, r->deadletter_retries, err);
-    if (!err) {
-        log_info("dead letters written again after retries=%" PRIu64, r->deadletter_retries);
-        r->deadletter_retries = 0;
-    }
-    free(err);
-}
-
-/* A record of this segment waits for its dead letter to be written. */
-static bool segment_held(const struct relay *r, const struct segment *seg)
-{
-    return r->deadletters_held && deadletter_holds(r->deadletter, seg->name);
-}
-
 static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
                         const char *reason, const char *data, size_t len)
 {
     struct relay *r = ctx;
     if (verdict == POLICY_DEADLETTER)
-        deadletter_record(r, rec, reason ? reason : "policy error", data, len);
+        relay_deadletter_record(r, rec, reason ? reason : "policy error", data, len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
     relay_release_hold(r, rec); /* the hold taken when the policy deferred it */
@@ -416,273 +122,12 @@ void relay_apply_policy(struct relay *r, struct inflight_record *rec,
     char *reason = NULL;
     enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
     if (verdict == POLICY_DEADLETTER)
-        deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
+        relay_deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
     free(reason);
     if (verdict != POLICY_DEFERRED)
         relay_release_hold(r, rec);
-}
-
-static void handle_record(struct relay *r, struct segment *seg, const struct segment_record *sr)
-{
-    struct inflight_record *rec = record_take(r);
-    rec->segment = seg;
-    rec->start = sr->start;
-    rec->end = sr->end;
-    rec->ordinal = sr->ordinal;
-    rec->outstanding = 0;
-    rec->publishes = 0;
-    rec->complete = false;
-    rec->read_at_ms = loop_now_ms();
-    rec->stream_floor = r->stream_seq_known ? r->stream_seq : UNKNOWN_FLOOR;
-    seg->in_flight_records++;
-    seg->records_read++;
-    METRIC_ADD(records_read, 1);
-    offsets_watermark_push(&seg->wm, rec);
-
-    relay_apply_policy(r, rec, sr);
-}
-
-/* ---- reading ---- */
-
-/* Opens the segment's reader; false when it cannot now (logged), or when it is done and
- * every done-reader slot is taken (it is queued again when one frees). */
-static bool open_reader(struct relay *r, struct segment *seg)
-{
-    if (seg->done && r->done_readers >= DONE_READERS) {
-        seg->awaiting_reader = true;
-        return false;
-    }
-    char *err = NULL;
-    seg->reader =
-        segment_reader_open(seg->path, seg->resume_offset, r->cfg->max_record_bytes, &err);
-    if (!seg->reader) {
-        log_warn("cannot open segment, will retry at the next change segment=%s error=\"%s\"",
-                 seg->name, err);
-        free(err);
-        return false;
-    }
-    segment_reader_set_header(seg->reader, r->cfg->spools[seg->dir].segment_header);
-    if (seg->done) {
-        seg->holds_done_slot = true;
-        r->done_readers++;
-    }
-    return true;
-}
-
-/* The segment is done and read to its end: note a truncated tail, stop reading. */
-static void end_of_segment(struct relay *r, struct segment *seg)
-{
-    struct segment_tail tail;
-    segment_reader_tail(seg->reader, &tail);
-    if (tail.frame_truncated || tail.partial_bytes > 0) {
-        METRIC_ADD(segments_truncated, 1);
-        log_warn("segment ends mid-record (kumod stopped without finishing it); its tail is "
-                 "dropped segment=%s dropped_bytes=%zu frame_truncated=%s",
-                 seg->name, tail.partial_bytes, tail.frame_truncated ? "yes" : "no");
-    }
-    close_reader(r, seg);
-    seg->state = SEGMENT_STATE_DRAINING;
-    finish_if_drained(seg);
-    r->dirty = true;
-}
-
-/* The segment cannot be read past a point: every record before it was handed on (the
- * reader salvages what a decode error would lose); the rest is written down as one dead
- * letter, and the segment finishes once those records are complete, so its checkpoint
- * moves past it and the relay is not stuck on it. */
-static void segment_failed(struct relay *r, struct segment *seg)
-{
-    struct segment_damage d;
-    segment_reader_damage(seg->reader, &d);
-    uint64_t last = segment_reader_offset(seg->reader);
-    const char *error = segment_reader_error(seg->reader);
-    char *reason = xasprintf("undecodable: %s at compressed offset %" PRIu64 " of %" PRIu64
-                             " bytes, after %" PRIu64 " decompressed bytes; the rest of the "
-                             "segment after offset %" PRIu64 " is lost",
-                             error, d.compressed_offset, d.compressed_size, d.decoded_offset, last);
-    char *err = deadletter_write(r->deadletter, seg->name, last, d.decoded_offset, reason, NULL, 0);
-    free(reason);
-    if (err) {
-        /* The reader keeps its error: the next scan (or change) brings us back here. */
-        log_error("cannot dead-letter the undecodable rest of a segment, will retry segment=%s "
-                  "error=\"%s\"",
-                  seg->name, err);
-        free(err);
-        return;
-    }
-    METRIC_ADD(segments_corrupt, 1);
-    METRIC_ADD(deadlettered[DEADLETTER_UNDECODABLE], 1);
-    log_error("segment cannot be decoded past this point; the records before it are relayed, "
-              "the rest is dead-lettered segment=%s offset=%" PRIu64 " decoded=%" PRIu64
-              " compressed_offset=%" PRIu64 " error=\"%s\"",
-              seg->name, last, d.decoded_offset, d.compressed_offset, error);
-    close_reader(r, seg);
-    seg->state = SEGMENT_STATE_DRAINING;
-    finish_if_drained(seg);
-    r->dirty = true;
-}
-
-/* The whole file decodes to less than the checkpoint's offset: it is not the file the
- * checkpoint was written for (made again under the same name and inode, or the checkpoint
- * edited by hand). Read it from the start as a new generation rather than call it done. */
-static void read_again_from_start(struct relay *r, struct segment *seg)
-{
-    log_warn("segment ends before the checkpoint's offset, reading it from the start "
-             "segment=%s offset=%" PRIu64 " decoded=%" PRIu64 " generation=%u",
-             seg->name, seg->resume_offset, segment_reader_decoded(seg->reader),
-             seg->generation + 1);
-    close_reader(r, seg);
-    spool_set_generation(seg, seg->generation + 1);
-    seg->resume_offset = 0;
-    seg->wm.committed_offset = seg->wm.committed_ordinal = 0;
-    r->dirty = true;
-}
-
-static bool window_open(const struct relay *r)
-{
-    return r->free_records && r->publishes_in_flight < r->cfg->max_in_flight && !r->draining &&
-           (!r->pub || publisher_connected(r->pub));
-}
-
-/* Reads up to RECORDS_PER_TURN records. Returns true if the segment should get another
- * turn right away (more records may be there). */
-static bool read_segment(struct relay *r, struct segment *seg)
-{
-    if (segment_held(r, seg) || (!seg->reader && !open_reader(r, seg)))
-        return false;
-    /* Done (write bits cleared) seen before this pass means every byte was written before
-     * our reads began, so EOF now is the real end. */
-    bool done_before = seg->done;
-    for (int n = 0; n < RECORDS_PER_TURN; n++) {
-        if (!window_open(r))
-            return true;
-        struct segment_record sr;
-        enum segment_read res = segment_reader_next(seg->reader, &sr);
-        if (res == SEGMENT_RECORD) {
-            if (!seg->skip_existing)
-                handle_record(r, seg, &sr);
-            if (segment_held(r, seg))
-                return false;
-            continue;
-        }
-        if (res == SEGMENT_ERROR) {
-            segment_failed(r, seg);
-            return false;
-        }
-        if (segment_reader_decoded(seg->reader) < seg->resume_offset && seg->records_read == 0) {
-            read_again_from_start(r, seg);
-            return true;
-        }
-        if (seg->skip_existing) {
-            seg->skip_existing = false;
-            seg->resume_offset = seg->wm.committed_offset = segment_reader_offset(seg->reader);
-            seg->wm.committed_ordinal = segment_reader_ordinal(seg->reader);
-            r->dirty = true;
-        }
-        if (done_before) {
-            end_of_segment(r, seg);
-            return false;
-        }
-        if (!spool_refresh_mode(seg) || !seg->done)
-            return false; /* live: inotify tells us when it grows */
-        done_before = true;
-    }
-    return true;
-}
-
-static void pump(struct relay *r)
-{
-    size_t turns = 0, limit = 1 + r->cfg->max_in_flight / RECORDS_PER_TURN * 4;
-    while (window_open(r) && r->ready_head && turns++ < limit) {
-        struct segment *seg = ready_pop(r);
-        if (read_segment(r, seg))
-            ready_push(r, seg);
-    }
-    /* Stopped only by the turn limit, with room left: come back without sleeping. */
-    if (window_open(r) && r->ready_head)
-        loop_wake_within(r->loop, 0);
-}
-
-/* ---- checkpoint ---- */
-
-/* A sequence of jetstream.stream below every message stored for a record the checkpoint
- * does not cover: the lowest floor of the records still in flight (a segment's oldest has
- * its lowest), else the last acknowledged sequence. While ids found at start wait to be
- * read again, it stays below where that read began, or a crash now would lose them.
- * False when not known (a record read before the stream's sequence was). */
-static bool stream_floor(const struct relay *r, uint64_t *floor)
-{
-    if (!r->cfg->jetstream_stream || !r->stream_seq_known)
-        return false;
-    *floor = r->stream_seq;
-    if (recover_pending(r->recovery) > 0 && recover_from_seq(r->recovery) - 1 < *floor)
-        *floor = recover_from_seq(r->recovery) - 1;
-    size_t n = spool_segment_count(r->spool);
-    for (size_t i = 0; i < n; i++) {
-        const struct inflight_record *head = spool_segment(r->spool, i)->wm.head;
-        if (head && head->stream_floor == UNKNOWN_FLOOR)
-            return false;
-        if (head && head->stream_floor < *floor)
-            *floor = head->stream_floor;
-    }
-    return true;
-}
-
-static void write_checkpoint(struct relay *r)
-{
-    struct checkpoint cp = {.spool_dir = (char *)r->cfg->spool_dir};
-    if (stream_floor(r, &cp.stream_floor))
-        cp.stream = (char *)r->cfg->jetstream_stream;
-    size_t n = spool_segment_count(r->spool);
-    for (size_t i = 0; i < n; i++) {
-        struct segment *seg = spool_segment(r->spool, i);
-        struct checkpoint_entry e = {
-            .name = seg->name,
-            .inode = seg->inode,
-            .offset = seg->wm.committed_offset,
-            .ordinal = seg->wm.committed_ordinal,
-            .finished = seg->state == SEGMENT_STATE_FINISHED,
-            .generation = seg->generation,
-        };
-        if (seg->reader)
-            keep_identity(seg);
-        e.size = seg->size;
-        e.fp_len = seg->fp_len;
-        e.fp_hash = seg->fp_hash;
-        offsets_checkpoint_add(&cp, &e);
-    }
-    /* Dead letters must be durable before the offsets that skip their records are. */
-    char *err = deadletter_sync(r->deadletter);
-    if (!err)
-        err = offsets_checkpoint_write(r->cfg->state_dir, &cp);
-    if (err) {
-        r->checkpoint_failures++;
-        METRIC_ADD(checkpoint_failures, 1);
-        if (r->checkpoint_failures == 1 || r->checkpoint_failures % 100 == 0)
-            log_error("cannot write the checkpoint, offsets are not saved failures=%" PRIu64
-                      " error=\"%s\"",
-                      r->checkpoint_failures, err);
-        free(err);
-        r->dirty = true; /* tried again at the next interval, even if no offset moves */
-    } else {
-        if (r->checkpoint_failures > 0)
-            log_info("checkpoint written again after failures=%" PRIu64, r->checkpoint_failures);
-        r->checkpoint_failures = 0;
-        METRIC_ADD(checkpoint_writes, 1);
-        r->dirty = false;
-    }
-    for (size_t i = 0; i < cp.count; i++)
-        free(cp.entries[i].name);
-    free(cp.entries);
-}
-
-static void on_checkpoint_timer(struct loop *loop, void *arg)
-{
-    struct relay *r = arg;
-    if (r->dirty)
-        write_checkpoint(r);
 }
 
 /* ---- the loop's hooks ---- */
@@ -698,42 +143,6 @@ static void begin_drain(struct relay *r, const char *why)
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
 }
 
-/* Not relayed to its end: done (or live with more to read) and not finished, never
- * opened, or with records not yet acknowledged. A live segment read to its current end is
- * relayed, as far as --once goes. */
-static bool segment_left(const struct segment *seg)
-{
-    if (seg->gone || seg->state == SEGMENT_STATE_FINISHED)
-        return false;
-    return seg->done || !seg->reader || seg->ready || seg->wm.pending > 0;
-}
-
-/* --once promised what the spool held: if it stops short of that (a segment it cannot
- * open, SIGTERM before the acks, a checkpoint it cannot write), it says what is left and
- * exits RELAY_EXIT_INCOMPLETE, so that cron or a script does not take it for done. */
-static void once_report(struct relay *r)
-{
-    enum { NAMED = 10 }; /* segments named in the log, of a backlog maybe much longer */
-    size_t segments = 0, n = spool_segment_count(r->spool);
-    for (size_t i = 0; i < n; i++) {
-        const struct segment *seg = spool_segment(r->spool, i);
-        if (!segment_left(seg))
-            continue;
-        if (segments++ < NAMED)
-            log_warn("--once: segment not relayed completely segment=%s committed_offset=%" PRIu64
-                     " records_unacknowledged=%zu opened=%s",
-                     seg->name, seg->wm.committed_offset, seg->wm.pending,
-                     seg->reader || seg->state != SEGMENT_STATE_READING ? "yes" : "no");
-    }
-    if (segments == 0 && r->records_in_use == 0 && r->checkpoint_failures == 0)
-        return;
-    log_error("--once stopped before the spool was relayed, exit status %d "
-              "records_unacknowledged=%zu segments_left=%zu checkpoint=%s",
-              RELAY_EXIT_INCOMPLETE, r->records_in_use, segments,
-              r->checkpoint_failures ? "not written" : "written");
-    r->exit_status = RELAY_EXIT_INCOMPLETE;
-}
-
 static void finish_drain(struct relay *r)
 {
     size_t left = r->publishes_in_flight;
@@ -741,15 +150,15 @@ static void finish_drain(struct relay *r)
         log_warn("shutdown timeout: %zu publishes unacknowledged; they will be sent again at "
                  "the next start",
                  left);
-    write_checkpoint(r);
+    relay_checkpoint_write(r);
     if (r->options->once)
-        once_report(r);
+        relay_lifecycle_once_report(r);
     loop_stop(r->loop);
 }
 
 static bool all_relayed(const struct relay *r)
 {
-    return !r->ready_head && r->records_in_use == 0;
+    return relay_reader_idle(&r->reader) && r->inflight.records_in_use == 0;
 }
 
 static void before_sleep(struct loop *loop, void *arg)
@@ -757,7 +166,7 @@ static void before_sleep(struct loop *loop, void *arg)
     struct relay *r = arg;
     publisher_take_acks_all();
     if (!r->draining)
-        pump(r);
+        relay_reader_pump(r);
     if (publisher_in_flight_all() > 0)
         loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
     /* A duplicate_window check still on its way is worth a moment (dupwindow.h bounds
@@ -809,7 +218,7 @@ static void on_signal(struct loop *loop, int fd, uint32_t events, void *arg)
 static void on_second(struct loop *loop, void *arg)
 {
     struct relay *r = arg;
-    retry_deadletters(r);
+    relay_deadletter_retry(r);
     health_update(r);
     health_report(r);
 }
@@ -817,65 +226,6 @@ static void on_second(struct loop *loop, void *arg)
 static void on_watchdog(struct loop *loop, void *arg)
 {
     notify_watchdog();
-}
-
-/* ---- start and stop ---- */
-
-static char *prepare_state_dir(const struct config *cfg)
-{
-    if (mkdir(cfg->state_dir, 0750) != 0 && errno != EEXIST)
-        return xasprintf("cannot create state_dir %s: %s", cfg->state_dir, strerror(errno));
-    return NULL;
-}
-
-/* A full state_dir does not stop the start: the state was read, and records can be
- * relayed while the checkpoint (and any dead letter) waits for room, as when it fills up
- * later. Read-only, or not a directory, does. */
-static bool state_dir_full(const char *dir)
-{
-    struct statvfs st;
-    return statvfs(dir, &st) == 0 && st.f_bavail == 0;
-}
-
-static char *load_checkpoint(struct relay *r)
-{
-    if (r->options->reset_offsets) {
-        char *path = xasprintf("%s/checkpoint", r->cfg->state_dir);
-        char *aside =
-            xasprintf("%s/checkpoint.reset-%lld", r->cfg->state_dir, (long long)time(NULL));
-        if (rename(path, aside) == 0)
-            log_warn("--reset-offsets: checkpoint set aside as %s; relaying from the start", aside);
-        free(path);
-        free(aside);
-    }
-    char *err = offsets_checkpoint_load(r->cfg->state_dir, &r->checkpoint, &r->have_checkpoint);
-    if (err)
-        return err;
-    if (r->have_checkpoint && !r->checkpoint.spool_dir)
-        return xasprintf("checkpoint %s/checkpoint names no spool; refusing to apply its offsets "
-                         "(use --reset-offsets to start over)",
-                         r->cfg->state_dir);
-    if (r->have_checkpoint && strcmp(r->checkpoint.spool_dir, r->cfg->spool_dir) != 0)
-        return xasprintf("checkpoint %s/checkpoint belongs to spool %s, not %s; refusing to "
-                         "apply its offsets (use --reset-offsets to start over)",
-                         r->cfg->state_dir, r->checkpoint.spool_dir, r->cfg->spool_dir);
-    return NULL;
-}
-
-static int setup_signals(struct relay *r)
-{
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    /* Blocked in every thread (nats.c's threads inherit this mask), read from the loop. */
-    pthread_sigmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    r->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (r->signal_fd < 0)
-        return -1;
-    return loop_add_fd(r->loop, r->signal_fd, EPOLLIN, on_signal, r);
 }
 
 /* The relay's own connection, for the built-in policy (a Lua policy opens its own). */
@@ -903,141 +253,38 @@ struct policy_env relay_policy_env(struct relay *r)
     };
 }
 
-/* The segment of one of this relay's ids, if it is in the spool; *end gets the record's
- * end offset. An id reads back in several ways (see msgid.h): the one whose segment exists
- * with that generation is it. */
-static struct segment *segment_of_id(const struct relay *r, const char *id, uint64_t *end)
+/* The loop's callbacks, once the relay has started: its signals and periodic work. */
+static char *add_loop_hooks(struct relay *r)
 {
-    struct msgid_reading readings[MSGID_READINGS];
-    size_t n = msgid_parse(id, r->cfg->relay_id, readings);
-    for (size_t i = 0; i < n; i++) {
-        char *name = xstrndup(readings[i].name, readings[i].name_len);
-        struct segment *seg = spool_find(r->spool, name);
-        free(name);
-        if (seg && seg->generation == readings[i].generation) {
-            *end = readings[i].end;
-            return seg;
-        }
-    }
-    return NULL;
-}
-
-/* Found in the stream at start, and its record is still ahead of the checkpoint: it will
- * be read again (and skipped). Ids of records the checkpoint covers, or of segments gone,
- * will never be looked up. */
-static bool id_to_read_again(void *ctx, const char *id)
-{
-    uint64_t end = 0;
-    struct segment *seg = segment_of_id(ctx, id, &end);
-    return seg && seg->state != SEGMENT_STATE_FINISHED && end > seg->resume_offset;
-}
-
-static char *relay_start(struct relay *r)
-{
-    rng_seed(); /* retry jitter that differs between the hosts of a fleet */
-    char *err = prepare_state_dir(r->cfg);
-    if (!err)
-        err = load_checkpoint(r);
-    if (err)
-        return err;
-    r->record_count = r->cfg->max_in_flight * 2;
-    r->records = xcalloc(r->record_count, sizeof(*r->records));
-    for (size_t i = 0; i < r->record_count; i++) {
-        r->records[i].next = r->free_records;
-        r->free_records = &r->records[i];
-    }
-    r->loop = loop_create();
-    if (setup_signals(r) != 0)
+    if (loop_add_fd(r->loop, r->signal_fd, EPOLLIN, on_signal, r) != 0)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
-    if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
-        return err;
-    if ((err = poison_open(r->cfg->state_dir, r->record_count)) != NULL)
-        return err;
-    hook_watchdog_start((uint64_t)r->cfg->shutdown_timeout_ms);
-    struct policy_env env = relay_policy_env(r);
-    if (!(r->policy = policy_create(r->cfg, &env, &err))) {
-        r->exit_status = RELAY_EXIT_CONFIG; /* the policy is wrong: a restart cannot help */
-        return err;
-    }
-    dupwindow_configure(r->cfg->expected_max_downtime_ms);
-    bool floor_applies = r->have_checkpoint && r->checkpoint.stream && r->cfg->jetstream_stream &&
-                         strcmp(r->checkpoint.stream, r->cfg->jetstream_stream) == 0;
-    uint64_t last_seq = 0;
-    r->recovery =
-        recover_read(r->cfg, floor_applies ? &r->checkpoint.stream_floor : NULL, &last_seq);
-    if (r->recovery) {
-        r->stream_seq = last_seq;
-        r->stream_seq_known = true;
-    }
-    struct spool_events events = {on_segment_added, on_segment_changed, on_segment_removed, r};
-    if (!(r->spool = spool_open(r->cfg->spools, r->cfg->spool_count, r->loop, &events, &err)))
-        return err;
-    if (policy_uses_default_connection(r->policy) &&
-        !(r->pub = relay_open_default_publisher(r, r->cfg, &err)))
-        return err;
-    spool_scan(r->spool);
-    recover_keep_pending(r->recovery, id_to_read_again, r);
-    r->started = true;
-    /* Prove at once that the state directory takes a checkpoint, not at the first ack. */
-    write_checkpoint(r);
-    if (r->checkpoint_failures && !state_dir_full(r->cfg->state_dir))
-        return xasprintf("state_dir %s is not usable for checkpoints", r->cfg->state_dir);
-    if (r->checkpoint_failures)
-        log_warn("state_dir is full, relaying anyway: the checkpoint is written as soon as "
-                 "there is room state_dir=%s",
-                 r->cfg->state_dir);
     loop_add_timer(r->loop, TICK_MS, on_tick, r);
     loop_add_timer(r->loop, 1000, on_second, r);
     uint64_t watchdog_ms = notify_watchdog_interval_ms();
     if (watchdog_ms > 0)
         loop_add_timer(r->loop, watchdog_ms, on_watchdog, r);
-    const char *dirs[METRICS_MAX_DIRS];
-    for (size_t i = 0; i < r->cfg->spool_count && i < METRICS_MAX_DIRS; i++)
-        dirs[i] = r->cfg->spools[i].dir;
-    metrics_set_dirs(dirs, r->cfg->spool_count);
-    if (r->cfg->metrics_listen && (err = metrics_start(r->cfg->metrics_listen)) != NULL)
-        return err;
-    health_update(r);
     loop_add_timer(r->loop, RESCAN_MS, on_rescan, r);
-    loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, on_checkpoint_timer, r);
+    loop_add_timer(r->loop, (uint64_t)r->cfg->checkpoint_interval_ms, relay_checkpoint_timer, r);
     loop_set_before_sleep(r->loop, before_sleep, r);
     return NULL;
-}
-
-static void relay_stop(struct relay *r)
-{
-    metrics_stop();
-    policy_destroy(r->policy); /* calls the connections' close, which may still publish */
-    reload_release_all(r);
-    hook_watchdog_stop(); /* after the last hook: the connections' close */
-    poison_close();       /* a clean stop: the next start need not guard */
-    publisher_destroy(r->pub);
-    spool_close(r->spool);
-    deadletter_close(r->deadletter);
-    if (r->loop)
-        loop_destroy(r->loop);
-    if (r->signal_fd > 0)
-        close(r->signal_fd);
-    offsets_checkpoint_free(&r->checkpoint);
-    recover_free(r->recovery);
-    dupwindow_free();
-    free(r->records);
 }
 
 int relay_run(const struct config *cfg, const struct relay_options *options)
 {
     struct relay r = {.cfg = cfg, .options = options, .signal_fd = -1};
-    char *err = relay_start(&r);
+    char *err = relay_lifecycle_start(&r);
+    if (!err)
+        err = add_loop_hooks(&r);
     if (err) {
         log_error("%s", err);
         free(err);
-        relay_stop(&r);
+        relay_lifecycle_stop(&r);
         return r.exit_status ? r.exit_status : RELAY_EXIT_FAILURE;
     }
     log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
              spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);
     loop_run(r.loop);
     health_log_totals("stopped");
-    relay_stop(&r);
+    relay_lifecycle_stop(&r);
     return r.exit_status;
 }

@@ -1,11 +1,16 @@
-/* The relay's state, shared by the files that make up the relay: relay.c (the record
- * pipeline on the loop), health.c (metrics gauges, health, systemd status) and reload.c
- * (SIGHUP). Nothing outside them includes this. */
+/* The relay's state, shared by the files that make up the relay: relay.c (the loop's
+ * callbacks and the policy's environment), relay_reader.c (reading segments),
+ * relay_inflight.c (records in flight), relay_deadletter.c, relay_checkpoint.c,
+ * relay_lifecycle.c (start and stop), relay_health.c (metrics gauges, health, systemd
+ * status) and relay_reload.c (SIGHUP). Each part keeps what only it uses in its own
+ * struct (struct relay_reader, struct inflight_pool). Nothing outside them includes this. */
 #ifndef RELAY_RELAY_INTERNAL_H
 #define RELAY_RELAY_INTERNAL_H
 
 #include "offsets.h"
 #include "policy.h"
+#include "relay_inflight.h"
+#include "relay_reader.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,12 +51,10 @@ struct relay {
     struct deadletter *deadletter;
     struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
     bool have_checkpoint;
-    struct segment *ready_head, *ready_tail;
-    size_t done_readers; /* open readers of done segments (see DONE_READERS) */
-    struct inflight_record *records, *free_records;
-    size_t record_count, records_in_use;
-    size_t publishes_in_flight; /* through every connection: the window */
-    bool dirty;                 /* offsets moved since the last checkpoint */
+    struct relay_reader reader;    /* relay_reader.c */
+    struct inflight_pool inflight; /* relay_inflight.c */
+    size_t publishes_in_flight;    /* through every connection: the window */
+    bool dirty;                    /* offsets moved since the last checkpoint */
     bool draining;
     uint64_t drain_deadline_ms;
     bool started; /* the first scan is done */
@@ -71,13 +74,13 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
                                                char **err);
 struct policy_env relay_policy_env(struct relay *r);
 
-/* health.c */
+/* relay_health.c */
 void health_update(struct relay *r);
 void health_report(struct relay *r);
 void health_report_done(struct relay *r); /* --once finished: the bar at 100 % */
 void health_log_totals(const char *what);
 
-/* reload.c */
+/* relay_reload.c */
 void reload_run(struct relay *r);
 void reload_tick(struct relay *r);
 void reload_release_all(struct relay *r);

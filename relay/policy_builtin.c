@@ -1,4 +1,4 @@
-#include "builtin.h"
+#include "policy_builtin.h"
 
 #include "config.h"
 #include "jscan.h"

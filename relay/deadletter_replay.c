@@ -1,4 +1,4 @@
-#include "replay.h"
+#include "deadletter_replay.h"
 
 #include "atomicfile.h"
 #include "config.h"
