@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "lua_kumo.h"
 #include "loop.h"
 #include "nkey.h"
 #include "policy.h"
@@ -47,6 +48,7 @@ static const char *const connect_keys[] = {
     "client_cert",
     "client_key",
     "ping_interval",
+    "client_capacity",
     "inbox_prefix",
     "request_timeout",
     "retry_on_initial_connect",
@@ -57,9 +59,95 @@ static const char *const connect_keys[] = {
     NULL,
 };
 
-/* Keys this build cannot honour: refusing is better than connecting another way than
- * the policy asked. nats.c 3.4 has no TLS-first handshake. */
-static const char *const unsupported_keys[] = {"tls_first", NULL};
+/* The type kumod's Config (crates/mod-nats/src/lib.rs) deserializes each key into: a
+ * policy kumod would refuse is refused here too, with the key named. The values of the
+ * tuning keys (max_reconnects, ping_interval, client_capacity, timeouts, ...) are checked
+ * and not applied: the relay's connection reconnects for ever and keeps its own timing. */
+enum key_type { KEY_BOOL, KEY_COUNT, KEY_STRING, KEY_HUMANTIME, KEY_RUST_DURATION };
+
+static const struct {
+    const char *key;
+    enum key_type type;
+} typed_keys[] = {
+    {"name", KEY_STRING},
+    {"no_echo", KEY_BOOL},
+    {"max_reconnects", KEY_COUNT},         /* Option<usize> */
+    {"connection_timeout", KEY_HUMANTIME}, /* duration_serde */
+    {"tls_required", KEY_BOOL},
+    {"tls_first", KEY_BOOL},
+    {"ping_interval", KEY_RUST_DURATION}, /* a plain Duration: { secs, nanos } */
+    {"client_capacity", KEY_COUNT},       /* Option<usize> */
+    {"inbox_prefix", KEY_STRING},
+    {"request_timeout", KEY_HUMANTIME}, /* duration_serde */
+    {"retry_on_initial_connect", KEY_BOOL},
+    {"ignore_discovered_servers", KEY_BOOL},
+    {"retain_servers_order", KEY_BOOL},
+};
+
+static bool is_count(lua_State *L, int idx)
+{
+    return lua_isinteger(L, idx) && lua_tointeger(L, idx) >= 0;
+}
+
+/* serde's Duration: a table { secs = N, nanos = N } (or the sequence { N, N }). */
+static bool is_rust_duration(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx))
+        return false;
+    bool ok = true;
+    const char *fields[] = {"secs", "nanos"};
+    for (int i = 0; i < 2 && ok; i++) {
+        if (lua_getfield(L, idx, fields[i]) == LUA_TNIL) {
+            lua_pop(L, 1);
+            lua_rawgeti(L, idx, i + 1);
+        }
+        ok = is_count(L, -1);
+        lua_pop(L, 1);
+    }
+    return ok;
+}
+
+static void check_types(lua_State *L, int idx)
+{
+    static const char *const expected[] = {
+        [KEY_BOOL] = "a boolean",
+        [KEY_COUNT] = "a whole number >= 0",
+        [KEY_STRING] = "a string",
+        [KEY_HUMANTIME] = "a duration (\"30s\" or seconds)",
+        [KEY_RUST_DURATION] = "a duration as kumod reads this key: { secs = N, nanos = N }",
+    };
+    for (size_t i = 0; i < sizeof(typed_keys) / sizeof(typed_keys[0]); i++) {
+        int t = lua_getfield(L, idx, typed_keys[i].key);
+        int64_t ms;
+        bool ok = t == LUA_TNIL;
+        switch (typed_keys[i].type) {
+        case KEY_BOOL:
+            ok = ok || t == LUA_TBOOLEAN;
+            break;
+        case KEY_COUNT:
+            ok = ok || is_count(L, -1);
+            break;
+        case KEY_STRING:
+            ok = ok || t == LUA_TSTRING;
+            break;
+        case KEY_HUMANTIME:
+            ok = ok || lua_kumo_duration(L, -1, &ms) == 0;
+            break;
+        case KEY_RUST_DURATION:
+            ok = ok || is_rust_duration(L, -1);
+            break;
+        }
+        if (!ok)
+            luaL_error(L, "kumo.nats.connect: %s: %s expected, got %s", typed_keys[i].key,
+                       expected[typed_keys[i].type], luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+    /* nats.c 3.4 has no TLS-first handshake: refusing is better than connecting another
+     * way than the policy asked. tls_first = false is kumod's default, and fine. */
+    if (lua_getfield(L, idx, "tls_first") == LUA_TBOOLEAN && lua_toboolean(L, -1))
+        luaL_error(L, "kumo.nats.connect: tls_first = true is not supported by this build");
+    lua_pop(L, 1);
+}
 
 static bool in_list(const char *const *list, const char *key)
 {
@@ -346,12 +434,7 @@ static int nats_connect(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     check_keys(L, 1, connect_keys, "kumo.nats.connect");
-    for (size_t i = 0; unsupported_keys[i]; i++) {
-        if (lua_getfield(L, 1, unsupported_keys[i]) != LUA_TNIL)
-            luaL_error(L, "kumo.nats.connect: %s is not supported by this build",
-                       unsupported_keys[i]);
-        lua_pop(L, 1);
-    }
+    check_types(L, 1);
     struct connect_spec *spec = push_spec(L);
     read_servers(L, 1, spec);
     if (lua_getfield(L, 1, "name") == LUA_TSTRING)

@@ -186,6 +186,40 @@ end)
         self.assertEqual(78, rc, out)  # a configuration error
         self.assertIn("init.lua:4: log_hook with name 'a' has already been configured", out)
 
+    def test_connect_takes_the_keys_and_types_kumod_takes(self):
+        # crates/mod-nats/src/lib.rs, struct Config: client_capacity and max_reconnects are
+        # Option<usize>, ping_interval a plain Duration ({ secs, nanos }), the timeouts
+        # duration_serde, tls_first a bool (false is kumod's default).
+        def check(keys):
+            policy = self.write_policy(
+                "kumo.on('init', function()\n"
+                f"  kumo.nats.connect {{ servers = {{ 'nats://127.0.0.1:1' }}, {keys} }}\n"
+                "end)\n")
+            relay = self.relay(self.lua_config("nats://127.0.0.1:1", policy), start=False)
+            return relay.check()
+
+        for keys in ("client_capacity = 2048, tls_first = false, max_reconnects = 0",
+                     "ping_interval = { secs = 10, nanos = 0 }, no_echo = true",
+                     "connection_timeout = '5s', request_timeout = 3, name = 'relay'"):
+            with self.subTest(keys=keys):
+                rc, out = check(keys)
+                self.assertEqual((0, True), (rc, "configuration OK" in out), out)
+        prefix = "init.lua:2: kumo.nats.connect: "
+        for keys, error in (
+                ("max_reconnects = 'lots'",
+                 "max_reconnects: a whole number >= 0 expected, got string"),
+                ("client_capacity = -1", "client_capacity: a whole number >= 0 expected, got number"),
+                ("ping_interval = '10s'", "ping_interval: a duration as kumod reads this key: "
+                                          "{ secs = N, nanos = N } expected, got string"),
+                ("no_echo = 'yes'", "no_echo: a boolean expected, got string"),
+                ("connection_timeout = 'soon'",
+                 "connection_timeout: a duration (\"30s\" or seconds) expected, got string"),
+                ("tls_first = true", "tls_first = true is not supported by this build")):
+            with self.subTest(keys=keys):
+                rc, out = check(keys)
+                self.assertEqual(78, rc, out)
+                self.assertIn(prefix + error + "\n", out)
+
     def test_new_json_loads_and_is_not_served(self):
         # log_hooks:new_json POSTs with kumo.http; the relay has no HTTP client, so the
         # NATS hook next to it is the one served.

@@ -348,7 +348,7 @@ class SecurityTest(h.RelayTestCase):
 
         # Keys this build cannot honour, and KeySource forms it does not know, are errors.
         for extra, client_keys, message in (
-                ("tls_first = true,", client, "tls_first is not supported"),
+                ("tls_first = true,", client, "tls_first = true is not supported"),
                 ("", f"client_cert = '{tls}/client.pem',", "client_cert and client_key go together"),
                 ("", client + " nkey_seed = '/nonexistent/seed',", "nkey_seed: cannot read"),
                 ("", client + " creds = '/etc/hostname',",
