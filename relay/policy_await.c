@@ -135,6 +135,79 @@ void policy_await_retry_new(struct policy_lua *p, struct queue_state *q,
     schedule_retry(p, retry_alloc(q, members, count), reason);
 }
 
+/* Parked hooks are found by await_id in an open-addressing table: with a window of
+ * thousands parked, a list scan per ack was most of a Lua policy's CPU. */
+static size_t parked_home(uint64_t id, size_t cap)
+{
+    return (size_t)(id * 0x9E3779B97F4A7C15ull >> 20) & (cap - 1);
+}
+
+static void parked_insert(struct retry **slots, size_t cap, struct retry *r)
+{
+    size_t i = parked_home(r->await_id, cap);
+    while (slots[i])
+        i = (i + 1) & (cap - 1);
+    slots[i] = r;
+}
+
+static void parked_put(struct policy_lua *p, struct retry *r)
+{
+    if ((p->parked.count + 1) * 2 > p->parked.cap) {
+        size_t cap = p->parked.cap ? p->parked.cap * 2 : 256;
+        struct retry **slots = xcalloc(cap, sizeof(*slots));
+        for (size_t i = 0; i < p->parked.cap; i++)
+            if (p->parked.slots[i])
+                parked_insert(slots, cap, p->parked.slots[i]);
+        free(p->parked.slots);
+        p->parked.slots = slots;
+        p->parked.cap = cap;
+    }
+    parked_insert(p->parked.slots, p->parked.cap, r);
+    p->parked.count++;
+}
+
+/* Removes and returns the hook parked for id, or NULL. Deletion shifts the rest of the
+ * probe run back, so lookups never need tombstones. */
+static struct retry *parked_take(struct policy_lua *p, uint64_t id)
+{
+    if (p->parked.count == 0)
+        return NULL;
+    size_t mask = p->parked.cap - 1, i = parked_home(id, p->parked.cap);
+    struct retry **slots = p->parked.slots;
+    while (slots[i] && slots[i]->await_id != id)
+        i = (i + 1) & mask;
+    struct retry *found = slots[i];
+    if (!found)
+        return NULL;
+    slots[i] = NULL;
+    p->parked.count--;
+    for (size_t j = (i + 1) & mask; slots[j]; j = (j + 1) & mask) {
+        size_t home = parked_home(slots[j]->await_id, p->parked.cap);
+        /* slots[j] may move to the hole at i unless its home lies cyclically in (i, j]. */
+        bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+        if (!stays) {
+            slots[i] = slots[j];
+            slots[j] = NULL;
+            i = j;
+        }
+    }
+    return found;
+}
+
+/* Empties the table onto the front of *list (for release and free). */
+static void parked_drain(struct policy_lua *p, struct retry **list)
+{
+    for (size_t i = 0; i < p->parked.cap; i++) {
+        struct retry *r = p->parked.slots[i];
+        if (r) {
+            r->next = *list;
+            *list = r;
+            p->parked.slots[i] = NULL;
+        }
+    }
+    p->parked.count = 0;
+}
+
 /* The hook of r waits for an ack: policy_lua_acked resumes it. */
 static void park(struct policy_lua *p, struct retry *r)
 {
@@ -143,8 +216,8 @@ static void park(struct policy_lua *p, struct retry *r)
     r->await_id = p->just_parked.await_id;
     r->event = p->just_parked.event;
     r->publish_index = p->just_parked.publish_index;
-    r->next = p->parked;
-    p->parked = r;
+    r->next = NULL;
+    parked_put(p, r);
 }
 
 /* The attempt of r is over: again later, or decided. */
@@ -217,21 +290,17 @@ void policy_await_acked(struct policy_lua *p, const struct publish_ack *ack)
 {
     if (lua_nats_acked(p->L, &p->nats, ack))
         return;
-    for (struct retry **rp = &p->parked; *rp; rp = &(*rp)->next) {
-        struct retry *r = *rp;
-        if (r->await_id != ack->await_id)
-            continue;
-        *rp = r->next;
-        if (p->current_event) {
-            /* Taken while a hook waits (a table read outside a coroutine): not now. */
-            r->ack = xmalloc(sizeof(*r->ack));
-            *r->ack = *ack;
-            r->next = p->ready;
-            p->ready = r;
-        } else {
-            resume_parked(p, r, ack);
-        }
+    struct retry *r = parked_take(p, ack->await_id);
+    if (!r)
         return;
+    if (p->current_event) {
+        /* Taken while a hook waits (a table read outside a coroutine): not now. */
+        r->ack = xmalloc(sizeof(*r->ack));
+        *r->ack = *ack;
+        r->next = p->ready;
+        p->ready = r;
+    } else {
+        resume_parked(p, r, ack);
     }
 }
 
@@ -275,7 +344,8 @@ void policy_await_release(struct policy_lua *p,
                                      size_t len),
                           void *ctx)
 {
-    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
+    parked_drain(p, &p->retries);
+    struct retry **lists[] = {&p->retries, &p->ready};
     for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
         while (*lists[i]) {
             struct retry *r = *lists[i];
@@ -290,7 +360,11 @@ void policy_await_release(struct policy_lua *p,
 
 void policy_await_free(struct policy_lua *p)
 {
-    struct retry **lists[] = {&p->retries, &p->parked, &p->ready};
+    parked_drain(p, &p->retries);
+    free(p->parked.slots);
+    p->parked.slots = NULL;
+    p->parked.cap = 0;
+    struct retry **lists[] = {&p->retries, &p->ready};
     for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
         while (*lists[i]) {
             struct retry *r = *lists[i];

@@ -74,9 +74,12 @@ struct policy_lua {
     struct lua_nats nats;
     struct queue_state *queues;
     struct retry *retries;
-    struct retry *parked; /* hooks waiting for an ack */
-    struct retry *ready;  /* parked hooks whose ack came while another hook ran */
-    lua_State *runner;    /* the coroutine the next parkable hook runs on */
+    struct {
+        struct retry **slots; /* hooks waiting for an ack, by await_id (policy_await.c) */
+        size_t cap, count;
+    } parked;
+    struct retry *ready; /* parked hooks whose ack came while another hook ran */
+    lua_State *runner;   /* the coroutine the next parkable hook runs on */
     int runner_ref;
     struct {
         lua_State *co;
