@@ -232,7 +232,10 @@ echo "     Depends: $depends"
 deb_deps_ok() {
     local lib path owner p missing=()
     for lib in "${needed[@]}"; do
-        path=$(ldd "$binary" | awk -v l="$lib" '$1 == l { print $3; exit }')
+        # "libz.so.1 => /lib/.../libz.so.1 (0x...)", and the dynamic loader as
+        # "/lib64/ld-linux-x86-64.so.2 (0x...)": its path is the first field.
+        path=$(ldd "$binary" | awk -v l="$lib" '$1 == l { print $3; exit }
+                                                 $1 ~ ("/" l "$") { print $1; exit }')
         owner=""
         # merged /usr: dpkg knows each library under one of its two names.
         for p in "$path" "$(readlink -f "$path")" "/usr$path" "${path#/usr}"; do
