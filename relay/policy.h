@@ -12,6 +12,7 @@ struct config;
 struct loop;
 struct publisher;
 struct publish_ack;
+struct stream_check;
 struct segment_record;
 struct inflight_record;
 
@@ -49,7 +50,8 @@ struct policy_env {
                     const char *reason, const char *data, size_t len);
     /* The callback the relay wants for publishers the policy opens itself. */
     void (*publish_done)(void *ctx, void *cookie, const struct publish_ack *ack);
-    bool check_only; /* --check: load and run init, connect nothing */
+    struct stream_check *streams; /* for those publishers too (publish.h) */
+    bool check_only;              /* --check: load and run init, connect nothing */
 };
 
 struct policy;

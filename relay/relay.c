@@ -14,7 +14,6 @@
 #include "relay_reader.h"
 
 #include "config.h"
-#include "dupwindow.h"
 #include "hook_watchdog.h"
 #include "log.h"
 #include "metrics.h"
@@ -169,9 +168,9 @@ static void before_sleep(struct loop *loop, void *arg)
         relay_reader_pump(r);
     if (publisher_in_flight_all() > 0)
         loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
-    /* A duplicate_window check still on its way is worth a moment (dupwindow.h bounds
+    /* A duplicate_window check still on its way is worth a moment (stream.h bounds
      * it): a backfill warns about a short window as the daemon does. */
-    bool checking = dupwindow_waiting(loop_now_ms());
+    bool checking = stream_check_waiting(&r->streams, loop_now_ms());
     if (checking)
         loop_wake_within(r->loop, 1);
     if (r->options->once && !r->draining && all_relayed(r) && !checking) {
@@ -238,6 +237,7 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
         .name = "kumo-nats-relay",
         .ack_timeout_ms = cfg->ack_timeout_ms,
         .auth = nats_auth_from_config(cfg),
+        .streams = &r->streams,
     };
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }
@@ -250,6 +250,7 @@ struct policy_env relay_policy_env(struct relay *r)
         .publish = env_publish,
         .resolve = env_resolve,
         .publish_done = on_publish_done,
+        .streams = &r->streams,
     };
 }
 

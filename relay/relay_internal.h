@@ -11,6 +11,7 @@
 #include "policy.h"
 #include "relay_inflight.h"
 #include "relay_reader.h"
+#include "stream.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -38,7 +39,8 @@ struct relay {
     const struct config *cfg;
     struct config *owned_cfg; /* cfg when a reload made it (else main owns cfg) */
     struct retired *retired;
-    struct recovery *recovery; /* this relay's ids found in the stream at start */
+    struct recovery *recovery;   /* this relay's ids found in the stream at start */
+    struct stream_check streams; /* the duplicate_window of each stream published into */
     /* The highest sequence jetstream.stream acknowledged (its last one at start); known
      * once the stream was read at start or acknowledged a publish. */
     uint64_t stream_seq;

@@ -11,7 +11,6 @@
 
 #include "config.h"
 #include "deadletter.h"
-#include "dupwindow.h"
 #include "hook_watchdog.h"
 #include "log.h"
 #include "loop.h"
@@ -120,12 +119,12 @@ char *relay_lifecycle_start(struct relay *r)
         r->exit_status = RELAY_EXIT_CONFIG; /* the policy is wrong: a restart cannot help */
         return err;
     }
-    dupwindow_configure(r->cfg->expected_max_downtime_ms);
+    stream_check_configure(&r->streams, r->cfg->expected_max_downtime_ms);
     bool floor_applies = r->have_checkpoint && r->checkpoint.stream && r->cfg->jetstream_stream &&
                          strcmp(r->checkpoint.stream, r->cfg->jetstream_stream) == 0;
     uint64_t last_seq = 0;
-    r->recovery =
-        recover_read(r->cfg, floor_applies ? &r->checkpoint.stream_floor : NULL, &last_seq);
+    r->recovery = recover_read(r->cfg, &r->streams,
+                               floor_applies ? &r->checkpoint.stream_floor : NULL, &last_seq);
     if (r->recovery) {
         r->stream_seq = last_seq;
         r->stream_seq_known = true;
@@ -174,7 +173,7 @@ void relay_lifecycle_stop(struct relay *r)
         close(r->signal_fd);
     offsets_checkpoint_free(&r->checkpoint);
     recover_free(r->recovery);
-    dupwindow_free();
+    stream_check_free(&r->streams);
     relay_inflight_free(&r->inflight);
 }
 
