@@ -567,7 +567,7 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
                     : reply(conn, 500, xstrdup("out of memory\n"), "text/plain");
     }
     if (strcmp(url, "/healthz") == 0) {
-        char *stuck = hook_watchdog_health(); /* the loop cannot judge while it is stuck */
+        char *stuck = hook_watchdog_health(cls); /* the loop cannot judge while it is stuck */
         if (stuck) {
             char *body = xasprintf("%s\n", stuck);
             free(stuck);
@@ -579,20 +579,21 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
     return reply(conn, 404, xstrdup("not found: try /metrics or /healthz\n"), "text/plain");
 }
 
-static struct MHD_Daemon *start_daemon(const struct listen_addr *la, unsigned flags, unsigned limit)
+static struct MHD_Daemon *start_daemon(const struct listen_addr *la, unsigned flags, unsigned limit,
+                                       struct hook_watchdog *watchdog)
 {
     const struct sockaddr *sa = (const struct sockaddr *)&la->addr;
     in_port_t port = sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
                                                : ((const struct sockaddr_in *)sa)->sin_port;
     return MHD_start_daemon(
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | flags, ntohs(port), NULL, NULL,
-        handle_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
-        MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2,
+        handle_request, watchdog, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR,
+        sa, MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 }
 
-char *metrics_start(const char *listen)
+char *metrics_start(const char *listen, struct hook_watchdog *watchdog)
 {
     struct listen_addr la;
     char *err = listen_parse(listen, &la);
@@ -605,7 +606,8 @@ char *metrics_start(const char *listen)
         return err;
     unsigned limit = connection_limit();
     unsigned flags = la.addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0;
-    daemon_handle = start_daemon(&la, la.every_interface ? MHD_USE_DUAL_STACK : flags, limit);
+    daemon_handle =
+        start_daemon(&la, la.every_interface ? MHD_USE_DUAL_STACK : flags, limit, watchdog);
     if (!daemon_handle && la.every_interface && errno == EAFNOSUPPORT) {
         /* A host without IPv6: every interface is every IPv4 one. */
         in_port_t port = ((struct sockaddr_in6 *)&la.addr)->sin6_port;
@@ -615,7 +617,7 @@ char *metrics_start(const char *listen)
         in->sin_addr.s_addr = htonl(INADDR_ANY);
         in->sin_port = port;
         la.len = sizeof(*in);
-        daemon_handle = start_daemon(&la, 0, limit);
+        daemon_handle = start_daemon(&la, 0, limit, watchdog);
     }
     if (!daemon_handle) {
         int saved = errno;

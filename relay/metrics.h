@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct hook_watchdog;
+
 enum deadletter_reason {
     DEADLETTER_NOT_JSON,
     DEADLETTER_OVERSIZE,
@@ -63,7 +65,9 @@ extern struct metrics metrics;
 #define METRIC_SET(field, v) atomic_store_explicit(&metrics.field, (v), memory_order_relaxed)
 
 /* Serve /metrics and /healthz on "host:port". NULL or a malloc'd error. */
-char *metrics_start(const char *listen);
+/* watchdog answers /healthz while a policy hook keeps the loop away; it must outlive
+ * metrics_stop. */
+char *metrics_start(const char *listen, struct hook_watchdog *watchdog);
 void metrics_stop(void);
 void metrics_observe_ack_latency(uint64_t us);
 /* A Lua error in a policy hook (not a kumo.reject: that is an answer, not an error). A

@@ -13,6 +13,7 @@ struct loop;
 struct publisher;
 struct publish_ack;
 struct stream_check;
+struct hook_watchdog;
 struct segment_record;
 struct inflight_record;
 
@@ -50,8 +51,9 @@ struct policy_env {
                     const char *reason, const char *data, size_t len);
     /* The callback the relay wants for publishers the policy opens itself. */
     void (*publish_done)(void *ctx, void *cookie, const struct publish_ack *ack);
-    struct stream_check *streams; /* for those publishers too (publish.h) */
-    bool check_only;              /* --check: load and run init, connect nothing */
+    struct stream_check *streams;   /* for those publishers too (publish.h) */
+    struct hook_watchdog *watchdog; /* watches the hooks; NULL: not watched */
+    bool check_only;                /* --check: load and run init, connect nothing */
 };
 
 struct policy;

@@ -61,7 +61,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     struct policy_lua *p = policy_of(L);
     p->budget -= HOOK_EVERY;
-    if (!p->stopping && hook_watchdog_stopping()) {
+    if (!p->stopping && hook_watchdog_stopping(p->env.watchdog)) {
         /* SIGTERM while this hook runs: cut it short, so the drain can begin. */
         p->stopping = true;
         if (p->budget > STOPPING_BUDGET)
@@ -80,12 +80,12 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
  * nresults results, or the error value, on the stack. */
 int policy_lua_call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
 {
-    p->stopping = hook_watchdog_stopping();
+    p->stopping = hook_watchdog_stopping(p->env.watchdog);
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
     p->current_event = event;
-    hook_watchdog_enter(event);
+    hook_watchdog_enter(p->env.watchdog, event);
     int rc = lua_pcall(p->L, nargs, nresults, 0);
-    hook_watchdog_leave();
+    hook_watchdog_leave(p->env.watchdog);
     p->current_event = NULL;
     return rc;
 }

@@ -136,7 +136,7 @@ static void begin_drain(struct relay *r, const char *why)
     if (r->draining)
         return;
     r->draining = true;
-    hook_watchdog_request_stop(); /* policy hooks get a short budget from now on */
+    hook_watchdog_request_stop(&r->watchdog); /* policy hooks get a short budget from now on */
     notify_stopping();
     r->drain_deadline_ms = loop_now_ms() + (uint64_t)r->cfg->shutdown_timeout_ms;
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
@@ -251,6 +251,7 @@ struct policy_env relay_policy_env(struct relay *r)
         .resolve = env_resolve,
         .publish_done = on_publish_done,
         .streams = &r->streams,
+        .watchdog = &r->watchdog,
     };
 }
 

@@ -7,6 +7,7 @@
 #ifndef RELAY_RELAY_INTERNAL_H
 #define RELAY_RELAY_INTERNAL_H
 
+#include "hook_watchdog.h"
 #include "offsets.h"
 #include "policy.h"
 #include "relay_inflight.h"
@@ -33,6 +34,24 @@ struct retired {
     struct publisher *pub;
     struct config *cfg; /* owned, or NULL */
     struct retired *next;
+};
+
+/* relay_health.c's counters for the rate in STATUS= and --once's progress bar. */
+struct health_progress {
+    unsigned long long first_lag, last_lag;
+    uint64_t last_ms;
+    double bytes_per_s; /* smoothed */
+};
+
+struct relay_health {
+    /* The first health_update, at start (after the first scan): where --once's progress
+     * and average rate count from. */
+    uint64_t started_ms;
+    unsigned long long started_lag;
+    uint64_t report_ms; /* the last health_report, and records read by then */
+    unsigned long long report_read;
+    struct health_progress progress;
+    uint64_t last_acked, last_progress_ms; /* for the stall check */
 };
 
 struct relay {
@@ -66,7 +85,8 @@ struct relay {
     size_t deadletters_held;      /* records whose dead letter waits for room (deadletter.h) */
     uint64_t deadletter_retries;  /* in a row */
     bool ready_notified;
-    uint64_t last_acked, last_progress_ms; /* for the stall check */
+    struct relay_health health; /* relay_health.c */
+    struct hook_watchdog watchdog;
 };
 
 void relay_apply_policy(struct relay *r, struct inflight_record *rec,
