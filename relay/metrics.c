@@ -63,8 +63,20 @@ static const uint64_t bucket_us[ACK_LATENCY_BUCKETS] = {
 };
 
 static const char *const deadletter_names[DEADLETTER_REASON_COUNT] = {
-    "not_json",      "oversize",        "rejected", "max_age",
-    "no_custom_lua", "publish_refused", "policy",   "undecodable",
+    [DEADLETTER_NOT_JSON] = "not_json",
+    [DEADLETTER_OVERSIZE] = "oversize",
+    [DEADLETTER_REJECTED] = "rejected",
+    [DEADLETTER_MAX_AGE] = "max_age",
+    [DEADLETTER_NO_PROTOCOL] = "no_custom_lua",
+    [DEADLETTER_PUBLISH] = "publish_refused",
+    [DEADLETTER_POLICY] = "policy",
+    [DEADLETTER_UNDECODABLE] = "undecodable",
+};
+
+/* The order of /metrics, as before the enum gave the policy's reason zero. */
+static const enum deadletter_reason deadletter_shown[DEADLETTER_REASON_COUNT] = {
+    DEADLETTER_NOT_JSON,    DEADLETTER_OVERSIZE, DEADLETTER_REJECTED, DEADLETTER_MAX_AGE,
+    DEADLETTER_NO_PROTOCOL, DEADLETTER_PUBLISH,  DEADLETTER_POLICY,   DEADLETTER_UNDECODABLE,
 };
 
 void metrics_policy_error(void)
@@ -80,22 +92,6 @@ void metrics_observe_ack_latency(uint64_t us)
     METRIC_ADD(ack_latency_bucket[i], 1);
     METRIC_ADD(ack_latency_sum_us, us);
     METRIC_ADD(ack_latency_count, 1);
-}
-
-enum deadletter_reason metrics_deadletter_reason(const char *reason)
-{
-    static const struct {
-        const char *prefix;
-        enum deadletter_reason kind;
-    } kinds[] = {
-        {"not JSON", DEADLETTER_NOT_JSON},  {"record of ", DEADLETTER_OVERSIZE},
-        {"rejected:", DEADLETTER_REJECTED}, {"max_age", DEADLETTER_MAX_AGE},
-        {"queue ", DEADLETTER_NO_PROTOCOL}, {"the message is larger", DEADLETTER_PUBLISH},
-    };
-    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
-        if (strncmp(reason, kinds[i].prefix, strlen(kinds[i].prefix)) == 0)
-            return kinds[i].kind;
-    return DEADLETTER_POLICY;
 }
 
 const char *metrics_health_text(enum health_state state)
@@ -145,7 +141,7 @@ static void put_counters(FILE *f)
           f);
     for (int i = 0; i < DEADLETTER_REASON_COUNT; i++)
         fprintf(f, "kumo_nats_relay_records_deadlettered_total{reason=\"%s\"} %llu\n",
-                deadletter_names[i], LOAD(deadlettered[i]));
+                deadletter_names[deadletter_shown[i]], LOAD(deadlettered[deadletter_shown[i]]));
     put_metric(f, "publishes_total", "counter", "Messages published (first sends).",
                LOAD(publishes));
     put_metric(f, "publishes_acked_total", "counter", "Publishes acknowledged by JetStream.",

@@ -33,7 +33,7 @@ struct policy *policy_create(const struct config *cfg, const struct policy_env *
 
 /* The Lua policy, with the hook watchdog told which record its hooks work for. */
 static enum policy_verdict handle_lua(struct policy *policy, struct inflight_record *rec,
-                                      const struct segment_record *sr, char **reason)
+                                      const struct segment_record *sr, struct policy_reason *reason)
 {
     hook_watchdog_set_record(policy->watchdog, rec);
     enum policy_verdict v = policy_lua_handle(policy->lua, rec, sr, reason);
@@ -44,10 +44,12 @@ static enum policy_verdict handle_lua(struct policy *policy, struct inflight_rec
 /* After a run that died: the poison record is not handed to the policy again, and the
  * record being handled is on disk before the policy runs (poison.h). */
 static enum policy_verdict handle_guarded(struct policy *policy, struct inflight_record *rec,
-                                          const struct segment_record *sr, char **reason)
+                                          const struct segment_record *sr,
+                                          struct policy_reason *reason)
 {
     if (poison_before(rec)) {
-        *reason = xstrdup(POISON_REASON);
+        reason->kind = DEADLETTER_POLICY;
+        reason->text = xstrdup(POISON_REASON);
         return POLICY_DEADLETTER;
     }
     enum policy_verdict v = handle_lua(policy, rec, sr, reason);
@@ -56,7 +58,7 @@ static enum policy_verdict handle_guarded(struct policy *policy, struct inflight
 }
 
 enum policy_verdict policy_handle(struct policy *policy, struct inflight_record *rec,
-                                  const struct segment_record *sr, char **reason)
+                                  const struct segment_record *sr, struct policy_reason *reason)
 {
     if (!policy->lua)
         return builtin_handle(policy->builtin, rec, sr, reason);

@@ -182,7 +182,7 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
         lua_pushnil(L);
         lua_setglobal(L, "message");
     }
-    struct outcome o = {OUTCOME_OK, NULL, false};
+    struct outcome o = {.kind = OUTCOME_OK};
     if (rc == LUA_YIELD) {
         p->just_parked.co = co;
         p->just_parked.co_ref = r->co_ref;

@@ -101,11 +101,12 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
 }
 
 static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
-                        const char *reason, const char *data, size_t len)
+                        enum deadletter_reason kind, const char *reason, const char *data,
+                        size_t len)
 {
     struct relay *r = ctx;
     if (verdict == POLICY_DEADLETTER)
-        relay_deadletter_record(r, rec, reason ? reason : "policy error", data, len);
+        relay_deadletter_record(r, rec, kind, reason ? reason : "policy error", data, len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
     relay_release_hold(r, rec); /* the hold taken when the policy deferred it */
@@ -118,13 +119,14 @@ void relay_apply_policy(struct relay *r, struct inflight_record *rec,
                         const struct segment_record *sr)
 {
     rec->outstanding++;
-    char *reason = NULL;
+    struct policy_reason reason = {0};
     enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
     if (verdict == POLICY_DEADLETTER)
-        relay_deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
+        relay_deadletter_record(r, rec, reason.kind, reason.text ? reason.text : "policy error",
+                                sr->data, sr->len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
-    free(reason);
+    free(reason.text);
     if (verdict != POLICY_DEFERRED)
         relay_release_hold(r, rec);
 }
