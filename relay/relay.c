@@ -285,7 +285,7 @@ int relay_run(const struct config *cfg, const struct relay_options *options)
         relay_lifecycle_stop(&r);
         return r.exit_status ? r.exit_status : RELAY_EXIT_FAILURE;
     }
-    log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
+    log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spools[0].dir,
              spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);
     loop_run(r.loop);
     health_log_totals("stopped");
