@@ -9,19 +9,16 @@ enum start_at { START_AT_BEGINNING, START_AT_END };
 
 /* One spool directory: `spool: {dir: ...}`, or each entry of `spool: [{dir: ...}, ...]`. */
 struct spool_source {
-    char *dir;
-    char *pattern;
-    char *segment_header; /* NULL: none */
+    char *dir;            /* required */
+    char *pattern;        /* default "*" (fnmatch glob on names) */
+    char *segment_header; /* kumod's segment_header; NULL: none */
 };
 
 struct config {
     char *path;                  /* the file it was loaded from */
     char *relay_id;              /* default: the hostname */
-    char *spool_dir;             /* required */
-    char *spool_pattern;         /* default "*" (fnmatch glob on names) */
     enum start_at start_at;      /* default beginning */
-    char *spool_segment_header;  /* kumod's segment_header; NULL: none */
-    struct spool_source *spools; /* every spool directory; spools[0] is spool_dir above */
+    struct spool_source *spools; /* every spool directory, at least one */
     size_t spool_count;
     char *state_dir;     /* default /var/lib/kumo-nats-relay */
     char **nats_servers; /* default { "nats://127.0.0.1:4222" } */

@@ -20,6 +20,7 @@ enum { DEADLETTER_LINE_CAP = 1024 * 1024 };
 struct held {
     void *cookie;
     char *segment, *reason, *line;
+    enum deadletter_reason kind;
     uint64_t start, end;
     size_t len;
     struct held *next;
@@ -192,10 +193,12 @@ uint64_t deadletter_file_bytes(const struct deadletter *dl)
 }
 
 void deadletter_hold(struct deadletter *dl, void *cookie, const char *segment, uint64_t start,
-                     uint64_t end, const char *reason, const char *line, size_t len)
+                     uint64_t end, enum deadletter_reason kind, const char *reason,
+                     const char *line, size_t len)
 {
     struct held *h = xcalloc(1, sizeof(*h));
     h->cookie = cookie;
+    h->kind = kind;
     h->segment = xstrdup(segment);
     h->reason = xstrdup(reason);
     if (line) {
@@ -242,7 +245,7 @@ char *deadletter_retry(struct deadletter *dl, deadletter_written_fn *written, vo
         if (!dl->held)
             dl->held_tail = &dl->held;
         dl->held_count--;
-        written(ctx, h->cookie, h->reason);
+        written(ctx, h->cookie, h->kind, h->reason);
         free_held(h);
     }
     return NULL;

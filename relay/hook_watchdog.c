@@ -18,54 +18,37 @@
 
 enum { CHECK_EVERY_MS = 50, STUCK_AFTER_STOP_MS = 1000 };
 
-/* Odd while a hook runs: each enter and each leave adds one. A reader that sees the same
- * odd value before and after reading the fields below read one hook's values. All
- * accesses are sequentially consistent, which that argument relies on. */
-static atomic_uint_fast64_t seq;
-static atomic_uint_fast64_t started_ms;
-static _Atomic(const char *) event;
-static _Atomic(const struct inflight_record *) record;
-static unsigned depth; /* the loop's: a hook that runs another is one hook */
-
-static atomic_bool stopping;
-static atomic_uint_fast64_t stop_ms;
-static atomic_uint_fast64_t stuck_seq; /* the hook judged stuck (its seq), or 0 */
-
-static uint64_t shutdown_timeout_ms;
-static pthread_t thread;
-static bool thread_running;
-static atomic_bool quit;
-
-void hook_watchdog_enter(const char *name)
+void hook_watchdog_enter(struct hook_watchdog *w, const char *name)
 {
-    if (depth++ > 0)
+    if (!w || w->depth++ > 0)
         return;
-    atomic_store(&event, name);
-    atomic_store(&started_ms, loop_now_ms());
-    atomic_fetch_add(&seq, 1);
+    atomic_store(&w->event, name);
+    atomic_store(&w->started_ms, loop_now_ms());
+    atomic_fetch_add(&w->seq, 1);
 }
 
-void hook_watchdog_leave(void)
+void hook_watchdog_leave(struct hook_watchdog *w)
 {
-    if (--depth > 0)
+    if (!w || --w->depth > 0)
         return;
-    atomic_fetch_add(&seq, 1);
+    atomic_fetch_add(&w->seq, 1);
 }
 
-void hook_watchdog_set_record(const struct inflight_record *rec)
+void hook_watchdog_set_record(struct hook_watchdog *w, const struct inflight_record *rec)
 {
-    atomic_store(&record, rec);
+    if (w)
+        atomic_store(&w->record, rec);
 }
 
-void hook_watchdog_request_stop(void)
+void hook_watchdog_request_stop(struct hook_watchdog *w)
 {
-    if (!atomic_exchange(&stopping, true))
-        atomic_store(&stop_ms, loop_now_ms());
+    if (!atomic_exchange(&w->stopping, true))
+        atomic_store(&w->stop_ms, loop_now_ms());
 }
 
-bool hook_watchdog_stopping(void)
+bool hook_watchdog_stopping(struct hook_watchdog *w)
 {
-    return atomic_load_explicit(&stopping, memory_order_relaxed);
+    return w && atomic_load_explicit(&w->stopping, memory_order_relaxed);
 }
 
 /* One running hook, as read by another thread. */
@@ -83,17 +66,17 @@ struct snapshot {
  * record is looked at only once its hook has run for a second: a hook that short may
  * end (and its segment be freed) between the first check and the read, one that long is
  * a hook the watchdog is about to report, which it needs the record for. */
-static bool take_snapshot(struct snapshot *s)
+static bool take_snapshot(struct hook_watchdog *w, struct snapshot *s)
 {
-    s->seq = atomic_load(&seq);
+    s->seq = atomic_load(&w->seq);
     if (!(s->seq & 1))
         return false;
-    uint64_t started = atomic_load(&started_ms);
+    uint64_t started = atomic_load(&w->started_ms);
     uint64_t now = loop_now_ms();
     s->ran_ms = now > started ? now - started : 0;
-    const char *name = atomic_load(&event);
+    const char *name = atomic_load(&w->event);
     const struct inflight_record *rec =
-        s->ran_ms >= STUCK_AFTER_STOP_MS ? atomic_load(&record) : NULL;
+        s->ran_ms >= STUCK_AFTER_STOP_MS ? atomic_load(&w->record) : NULL;
     snprintf(s->event, sizeof(s->event), "%s", name ? name : "?");
     s->has_record = rec != NULL;
     if (rec) {
@@ -101,14 +84,14 @@ static bool take_snapshot(struct snapshot *s)
         snprintf(s->segment, sizeof(s->segment), "%s", seg->id_name);
         s->offset = rec->start;
     }
-    return atomic_load(&seq) == s->seq;
+    return atomic_load(&w->seq) == s->seq;
 }
 
-char *hook_watchdog_health(void)
+char *hook_watchdog_health(struct hook_watchdog *w)
 {
     struct snapshot s;
-    uint64_t stuck = atomic_load(&stuck_seq);
-    if (!stuck || !take_snapshot(&s) || s.seq != stuck)
+    uint64_t stuck = w ? atomic_load(&w->stuck_seq) : 0;
+    if (!stuck || !take_snapshot(w, &s) || s.seq != stuck)
         return NULL;
     if (s.has_record)
         return xasprintf("policy hook '%s' has been running for %" PRIu64
@@ -120,23 +103,23 @@ char *hook_watchdog_health(void)
 
 /* SIGTERM and SIGINT are blocked everywhere and read by the loop from a signalfd; while a
  * hook keeps the loop away they stay pending, where this thread can see them. */
-static void notice_stop_signal(const struct snapshot *s)
+static void notice_stop_signal(struct hook_watchdog *w, const struct snapshot *s)
 {
     sigset_t pending;
-    if (hook_watchdog_stopping() || sigpending(&pending) != 0)
+    if (hook_watchdog_stopping(w) || sigpending(&pending) != 0)
         return;
     if (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1) {
-        hook_watchdog_request_stop();
+        hook_watchdog_request_stop(w);
         log_info("stop signal received while the policy runs, cutting the hook short event=%s",
                  s->event);
     }
 }
 
-static void report_stuck(const struct snapshot *s)
+static void report_stuck(struct hook_watchdog *w, const struct snapshot *s)
 {
     if (s->has_record)
         poison_mark_stuck(s->segment, s->offset);
-    atomic_store(&stuck_seq, s->seq);
+    atomic_store(&w->stuck_seq, s->seq);
     log_error("policy hook has not returned, /healthz answers 503 until it does event=%s "
               "running_s=%" PRIu64 " segment=%s offset=%" PRIu64,
               s->event, s->ran_ms / 1000, s->has_record ? s->segment : "-",
@@ -159,53 +142,53 @@ static void exit_stuck(const struct snapshot *s)
 
 static void *watch(void *arg)
 {
-    (void)arg;
+    struct hook_watchdog *w = arg;
     uint64_t judged = 0; /* seq of the hook reported stuck */
     struct snapshot s;
     const struct timespec pause = {0, CHECK_EVERY_MS * 1000000L};
-    while (!atomic_load(&quit)) {
+    while (!atomic_load(&w->quit)) {
         nanosleep(&pause, NULL);
-        bool running = take_snapshot(&s);
+        bool running = take_snapshot(w, &s);
         if (judged && (!running || s.seq != judged)) {
-            atomic_store(&stuck_seq, 0);
+            atomic_store(&w->stuck_seq, 0);
             poison_unmark_stuck();
             log_info("policy hook returned after all, /healthz follows the relay again");
             judged = 0;
         }
         if (!running)
             continue;
-        notice_stop_signal(&s);
+        notice_stop_signal(w, &s);
         if (!judged && s.ran_ms >= HOOK_WATCHDOG_LIMIT_MS) {
-            report_stuck(&s);
+            report_stuck(w, &s);
             judged = s.seq;
         }
         /* A hook that began just now (a connection's close, after a drain that took all
          * of shutdown_timeout) gets a moment: Lua runs under a short budget by now. */
-        if (hook_watchdog_stopping() && s.ran_ms >= STUCK_AFTER_STOP_MS &&
-            loop_now_ms() - atomic_load(&stop_ms) >= shutdown_timeout_ms)
+        if (hook_watchdog_stopping(w) && s.ran_ms >= STUCK_AFTER_STOP_MS &&
+            loop_now_ms() - atomic_load(&w->stop_ms) >= w->shutdown_timeout_ms)
             exit_stuck(&s);
     }
     return NULL;
 }
 
-void hook_watchdog_start(uint64_t shutdown_timeout)
+void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout)
 {
-    shutdown_timeout_ms = shutdown_timeout;
-    atomic_store(&quit, false);
+    w->shutdown_timeout_ms = shutdown_timeout;
+    atomic_store(&w->quit, false);
     /* Signals stay blocked in this thread too (the mask is inherited). */
-    if (pthread_create(&thread, NULL, watch, NULL) != 0) {
+    if (pthread_create(&w->thread, NULL, watch, w) != 0) {
         log_warn("cannot start the policy hook watchdog; a hook that never returns will not "
                  "be reported");
         return;
     }
-    thread_running = true;
+    w->thread_running = true;
 }
 
-void hook_watchdog_stop(void)
+void hook_watchdog_stop(struct hook_watchdog *w)
 {
-    if (!thread_running)
+    if (!w->thread_running)
         return;
-    atomic_store(&quit, true);
-    pthread_join(thread, NULL);
-    thread_running = false;
+    atomic_store(&w->quit, true);
+    pthread_join(w->thread, NULL);
+    w->thread_running = false;
 }

@@ -8,10 +8,14 @@
  *   begins to stop, hooks get a short budget, and a hook still running shutdown_timeout
  *   later ends the process (_exit, status 1). The checkpoint stays as it was written,
  *   which covers only acknowledged records: nothing is lost, some records are sent again.
- * The loop pays two atomic stores and two atomic increments per hook. */
+ * The loop pays two atomic stores and two atomic increments per hook. The relay owns one
+ * struct hook_watchdog and hands it to the policy (policy_env) and to /healthz; a NULL
+ * watchdog (--check) watches nothing. */
 #ifndef RELAY_HOOK_WATCHDOG_H
 #define RELAY_HOOK_WATCHDOG_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -19,22 +23,43 @@ struct inflight_record;
 
 enum { HOOK_WATCHDOG_LIMIT_MS = 5000 };
 
+/* Zeroed before use. The atomics are shared between the loop and the watching thread. */
+struct hook_watchdog {
+    /* Odd while a hook runs: each enter and each leave adds one. A reader that sees the
+     * same odd value before and after reading the fields below read one hook's values.
+     * All accesses are sequentially consistent, which that argument relies on. */
+    atomic_uint_fast64_t seq;
+    atomic_uint_fast64_t started_ms;
+    _Atomic(const char *) event;
+    _Atomic(const struct inflight_record *) record;
+    unsigned depth; /* the loop's: a hook that runs another is one hook */
+
+    atomic_bool stopping;
+    atomic_uint_fast64_t stop_ms;
+    atomic_uint_fast64_t stuck_seq; /* the hook judged stuck (its seq), or 0 */
+
+    uint64_t shutdown_timeout_ms;
+    pthread_t thread;
+    bool thread_running;
+    atomic_bool quit;
+};
+
 /* Start the watching thread (the daemon and --once); hooks run without it too. */
-void hook_watchdog_start(uint64_t shutdown_timeout_ms);
-void hook_watchdog_stop(void);
+void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout_ms);
+void hook_watchdog_stop(struct hook_watchdog *w);
 
 /* Around every call into the policy's Lua, on the loop. event must outlive the call. */
-void hook_watchdog_enter(const char *event);
-void hook_watchdog_leave(void);
+void hook_watchdog_enter(struct hook_watchdog *w, const char *event);
+void hook_watchdog_leave(struct hook_watchdog *w);
 /* The record the hooks about to run work for (NULL: none); it must stay in flight until
  * set to another. */
-void hook_watchdog_set_record(const struct inflight_record *rec);
+void hook_watchdog_set_record(struct hook_watchdog *w, const struct inflight_record *rec);
 
 /* The relay stops: from now on hooks run under a short budget. */
-void hook_watchdog_request_stop(void);
-bool hook_watchdog_stopping(void);
+void hook_watchdog_request_stop(struct hook_watchdog *w);
+bool hook_watchdog_stopping(struct hook_watchdog *w);
 
 /* /healthz: a malloc'd reason when a hook has run past the limit, else NULL. Any thread. */
-char *hook_watchdog_health(void);
+char *hook_watchdog_health(struct hook_watchdog *w);
 
 #endif

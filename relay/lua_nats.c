@@ -411,6 +411,7 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
             .name = spec->name ? spec->name : "kumo-nats-relay",
             .ack_timeout_ms = nats->cfg->ack_timeout_ms,
             .auth = spec_auth(spec),
+            .streams = nats->env->streams,
         };
         char *err = NULL;
         client->pub =

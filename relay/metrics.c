@@ -63,8 +63,20 @@ static const uint64_t bucket_us[ACK_LATENCY_BUCKETS] = {
 };
 
 static const char *const deadletter_names[DEADLETTER_REASON_COUNT] = {
-    "not_json",      "oversize",        "rejected", "max_age",
-    "no_custom_lua", "publish_refused", "policy",   "undecodable",
+    [DEADLETTER_NOT_JSON] = "not_json",
+    [DEADLETTER_OVERSIZE] = "oversize",
+    [DEADLETTER_REJECTED] = "rejected",
+    [DEADLETTER_MAX_AGE] = "max_age",
+    [DEADLETTER_NO_PROTOCOL] = "no_custom_lua",
+    [DEADLETTER_PUBLISH] = "publish_refused",
+    [DEADLETTER_POLICY] = "policy",
+    [DEADLETTER_UNDECODABLE] = "undecodable",
+};
+
+/* The order of /metrics, as before the enum gave the policy's reason zero. */
+static const enum deadletter_reason deadletter_shown[DEADLETTER_REASON_COUNT] = {
+    DEADLETTER_NOT_JSON,    DEADLETTER_OVERSIZE, DEADLETTER_REJECTED, DEADLETTER_MAX_AGE,
+    DEADLETTER_NO_PROTOCOL, DEADLETTER_PUBLISH,  DEADLETTER_POLICY,   DEADLETTER_UNDECODABLE,
 };
 
 void metrics_policy_error(void)
@@ -80,22 +92,6 @@ void metrics_observe_ack_latency(uint64_t us)
     METRIC_ADD(ack_latency_bucket[i], 1);
     METRIC_ADD(ack_latency_sum_us, us);
     METRIC_ADD(ack_latency_count, 1);
-}
-
-enum deadletter_reason metrics_deadletter_reason(const char *reason)
-{
-    static const struct {
-        const char *prefix;
-        enum deadletter_reason kind;
-    } kinds[] = {
-        {"not JSON", DEADLETTER_NOT_JSON},  {"record of ", DEADLETTER_OVERSIZE},
-        {"rejected:", DEADLETTER_REJECTED}, {"max_age", DEADLETTER_MAX_AGE},
-        {"queue ", DEADLETTER_NO_PROTOCOL}, {"the message is larger", DEADLETTER_PUBLISH},
-    };
-    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
-        if (strncmp(reason, kinds[i].prefix, strlen(kinds[i].prefix)) == 0)
-            return kinds[i].kind;
-    return DEADLETTER_POLICY;
 }
 
 const char *metrics_health_text(enum health_state state)
@@ -145,7 +141,7 @@ static void put_counters(FILE *f)
           f);
     for (int i = 0; i < DEADLETTER_REASON_COUNT; i++)
         fprintf(f, "kumo_nats_relay_records_deadlettered_total{reason=\"%s\"} %llu\n",
-                deadletter_names[i], LOAD(deadlettered[i]));
+                deadletter_names[deadletter_shown[i]], LOAD(deadlettered[deadletter_shown[i]]));
     put_metric(f, "publishes_total", "counter", "Messages published (first sends).",
                LOAD(publishes));
     put_metric(f, "publishes_acked_total", "counter", "Publishes acknowledged by JetStream.",
@@ -567,7 +563,7 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
                     : reply(conn, 500, xstrdup("out of memory\n"), "text/plain");
     }
     if (strcmp(url, "/healthz") == 0) {
-        char *stuck = hook_watchdog_health(); /* the loop cannot judge while it is stuck */
+        char *stuck = hook_watchdog_health(cls); /* the loop cannot judge while it is stuck */
         if (stuck) {
             char *body = xasprintf("%s\n", stuck);
             free(stuck);
@@ -579,20 +575,21 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
     return reply(conn, 404, xstrdup("not found: try /metrics or /healthz\n"), "text/plain");
 }
 
-static struct MHD_Daemon *start_daemon(const struct listen_addr *la, unsigned flags, unsigned limit)
+static struct MHD_Daemon *start_daemon(const struct listen_addr *la, unsigned flags, unsigned limit,
+                                       struct hook_watchdog *watchdog)
 {
     const struct sockaddr *sa = (const struct sockaddr *)&la->addr;
     in_port_t port = sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
                                                : ((const struct sockaddr_in *)sa)->sin_port;
     return MHD_start_daemon(
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | flags, ntohs(port), NULL, NULL,
-        handle_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR, sa,
-        MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2,
+        handle_request, watchdog, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_SOCK_ADDR,
+        sa, MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit / 2,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 }
 
-char *metrics_start(const char *listen)
+char *metrics_start(const char *listen, struct hook_watchdog *watchdog)
 {
     struct listen_addr la;
     char *err = listen_parse(listen, &la);
@@ -605,7 +602,8 @@ char *metrics_start(const char *listen)
         return err;
     unsigned limit = connection_limit();
     unsigned flags = la.addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0;
-    daemon_handle = start_daemon(&la, la.every_interface ? MHD_USE_DUAL_STACK : flags, limit);
+    daemon_handle =
+        start_daemon(&la, la.every_interface ? MHD_USE_DUAL_STACK : flags, limit, watchdog);
     if (!daemon_handle && la.every_interface && errno == EAFNOSUPPORT) {
         /* A host without IPv6: every interface is every IPv4 one. */
         in_port_t port = ((struct sockaddr_in6 *)&la.addr)->sin6_port;
@@ -615,7 +613,7 @@ char *metrics_start(const char *listen)
         in->sin_addr.s_addr = htonl(INADDR_ANY);
         in->sin_port = port;
         la.len = sizeof(*in);
-        daemon_handle = start_daemon(&la, 0, limit);
+        daemon_handle = start_daemon(&la, 0, limit, watchdog);
     }
     if (!daemon_handle) {
         int saved = errno;

@@ -3,21 +3,13 @@
 #ifndef RELAY_METRICS_H
 #define RELAY_METRICS_H
 
+#include "deadletter.h"
+
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
-enum deadletter_reason {
-    DEADLETTER_NOT_JSON,
-    DEADLETTER_OVERSIZE,
-    DEADLETTER_REJECTED,
-    DEADLETTER_MAX_AGE,
-    DEADLETTER_NO_PROTOCOL,
-    DEADLETTER_PUBLISH,
-    DEADLETTER_POLICY,
-    DEADLETTER_UNDECODABLE, /* the rest of a segment that cannot be decoded */
-    DEADLETTER_REASON_COUNT
-};
+struct hook_watchdog;
 
 enum health_state {
     HEALTH_STARTING,
@@ -63,7 +55,9 @@ extern struct metrics metrics;
 #define METRIC_SET(field, v) atomic_store_explicit(&metrics.field, (v), memory_order_relaxed)
 
 /* Serve /metrics and /healthz on "host:port". NULL or a malloc'd error. */
-char *metrics_start(const char *listen);
+/* watchdog answers /healthz while a policy hook keeps the loop away; it must outlive
+ * metrics_stop. */
+char *metrics_start(const char *listen, struct hook_watchdog *watchdog);
 void metrics_stop(void);
 void metrics_observe_ack_latency(uint64_t us);
 /* A Lua error in a policy hook (not a kumo.reject: that is an answer, not an error). A
@@ -71,7 +65,6 @@ void metrics_observe_ack_latency(uint64_t us);
 void metrics_policy_error(void);
 /* Name the spool directories for the per-directory gauges (before metrics_start). */
 void metrics_set_dirs(const char *const *paths, size_t count);
-enum deadletter_reason metrics_deadletter_reason(const char *reason);
 /* The text of /metrics and of /healthz's body (malloc'd); exposed for tests. */
 char *metrics_render(void);
 const char *metrics_health_text(enum health_state state);

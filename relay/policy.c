@@ -13,11 +13,13 @@
 struct policy {
     struct builtin *builtin;
     struct policy_lua *lua;
+    struct hook_watchdog *watchdog;
 };
 
 struct policy *policy_create(const struct config *cfg, const struct policy_env *env, char **err)
 {
     struct policy *policy = xcalloc(1, sizeof(*policy));
+    policy->watchdog = env->watchdog;
     if (cfg->policy_script)
         policy->lua = policy_lua_create(cfg, env, err);
     else
@@ -30,37 +32,39 @@ struct policy *policy_create(const struct config *cfg, const struct policy_env *
 }
 
 /* The Lua policy, with the hook watchdog told which record its hooks work for. */
-static enum policy_verdict handle_lua(struct policy_lua *lua, struct inflight_record *rec,
-                                      const struct segment_record *sr, char **reason)
+static enum policy_verdict handle_lua(struct policy *policy, struct inflight_record *rec,
+                                      const struct segment_record *sr, struct policy_reason *reason)
 {
-    hook_watchdog_set_record(rec);
-    enum policy_verdict v = policy_lua_handle(lua, rec, sr, reason);
-    hook_watchdog_set_record(NULL);
+    hook_watchdog_set_record(policy->watchdog, rec);
+    enum policy_verdict v = policy_lua_handle(policy->lua, rec, sr, reason);
+    hook_watchdog_set_record(policy->watchdog, NULL);
     return v;
 }
 
 /* After a run that died: the poison record is not handed to the policy again, and the
  * record being handled is on disk before the policy runs (poison.h). */
-static enum policy_verdict handle_guarded(struct policy_lua *lua, struct inflight_record *rec,
-                                          const struct segment_record *sr, char **reason)
+static enum policy_verdict handle_guarded(struct policy *policy, struct inflight_record *rec,
+                                          const struct segment_record *sr,
+                                          struct policy_reason *reason)
 {
     if (poison_before(rec)) {
-        *reason = xstrdup(POISON_REASON);
+        reason->kind = DEADLETTER_POLICY;
+        reason->text = xstrdup(POISON_REASON);
         return POLICY_DEADLETTER;
     }
-    enum policy_verdict v = handle_lua(lua, rec, sr, reason);
+    enum policy_verdict v = handle_lua(policy, rec, sr, reason);
     poison_after(rec);
     return v;
 }
 
 enum policy_verdict policy_handle(struct policy *policy, struct inflight_record *rec,
-                                  const struct segment_record *sr, char **reason)
+                                  const struct segment_record *sr, struct policy_reason *reason)
 {
     if (!policy->lua)
         return builtin_handle(policy->builtin, rec, sr, reason);
     if (poison_armed)
-        return handle_guarded(policy->lua, rec, sr, reason);
-    return handle_lua(policy->lua, rec, sr, reason);
+        return handle_guarded(policy, rec, sr, reason);
+    return handle_lua(policy, rec, sr, reason);
 }
 
 void policy_tick(struct policy *policy)

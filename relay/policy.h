@@ -4,6 +4,8 @@
 #ifndef RELAY_POLICY_H
 #define RELAY_POLICY_H
 
+#include "deadletter.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +14,8 @@ struct config;
 struct loop;
 struct publisher;
 struct publish_ack;
+struct stream_check;
+struct hook_watchdog;
 struct segment_record;
 struct inflight_record;
 
@@ -36,6 +40,13 @@ struct policy_publish {
 };
 
 /* What the relay offers a policy. */
+/* Why the policy gives a record up (POLICY_DEADLETTER): its class, counted, and the text
+ * written with its dead letter (malloc'd). */
+struct policy_reason {
+    enum deadletter_reason kind;
+    char *text;
+};
+
 struct policy_env {
     struct loop *loop;
     void *ctx;
@@ -46,19 +57,21 @@ struct policy_env {
                    const struct policy_publish *msg, char **err);
     /* A deferred record is decided. data is its line, for a dead letter. */
     void (*resolve)(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
-                    const char *reason, const char *data, size_t len);
+                    enum deadletter_reason kind, const char *reason, const char *data, size_t len);
     /* The callback the relay wants for publishers the policy opens itself. */
     void (*publish_done)(void *ctx, void *cookie, const struct publish_ack *ack);
-    bool check_only; /* --check: load and run init, connect nothing */
+    struct stream_check *streams;   /* for those publishers too (publish.h) */
+    struct hook_watchdog *watchdog; /* watches the hooks; NULL: not watched */
+    bool check_only;                /* --check: load and run init, connect nothing */
 };
 
 struct policy;
 
 struct policy *policy_create(const struct config *cfg, const struct policy_env *env, char **err);
 /* Handle one record. rec identifies it to the relay; sr has its bytes (valid only during
- * the call). reason (malloc'd) is set with POLICY_DEADLETTER. */
+ * the call). reason is set with POLICY_DEADLETTER. */
 enum policy_verdict policy_handle(struct policy *policy, struct inflight_record *rec,
-                                  const struct segment_record *sr, char **reason);
+                                  const struct segment_record *sr, struct policy_reason *reason);
 /* Periodic work: due retries, batches whose latency ran out. */
 void policy_tick(struct policy *policy);
 /* An ack a policy asked to see (policy_publish.await_id). */

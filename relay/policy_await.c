@@ -21,14 +21,14 @@
  * yield in it. A yield that is not publish's is an error. */
 static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, int nargs, int *nres)
 {
-    p->stopping = hook_watchdog_stopping();
+    p->stopping = hook_watchdog_stopping(p->env.watchdog);
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
     p->current_event = event;
     p->nats.runner = co;
     p->nats.parked_await_id = 0;
-    hook_watchdog_enter(event);
+    hook_watchdog_enter(p->env.watchdog, event);
     int rc = lua_resume(co, p->L, nargs, nres);
-    hook_watchdog_leave();
+    hook_watchdog_leave(p->env.watchdog);
     p->nats.runner = NULL;
     p->current_event = NULL;
     if (rc == LUA_YIELD && p->nats.parked_await_id == 0) {
@@ -255,7 +255,7 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
         lua_pushnil(L);
         lua_setglobal(L, "message");
     }
-    struct outcome o = {OUTCOME_OK, NULL, false};
+    struct outcome o = {.kind = OUTCOME_OK};
     if (rc == LUA_YIELD) {
         p->just_parked.co = co;
         p->just_parked.co_ref = r->co_ref;

@@ -71,10 +71,11 @@ static bool read_fields(const struct segment_record *rec, struct record_fields *
 }
 
 enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *record,
-                                   const struct segment_record *rec, char **reason)
+                                   const struct segment_record *rec, struct policy_reason *reason)
 {
     if (rec->oversize) {
-        *reason = xasprintf("record of %zu bytes is larger than max_record_bytes", rec->len);
+        reason->kind = DEADLETTER_OVERSIZE;
+        reason->text = xasprintf("record of %zu bytes is larger than max_record_bytes", rec->len);
         return POLICY_DEADLETTER;
     }
     struct subject_values values = {0};
@@ -90,7 +91,9 @@ enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *re
     }
     if (b->subject.needs_record) {
         if (!is_json) {
-            *reason = fields.too_deep ? xstrdup(JSCAN_TOO_DEEP) : xstrdup("not JSON");
+            /* Too deep to read counts as the policy's, as it always has. */
+            reason->kind = fields.too_deep ? DEADLETTER_POLICY : DEADLETTER_NOT_JSON;
+            reason->text = fields.too_deep ? xstrdup(JSCAN_TOO_DEEP) : xstrdup("not JSON");
             return POLICY_DEADLETTER;
         }
         struct queue_parts q;
@@ -105,13 +108,15 @@ enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *re
     }
     char subject[1024];
     if (subject_render(&b->subject, &values, subject, sizeof(subject)) < 0) {
-        *reason = xstrdup("subject longer than 1023 bytes");
+        reason->kind = DEADLETTER_POLICY;
+        reason->text = xstrdup("subject longer than 1023 bytes");
         return POLICY_DEADLETTER;
     }
     char *err = NULL;
     struct policy_publish msg = {.subject = subject, .data = rec->data, .len = rec->len};
     if (b->env.publish(b->env.ctx, &record, 1, &msg, &err) != 0) {
-        *reason = err;
+        reason->kind = DEADLETTER_PUBLISH; /* larger than max_payload: never publishable */
+        reason->text = err;
         return POLICY_DEADLETTER;
     }
     return POLICY_PUBLISHED;

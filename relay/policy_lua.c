@@ -61,7 +61,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     struct policy_lua *p = policy_of(L);
     p->budget -= HOOK_EVERY;
-    if (!p->stopping && hook_watchdog_stopping()) {
+    if (!p->stopping && hook_watchdog_stopping(p->env.watchdog)) {
         /* SIGTERM while this hook runs: cut it short, so the drain can begin. */
         p->stopping = true;
         if (p->budget > STOPPING_BUDGET)
@@ -80,12 +80,12 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
  * nresults results, or the error value, on the stack. */
 int policy_lua_call_hook(struct policy_lua *p, const char *event, int nargs, int nresults)
 {
-    p->stopping = hook_watchdog_stopping();
+    p->stopping = hook_watchdog_stopping(p->env.watchdog);
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
     p->current_event = event;
-    hook_watchdog_enter(event);
+    hook_watchdog_enter(p->env.watchdog, event);
     int rc = lua_pcall(p->L, nargs, nresults, 0);
-    hook_watchdog_leave();
+    hook_watchdog_leave(p->env.watchdog);
     p->current_event = NULL;
     return rc;
 }
@@ -159,7 +159,7 @@ static bool first_time_seen(struct policy_lua *p, const char *text)
 /* Turns the error value on top of the stack into an outcome, and pops it. */
 struct outcome policy_lua_error_outcome(struct policy_lua *p, const char *event)
 {
-    struct outcome o;
+    struct outcome o = {0};
     int code;
     const char *message;
     if (lua_kumo_is_reject(p->L, -1, &code, &message) && code == 0) {
@@ -168,6 +168,7 @@ struct outcome policy_lua_error_outcome(struct policy_lua *p, const char *event)
     } else if (lua_kumo_is_reject(p->L, -1, &code, &message)) {
         o.kind = code >= 400 && code <= 499 ? OUTCOME_TRANSIENT : OUTCOME_PERMANENT;
         o.reason = xasprintf("rejected: %d %s", code, message ? message : "");
+        o.why = DEADLETTER_REJECTED;
         o.reconnect = code == 421;
     } else {
         const char *text = luaL_tolstring(p->L, -1, NULL);
@@ -216,15 +217,15 @@ static struct outcome resolve_queue(struct policy_lua *p, struct queue_state *q)
             char *err = lua_kumo_queue_config(L, -1, &q->qc);
             lua_pop(L, 2);
             if (err)
-                return (struct outcome){OUTCOME_PERMANENT, err, false};
-            return (struct outcome){OUTCOME_OK, NULL, false};
+                return (struct outcome){.kind = OUTCOME_PERMANENT, .reason = err};
+            return (struct outcome){.kind = OUTCOME_OK};
         }
         lua_pop(L, 1);
     }
     if (n > 0)
         lua_pop(L, 1);
     memset(&q->qc, 0, sizeof(q->qc)); /* no config: no custom_lua protocol */
-    return (struct outcome){OUTCOME_OK, NULL, false};
+    return (struct outcome){.kind = OUTCOME_OK};
 }
 
 static struct queue_state *new_queue(struct policy_lua *p, const char *name)
@@ -284,7 +285,7 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
         *o = policy_lua_error_outcome(p, event);
         return -1;
     }
-    *o = (struct outcome){OUTCOME_OK, NULL, false};
+    *o = (struct outcome){.kind = OUTCOME_OK};
     return 0;
 }
 
@@ -334,7 +335,7 @@ static struct outcome call_connection(struct policy_lua *p, struct queue_state *
             policy_lua_drop_connection(p, q);
         return o;
     }
-    return (struct outcome){OUTCOME_OK, NULL, false};
+    return (struct outcome){.kind = OUTCOME_OK};
 }
 
 /* Delivers one message (at msg_idx) through queue q. */
@@ -373,14 +374,14 @@ static void hold(struct policy_lua *p, struct held_record *h, struct inflight_re
 }
 
 static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verdict verdict,
-                   const char *reason)
+                   enum deadletter_reason why, const char *reason)
 {
     size_t len = 0;
     const char *data = NULL;
     lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->message_ref);
     if (verdict == POLICY_DEADLETTER)
         data = lua_message_data(p->L, -1, &len);
-    p->env.resolve(p->env.ctx, h->rec, verdict, reason, data, len);
+    p->env.resolve(p->env.ctx, h->rec, verdict, why, reason, data, len);
     lua_pop(p->L, 1);
     luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
 }
@@ -390,14 +391,14 @@ void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, s
 {
     enum policy_verdict v = o->kind == OUTCOME_OK ? POLICY_PUBLISHED : POLICY_DEADLETTER;
     for (size_t i = 0; i < count; i++)
-        let_go(p, &members[i], v, o->reason);
+        let_go(p, &members[i], v, o->why, o->reason);
 }
 
 /* A batch needs the connection object before there is a message to bind: call the
  * constructor without one. */
 static struct outcome ensure_connection(struct policy_lua *p, struct queue_state *q)
 {
-    struct outcome o = {OUTCOME_OK, NULL, false};
+    struct outcome o = {.kind = OUTCOME_OK};
     if (q->constructed || call_constructor(p, q, 0, &o) != 0)
         return o;
     if (lua_istable(p->L, -1)) {
@@ -424,7 +425,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     policy_lua_bind_records(p, recs, count);
-    struct outcome o = {OUTCOME_OK, NULL, false};
+    struct outcome o = {.kind = OUTCOME_OK};
     if (q->qc.batch_size > 1)
         o = ensure_connection(p, q);
     if (o.kind == OUTCOME_OK && q->qc.batch_size > 1 && !q->per_record) {
@@ -492,7 +493,7 @@ static struct outcome should_enqueue(struct policy_lua *p, int msg_idx, bool *re
     }
     if (n > 0)
         lua_pop(L, 1);
-    return (struct outcome){OUTCOME_OK, NULL, false};
+    return (struct outcome){.kind = OUTCOME_OK};
 }
 
 static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_state **queue)
@@ -513,15 +514,15 @@ static struct outcome route(struct policy_lua *p, int msg_idx, struct queue_stat
     }
     if (!q->qc.constructor)
         return (struct outcome){.kind = OUTCOME_PERMANENT,
-                                .reason =
-                                    xasprintf("queue %s has no custom_lua protocol", q->name)};
-    return (struct outcome){OUTCOME_OK, NULL, false};
+                                .reason = xasprintf("queue %s has no custom_lua protocol", q->name),
+                                .why = DEADLETTER_NO_PROTOCOL};
+    return (struct outcome){.kind = OUTCOME_OK};
 }
 
 /* Runs the policy for the message at msg_idx. Returns the verdict, or DEFERRED when the
  * record is now held (batch or retry). */
 static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_record *rec,
-                                      int msg_idx, char **reason)
+                                      int msg_idx, struct policy_reason *reason)
 {
     bool relay;
     struct queue_state *q = NULL;
@@ -557,7 +558,7 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
         return POLICY_DEFERRED;
     }
     if (o.kind == OUTCOME_PERMANENT) {
-        *reason = o.reason;
+        *reason = (struct policy_reason){o.why, o.reason};
         return POLICY_DEADLETTER;
     }
     struct held_record *h = xmalloc(sizeof(*h));
@@ -570,7 +571,7 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
 }
 
 enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_record *rec,
-                                      const struct segment_record *sr, char **reason)
+                                      const struct segment_record *sr, struct policy_reason *reason)
 {
     lua_State *L = p->L;
     struct segment *seg = rec->segment;
@@ -585,7 +586,8 @@ enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_reco
         .default_queue = p->cfg->policy_queue,
     };
     if (sr->oversize) {
-        *reason = xasprintf("record of %zu bytes is larger than max_record_bytes", sr->len);
+        reason->kind = DEADLETTER_OVERSIZE;
+        reason->text = xasprintf("record of %zu bytes is larger than max_record_bytes", sr->len);
         return POLICY_DEADLETTER;
     }
     int top = lua_gettop(L);
@@ -605,7 +607,8 @@ static void run_retry(struct policy_lua *p, struct retry *r)
     if (max_age > 0 && loop_now_ms() - r->first_ms > max_age) {
         struct outcome o = {.kind = OUTCOME_PERMANENT,
                             .reason = xasprintf("max_age exceeded; last error: %s",
-                                                r->last_error ? r->last_error : "none")};
+                                                r->last_error ? r->last_error : "none"),
+                            .why = DEADLETTER_MAX_AGE};
         policy_lua_resolve_all(p, r->members, r->count, &o);
         free(o.reason);
         policy_await_retry_free(r);
@@ -622,14 +625,14 @@ static void run_retry(struct policy_lua *p, struct retry *r)
     } else {
         /* The error came before a queue was known: run the whole policy again. */
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
-        char *reason = NULL;
+        struct policy_reason reason = {0};
         enum policy_verdict v = run_policy(p, r->members[0].rec, lua_gettop(L), &reason);
         lua_pop(L, 1);
         if (v != POLICY_DEFERRED)
-            let_go(p, &r->members[0], v, reason);
+            let_go(p, &r->members[0], v, reason.kind, reason.text);
         else
             luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
-        free(reason);
+        free(reason.text);
         policy_await_retry_free(r);
         return;
     }

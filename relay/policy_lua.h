@@ -11,7 +11,8 @@ struct policy_lua;
 struct policy_lua *policy_lua_create(const struct config *cfg, const struct policy_env *env,
                                      char **err);
 enum policy_verdict policy_lua_handle(struct policy_lua *p, struct inflight_record *rec,
-                                      const struct segment_record *sr, char **reason);
+                                      const struct segment_record *sr,
+                                      struct policy_reason *reason);
 void policy_lua_tick(struct policy_lua *p);
 void policy_lua_acked(struct policy_lua *p, const struct publish_ack *ack);
 size_t policy_lua_in_flight(const struct policy_lua *p);

@@ -105,6 +105,7 @@ struct outcome {
     enum outcome_kind kind;
     char *reason;   /* malloc'd for TRANSIENT and PERMANENT */
     bool reconnect; /* a Lua error or a 421: kumod closes the connection and builds a new one */
+    enum deadletter_reason why; /* PERMANENT: the dead letter's class (zero: the policy's) */
 };
 
 /* policy_lua.c */

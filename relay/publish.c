@@ -1,12 +1,13 @@
 #include "publish.h"
 
 #include "decimal.h"
-#include "dupwindow.h"
 #include "log.h"
 #include "loop.h"
 #include "rng.h"
+#include "stream.h"
 #include "url.h"
 #include "metrics.h"
+#include "nats_options.h"
 #include "nats_probe.h"
 #include "xalloc.h"
 
@@ -408,21 +409,24 @@ static void free_slot(struct publisher *p, struct slot *s)
     move_slot(p, s, SLOT_FREE, 0);
 }
 
-/* The first ack from a stream: ask for its configuration (dupwindow.h). The answer comes
+/* The first ack from a stream: ask for its configuration (stream.h). The answer comes
  * on <inbox>.w.0, which the ack subscription (<inbox>.*.*) receives; no slot has that
  * name, so it cannot be taken for an ack. */
+#define STREAM_INFO_REPLY ".w.0"
+
 static void request_stream_info(struct publisher *p, const char *stream)
 {
     char subject[192], reply[256];
-    snprintf(subject, sizeof(subject), "$JS.API.STREAM.INFO.%s", stream);
-    snprintf(reply, sizeof(reply), "%s.w.0", p->inbox);
+    stream_info_subject(subject, sizeof(subject), stream);
+    snprintf(reply, sizeof(reply), "%s" STREAM_INFO_REPLY, p->inbox);
     if (p->conn && natsConnection_PublishRequestString(p->conn, subject, reply, "") == NATS_OK)
-        dupwindow_asked(loop_now_ms());
+        stream_check_asked(p->options.streams, loop_now_ms());
 }
 
 static bool is_stream_info_reply(const struct publisher *p, const char *subject)
 {
-    return strlen(subject) == p->inbox_len + 4 && strcmp(subject + p->inbox_len, ".w.0") == 0;
+    return p->options.streams && strlen(subject) == p->inbox_len + strlen(STREAM_INFO_REPLY) &&
+           strcmp(subject + p->inbox_len, STREAM_INFO_REPLY) == 0;
 }
 
 static void handle_reply(struct publisher *p, const struct reply *ev)
@@ -440,7 +444,7 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
         METRIC_ADD(publish_duplicates, ack.duplicate);
         METRIC_ADD(publishes_acked, 1);
         free_slot(p, s);
-        if (dupwindow_first_ack(ack.stream))
+        if (p->options.streams && stream_check_first_ack(p->options.streams, ack.stream))
             request_stream_info(p, ack.stream);
         p->done(p->ctx, cookie, &ack);
         return;
@@ -691,7 +695,8 @@ static void take_reply(struct publisher *p, natsMsg *msg)
         classify_reply(msg, &ev);
         handle_reply(p, &ev);
     } else if (is_stream_info_reply(p, subject)) {
-        dupwindow_info_reply(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+        stream_check_reply(p->options.streams, natsMsg_GetData(msg),
+                           (size_t)natsMsg_GetDataLength(msg));
     }
     natsMsg_Destroy(msg);
 }
@@ -769,19 +774,11 @@ void publisher_tick(struct publisher *p)
 
 static natsStatus connect_options(struct publisher *p, const struct nats_auth *auth, char **err)
 {
-    natsStatus st = natsOptions_Create(&p->opts);
-    if (st == NATS_OK)
-        st = natsOptions_SetServers(p->opts, (const char **)p->servers,
-                                    (int)p->options.server_count);
-    if (st == NATS_OK)
-        st = natsOptions_SetName(p->opts, p->name);
-    if (st == NATS_OK && (st = nats_auth_apply(p->opts, auth, err)) != NATS_OK)
-        return st;
-    /* Reconnect forever: the spool is the buffer, and giving up would only stop the relay. */
-    if (st == NATS_OK)
-        st = natsOptions_SetMaxReconnect(p->opts, -1);
-    if (st == NATS_OK)
-        st = natsOptions_SetReconnectWait(p->opts, 1000);
+    struct nats_options_spec spec = {.servers = (const char *const *)p->servers,
+                                     .server_count = p->options.server_count,
+                                     .name = p->name,
+                                     .auth = auth};
+    natsStatus st = nats_options_create(&p->opts, &spec, err);
     if (st == NATS_OK)
         st = natsOptions_SetRetryOnFailedConnect(p->opts, true, on_connected, p);
     if (st == NATS_OK)
@@ -792,19 +789,9 @@ static natsStatus connect_options(struct publisher *p, const struct nats_auth *a
         st = natsOptions_SetClosedCB(p->opts, on_closed, p);
     if (st == NATS_OK)
         st = natsOptions_SetErrorHandler(p->opts, on_async_error, p);
+    spec.once = true; /* the probe: the same servers and credentials, one attempt */
     if (st == NATS_OK)
-        st = natsOptions_Create(&p->probe_opts);
-    if (st == NATS_OK)
-        st = natsOptions_SetServers(p->probe_opts, (const char **)p->servers,
-                                    (int)p->options.server_count);
-    if (st == NATS_OK)
-        st = natsOptions_SetName(p->probe_opts, p->name);
-    if (st == NATS_OK)
-        st = natsOptions_SetTimeout(p->probe_opts, 2000);
-    if (st == NATS_OK)
-        st = natsOptions_SetAllowReconnect(p->probe_opts, false);
-    if (st == NATS_OK)
-        st = nats_auth_apply(p->probe_opts, auth, err);
+        st = nats_options_create(&p->probe_opts, &spec, err);
     return st;
 }
 

@@ -21,13 +21,15 @@
 #include <stdint.h>
 
 struct loop;
+struct stream_check;
 
 struct publisher_options {
     const char *const *servers;
     size_t server_count;
-    const char *name;       /* connection name shown by the server */
-    int64_t ack_timeout_ms; /* then the same message is sent again */
-    struct nats_auth auth;  /* credentials and TLS; used by publisher_create only */
+    const char *name;             /* connection name shown by the server */
+    int64_t ack_timeout_ms;       /* then the same message is sent again */
+    struct nats_auth auth;        /* credentials and TLS; used by publisher_create only */
+    struct stream_check *streams; /* checks each stream's duplicate_window; NULL: none */
 };
 
 /* What JetStream answered for one publish. */

@@ -2,7 +2,7 @@
  * deterministic Nats-Msg-Ids JetStream already stores. A record whose id is there is not
  * published again, even when the relay was down longer than the stream's
  * duplicate_window (after which JetStream itself would store the copy). Also checks the
- * stream's duplicate_window (dupwindow.h) before the first publish. */
+ * stream's duplicate_window (stream.h) before the first publish. */
 #ifndef RELAY_RECOVER_H
 #define RELAY_RECOVER_H
 
@@ -12,11 +12,14 @@
 
 struct config;
 struct recovery;
+struct stream_check;
 
 /* NULL when jetstream.stream is not set or the stream cannot be read now (logged).
- * floor: the checkpoint's stream floor, or NULL; reading starts above it. *last_seq gets
- * the stream's last sequence (below every message the relay stores from now on). */
-struct recovery *recover_read(const struct config *cfg, const uint64_t *floor, uint64_t *last_seq);
+ * streams checks its duplicate_window. floor: the checkpoint's stream floor, or NULL;
+ * reading starts above it. *last_seq gets the stream's last sequence (below every message
+ * the relay stores from now on). */
+struct recovery *recover_read(const struct config *cfg, struct stream_check *streams,
+                              const uint64_t *floor, uint64_t *last_seq);
 /* True when msg_id was found; it is then no longer pending. */
 bool recover_has(struct recovery *rc, const char *msg_id);
 size_t recover_count(const struct recovery *rc);

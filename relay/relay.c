@@ -14,7 +14,6 @@
 #include "relay_reader.h"
 
 #include "config.h"
-#include "dupwindow.h"
 #include "hook_watchdog.h"
 #include "log.h"
 #include "metrics.h"
@@ -102,11 +101,12 @@ static int env_publish(void *ctx, struct inflight_record *const *records, size_t
 }
 
 static void env_resolve(void *ctx, struct inflight_record *rec, enum policy_verdict verdict,
-                        const char *reason, const char *data, size_t len)
+                        enum deadletter_reason kind, const char *reason, const char *data,
+                        size_t len)
 {
     struct relay *r = ctx;
     if (verdict == POLICY_DEADLETTER)
-        relay_deadletter_record(r, rec, reason ? reason : "policy error", data, len);
+        relay_deadletter_record(r, rec, kind, reason ? reason : "policy error", data, len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
     relay_release_hold(r, rec); /* the hold taken when the policy deferred it */
@@ -119,13 +119,14 @@ void relay_apply_policy(struct relay *r, struct inflight_record *rec,
                         const struct segment_record *sr)
 {
     rec->outstanding++;
-    char *reason = NULL;
+    struct policy_reason reason = {0};
     enum policy_verdict verdict = policy_handle(r->policy, rec, sr, &reason);
     if (verdict == POLICY_DEADLETTER)
-        relay_deadletter_record(r, rec, reason ? reason : "policy error", sr->data, sr->len);
+        relay_deadletter_record(r, rec, reason.kind, reason.text ? reason.text : "policy error",
+                                sr->data, sr->len);
     else if (verdict == POLICY_DROPPED)
         METRIC_ADD(records_dropped, 1);
-    free(reason);
+    free(reason.text);
     if (verdict != POLICY_DEFERRED)
         relay_release_hold(r, rec);
 }
@@ -137,7 +138,7 @@ static void begin_drain(struct relay *r, const char *why)
     if (r->draining)
         return;
     r->draining = true;
-    hook_watchdog_request_stop(); /* policy hooks get a short budget from now on */
+    hook_watchdog_request_stop(&r->watchdog); /* policy hooks get a short budget from now on */
     notify_stopping();
     r->drain_deadline_ms = loop_now_ms() + (uint64_t)r->cfg->shutdown_timeout_ms;
     log_info("%s, draining in_flight=%zu", why, r->publishes_in_flight);
@@ -169,9 +170,9 @@ static void before_sleep(struct loop *loop, void *arg)
         relay_reader_pump(r);
     if (publisher_in_flight_all() > 0)
         loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
-    /* A duplicate_window check still on its way is worth a moment (dupwindow.h bounds
+    /* A duplicate_window check still on its way is worth a moment (stream.h bounds
      * it): a backfill warns about a short window as the daemon does. */
-    bool checking = dupwindow_waiting(loop_now_ms());
+    bool checking = stream_check_waiting(&r->streams, loop_now_ms());
     if (checking)
         loop_wake_within(r->loop, 1);
     if (r->options->once && !r->draining && all_relayed(r) && !checking) {
@@ -238,6 +239,7 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
         .name = "kumo-nats-relay",
         .ack_timeout_ms = cfg->ack_timeout_ms,
         .auth = nats_auth_from_config(cfg),
+        .streams = &r->streams,
     };
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }
@@ -250,6 +252,8 @@ struct policy_env relay_policy_env(struct relay *r)
         .publish = env_publish,
         .resolve = env_resolve,
         .publish_done = on_publish_done,
+        .streams = &r->streams,
+        .watchdog = &r->watchdog,
     };
 }
 
@@ -281,7 +285,7 @@ int relay_run(const struct config *cfg, const struct relay_options *options)
         relay_lifecycle_stop(&r);
         return r.exit_status ? r.exit_status : RELAY_EXIT_FAILURE;
     }
-    log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spool_dir,
+    log_info("relaying spool=%s segments=%zu state_dir=%s servers=%zu", cfg->spools[0].dir,
              spool_segment_count(r.spool), cfg->state_dir, cfg->nats_server_count);
     loop_run(r.loop);
     health_log_totals("stopped");

@@ -86,7 +86,7 @@ static bool stream_floor(const struct relay *r, uint64_t *floor)
 
 void relay_checkpoint_write(struct relay *r)
 {
-    struct checkpoint cp = {.spool_dir = (char *)r->cfg->spool_dir};
+    struct checkpoint cp = {.spool_dir = (char *)r->cfg->spools[0].dir};
     if (stream_floor(r, &cp.stream_floor))
         cp.stream = (char *)r->cfg->jetstream_stream;
     size_t n = spool_segment_count(r->spool);
@@ -157,9 +157,9 @@ char *relay_checkpoint_load(struct relay *r)
         return xasprintf("checkpoint %s/checkpoint names no spool; refusing to apply its offsets "
                          "(use --reset-offsets to start over)",
                          r->cfg->state_dir);
-    if (r->have_checkpoint && strcmp(r->checkpoint.spool_dir, r->cfg->spool_dir) != 0)
+    if (r->have_checkpoint && strcmp(r->checkpoint.spool_dir, r->cfg->spools[0].dir) != 0)
         return xasprintf("checkpoint %s/checkpoint belongs to spool %s, not %s; refusing to "
                          "apply its offsets (use --reset-offsets to start over)",
-                         r->cfg->state_dir, r->checkpoint.spool_dir, r->cfg->spool_dir);
+                         r->cfg->state_dir, r->checkpoint.spool_dir, r->cfg->spools[0].dir);
     return NULL;
 }

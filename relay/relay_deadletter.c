@@ -15,22 +15,24 @@
 #include <inttypes.h>
 #include <stdlib.h>
 
-static void deadletter_counted(const struct inflight_record *rec, const char *reason)
+static void deadletter_counted(const struct inflight_record *rec, enum deadletter_reason kind,
+                               const char *reason)
 {
     const struct segment *seg = rec->segment;
-    METRIC_ADD(deadlettered[metrics_deadletter_reason(reason)], 1);
+    METRIC_ADD(deadlettered[kind], 1);
     log_warn("record dead-lettered segment=%s offset=%" PRIu64 " reason=\"%s\"", seg->name,
              rec->start, reason);
 }
 
-void relay_deadletter_record(struct relay *r, struct inflight_record *rec, const char *reason,
-                             const char *data, size_t len)
+void relay_deadletter_record(struct relay *r, struct inflight_record *rec,
+                             enum deadletter_reason kind, const char *reason, const char *data,
+                             size_t len)
 {
     const struct segment *seg = rec->segment;
     char *err = deadletter_write(r->deadletter, seg->name, rec->start, rec->end, reason, data,
                                  data ? len : 0);
     if (!err) {
-        deadletter_counted(rec, reason);
+        deadletter_counted(rec, kind, reason);
         return;
     }
     /* Moving the offset past a record we could not even write down would lose it, and
@@ -38,7 +40,7 @@ void relay_deadletter_record(struct relay *r, struct inflight_record *rec, const
      * record is held (one more hold: its offset stays), its segment is read no further,
      * the others go on, and the dead letter is written again every second. */
     rec->outstanding++;
-    deadletter_hold(r->deadletter, rec, seg->name, rec->start, rec->end, reason, data,
+    deadletter_hold(r->deadletter, rec, seg->name, rec->start, rec->end, kind, reason, data,
                     data ? len : 0);
     r->deadletters_held = deadletter_held(r->deadletter);
     log_error("cannot dead-letter a record, holding it and retrying segment=%s offset=%" PRIu64
@@ -47,12 +49,13 @@ void relay_deadletter_record(struct relay *r, struct inflight_record *rec, const
     free(err);
 }
 
-static void on_deadletter_written(void *ctx, void *cookie, const char *reason)
+static void on_deadletter_written(void *ctx, void *cookie, enum deadletter_reason kind,
+                                  const char *reason)
 {
     struct relay *r = ctx;
     struct inflight_record *rec = cookie;
     struct segment *seg = rec->segment;
-    deadletter_counted(rec, reason);
+    deadletter_counted(rec, kind, reason);
     relay_release_hold(r, rec);
     relay_reader_push(&r->reader, seg); /* read on, if nothing else of it is held */
 }

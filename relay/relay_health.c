@@ -44,9 +44,9 @@ static enum health_state judge_health(struct relay *r, size_t disconnected, size
 {
     uint64_t now = loop_now_ms();
     uint64_t acked = LOADM(publishes_acked);
-    if (acked != r->last_acked || r->publishes_in_flight == 0) {
-        r->last_acked = acked;
-        r->last_progress_ms = now;
+    if (acked != r->health.last_acked || r->publishes_in_flight == 0) {
+        r->health.last_acked = acked;
+        r->health.last_progress_ms = now;
     }
     if (!r->ready_notified)
         return HEALTH_STARTING;
@@ -56,7 +56,7 @@ static enum health_state judge_health(struct relay *r, size_t disconnected, size
         return HEALTH_DEADLETTER_FAILING;
     if (r->checkpoint_failures > 0)
         return HEALTH_CHECKPOINT_FAILING;
-    if (r->publishes_in_flight > 0 && now - r->last_progress_ms > stall_after_ms(r->cfg))
+    if (r->publishes_in_flight > 0 && now - r->health.last_progress_ms > stall_after_ms(r->cfg))
         return HEALTH_STALLED;
     return HEALTH_OK;
 }
@@ -87,16 +87,12 @@ static void maybe_ready(struct relay *r)
     notify_ready();
 }
 
-/* The first health_update, at start (after the first scan): where --once's progress and
- * average rate count from. */
-static uint64_t started_ms;
-static unsigned long long started_lag;
-
 void health_update(struct relay *r)
 {
-    bool first = !started_ms;
+    struct relay_health *h = &r->health;
+    bool first = !h->started_ms;
     if (first)
-        started_ms = loop_now_ms();
+        h->started_ms = loop_now_ms();
     struct spool_stats st = {0};
     size_t dirs = spool_dir_count(r->spool);
     for (size_t dir = 0; dir < dirs; dir++) {
@@ -121,7 +117,7 @@ void health_update(struct relay *r)
     METRIC_SET(segments_finished, st.finished);
     METRIC_SET(lag_bytes, st.lag_bytes);
     if (first)
-        started_lag = st.lag_bytes;
+        h->started_lag = st.lag_bytes;
     METRIC_SET(lag_segments, st.live + st.done_pending);
     uint64_t read_age_ms = st.oldest_read_ms ? loop_now_ms() - st.oldest_read_ms : 0;
     METRIC_SET(oldest_unacked_ms, read_age_ms);
@@ -138,26 +134,24 @@ void health_update(struct relay *r)
 
 /* --once on a terminal: a bar over the bytes that were behind at start, the
  * rate, and the time left at the rate the lag has been shrinking. */
-static void show_progress(uint64_t now, unsigned long long committed, double rate,
-                          unsigned long long lag, bool final)
+static void show_progress(struct relay_health *h, uint64_t now, unsigned long long committed,
+                          double rate, unsigned long long lag, bool final)
 {
-    static unsigned long long first_lag, last_lag;
-    static uint64_t last_ms;
-    static double bytes_per_s; /* smoothed */
+    struct health_progress *p = &h->progress;
     enum { WIDTH = 20 };
-    if (!last_ms) {
-        first_lag = last_lag = started_lag;
-        last_ms = started_ms;
+    if (!p->last_ms) {
+        p->first_lag = p->last_lag = h->started_lag;
+        p->last_ms = h->started_ms;
     }
-    if (lag > first_lag)
-        first_lag = lag; /* a live segment grew past what was behind at start */
-    if (last_ms && now > last_ms && last_lag >= lag) {
-        double sample = (double)(last_lag - lag) * 1000.0 / (double)(now - last_ms);
-        bytes_per_s = bytes_per_s > 0 ? 0.7 * bytes_per_s + 0.3 * sample : sample;
+    if (lag > p->first_lag)
+        p->first_lag = lag; /* a live segment grew past what was behind at start */
+    if (p->last_ms && now > p->last_ms && p->last_lag >= lag) {
+        double sample = (double)(p->last_lag - lag) * 1000.0 / (double)(now - p->last_ms);
+        p->bytes_per_s = p->bytes_per_s > 0 ? 0.7 * p->bytes_per_s + 0.3 * sample : sample;
     }
-    last_lag = lag;
-    last_ms = now;
-    double done = final || first_lag == 0 ? 1.0 : 1.0 - (double)lag / (double)first_lag;
+    p->last_lag = lag;
+    p->last_ms = now;
+    double done = final || p->first_lag == 0 ? 1.0 : 1.0 - (double)lag / (double)p->first_lag;
     char bar[WIDTH + 1];
     for (int i = 0; i < WIDTH; i++)
         bar[i] = i < (int)(done * WIDTH + 0.5) ? '#' : '-';
@@ -165,8 +159,8 @@ static void show_progress(uint64_t now, unsigned long long committed, double rat
     char eta[32] = "--:--";
     if (final || lag == 0) {
         snprintf(eta, sizeof(eta), "0:00");
-    } else if (bytes_per_s > 0) {
-        unsigned long long left = (unsigned long long)((double)lag / bytes_per_s + 0.5);
+    } else if (p->bytes_per_s > 0) {
+        unsigned long long left = (unsigned long long)((double)lag / p->bytes_per_s + 0.5);
         snprintf(eta, sizeof(eta), "%llu:%02llu", left / 60, left % 60);
     }
     fprintf(stderr,
@@ -178,16 +172,15 @@ static void show_progress(uint64_t now, unsigned long long committed, double rat
 /* STATUS= for systemctl status, and the --once progress bar on a terminal. */
 void health_report(struct relay *r)
 {
-    static unsigned long long last_read;
-    static uint64_t last_ms;
+    struct relay_health *h = &r->health;
     uint64_t now = loop_now_ms();
-    if (!last_ms)
-        last_ms = started_ms;
+    if (!h->report_ms)
+        h->report_ms = h->started_ms;
     unsigned long long read = LOADM(records_read);
-    double secs = last_ms ? (double)(now - last_ms) / 1000.0 : 0;
-    double rate = secs > 0 ? (double)(read - last_read) / secs : 0;
-    last_read = read;
-    last_ms = now;
+    double secs = h->report_ms ? (double)(now - h->report_ms) / 1000.0 : 0;
+    double rate = secs > 0 ? (double)(read - h->report_read) / secs : 0;
+    h->report_read = read;
+    h->report_ms = now;
     unsigned long long lag = LOADM(lag_bytes);
     char nats[320];
     nats_status(nats, sizeof(nats));
@@ -195,7 +188,7 @@ void health_report(struct relay *r)
                   "%llu segments",
                   nats, rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));
     if (r->options->once && isatty(STDERR_FILENO))
-        show_progress(now, LOADM(records_committed), rate, lag, false);
+        show_progress(h, now, LOADM(records_committed), rate, lag, false);
 }
 
 void health_report_done(struct relay *r)
@@ -204,6 +197,7 @@ void health_report_done(struct relay *r)
         return;
     uint64_t now = loop_now_ms();
     unsigned long long committed = LOADM(records_committed);
-    double average = now > started_ms ? (double)committed * 1000.0 / (double)(now - started_ms) : 0;
-    show_progress(now, committed, average, 0, true);
+    uint64_t started = r->health.started_ms;
+    double average = now > started ? (double)committed * 1000.0 / (double)(now - started) : 0;
+    show_progress(&r->health, now, committed, average, 0, true);
 }

@@ -7,10 +7,12 @@
 #ifndef RELAY_RELAY_INTERNAL_H
 #define RELAY_RELAY_INTERNAL_H
 
+#include "hook_watchdog.h"
 #include "offsets.h"
 #include "policy.h"
 #include "relay_inflight.h"
 #include "relay_reader.h"
+#include "stream.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -34,11 +36,30 @@ struct retired {
     struct retired *next;
 };
 
+/* relay_health.c's counters for the rate in STATUS= and --once's progress bar. */
+struct health_progress {
+    unsigned long long first_lag, last_lag;
+    uint64_t last_ms;
+    double bytes_per_s; /* smoothed */
+};
+
+struct relay_health {
+    /* The first health_update, at start (after the first scan): where --once's progress
+     * and average rate count from. */
+    uint64_t started_ms;
+    unsigned long long started_lag;
+    uint64_t report_ms; /* the last health_report, and records read by then */
+    unsigned long long report_read;
+    struct health_progress progress;
+    uint64_t last_acked, last_progress_ms; /* for the stall check */
+};
+
 struct relay {
     const struct config *cfg;
     struct config *owned_cfg; /* cfg when a reload made it (else main owns cfg) */
     struct retired *retired;
-    struct recovery *recovery; /* this relay's ids found in the stream at start */
+    struct recovery *recovery;   /* this relay's ids found in the stream at start */
+    struct stream_check streams; /* the duplicate_window of each stream published into */
     /* The highest sequence jetstream.stream acknowledged (its last one at start); known
      * once the stream was read at start or acknowledged a publish. */
     uint64_t stream_seq;
@@ -64,7 +85,8 @@ struct relay {
     size_t deadletters_held;      /* records whose dead letter waits for room (deadletter.h) */
     uint64_t deadletter_retries;  /* in a row */
     bool ready_notified;
-    uint64_t last_acked, last_progress_ms; /* for the stall check */
+    struct relay_health health; /* relay_health.c */
+    struct hook_watchdog watchdog;
 };
 
 void relay_apply_policy(struct relay *r, struct inflight_record *rec,

@@ -11,7 +11,6 @@
 
 #include "config.h"
 #include "deadletter.h"
-#include "dupwindow.h"
 #include "hook_watchdog.h"
 #include "log.h"
 #include "loop.h"
@@ -114,18 +113,18 @@ char *relay_lifecycle_start(struct relay *r)
         return err;
     if ((err = poison_open(r->cfg->state_dir, r->inflight.record_count)) != NULL)
         return err;
-    hook_watchdog_start((uint64_t)r->cfg->shutdown_timeout_ms);
+    hook_watchdog_start(&r->watchdog, (uint64_t)r->cfg->shutdown_timeout_ms);
     struct policy_env env = relay_policy_env(r);
     if (!(r->policy = policy_create(r->cfg, &env, &err))) {
         r->exit_status = RELAY_EXIT_CONFIG; /* the policy is wrong: a restart cannot help */
         return err;
     }
-    dupwindow_configure(r->cfg->expected_max_downtime_ms);
+    stream_check_configure(&r->streams, r->cfg->expected_max_downtime_ms);
     bool floor_applies = r->have_checkpoint && r->checkpoint.stream && r->cfg->jetstream_stream &&
                          strcmp(r->checkpoint.stream, r->cfg->jetstream_stream) == 0;
     uint64_t last_seq = 0;
-    r->recovery =
-        recover_read(r->cfg, floor_applies ? &r->checkpoint.stream_floor : NULL, &last_seq);
+    r->recovery = recover_read(r->cfg, &r->streams,
+                               floor_applies ? &r->checkpoint.stream_floor : NULL, &last_seq);
     if (r->recovery) {
         r->stream_seq = last_seq;
         r->stream_seq_known = true;
@@ -152,7 +151,8 @@ char *relay_lifecycle_start(struct relay *r)
     for (size_t i = 0; i < r->cfg->spool_count && i < METRICS_MAX_DIRS; i++)
         dirs[i] = r->cfg->spools[i].dir;
     metrics_set_dirs(dirs, r->cfg->spool_count);
-    if (r->cfg->metrics_listen && (err = metrics_start(r->cfg->metrics_listen)) != NULL)
+    if (r->cfg->metrics_listen &&
+        (err = metrics_start(r->cfg->metrics_listen, &r->watchdog)) != NULL)
         return err;
     health_update(r);
     return NULL;
@@ -163,8 +163,8 @@ void relay_lifecycle_stop(struct relay *r)
     metrics_stop();
     policy_destroy(r->policy); /* calls the connections' close, which may still publish */
     reload_release_all(r);
-    hook_watchdog_stop(); /* after the last hook: the connections' close */
-    poison_close();       /* a clean stop: the next start need not guard */
+    hook_watchdog_stop(&r->watchdog); /* after the last hook: the connections' close */
+    poison_close();                   /* a clean stop: the next start need not guard */
     publisher_destroy(r->pub);
     spool_close(r->spool);
     deadletter_close(r->deadletter);
@@ -174,7 +174,7 @@ void relay_lifecycle_stop(struct relay *r)
         close(r->signal_fd);
     offsets_checkpoint_free(&r->checkpoint);
     recover_free(r->recovery);
-    dupwindow_free();
+    stream_check_free(&r->streams);
     relay_inflight_free(&r->inflight);
 }
 

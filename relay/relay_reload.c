@@ -4,7 +4,6 @@
  * retries) are handed to the new policy in their place in the watermark. */
 #include "config.h"
 #include "deadletter.h"
-#include "dupwindow.h"
 #include "log.h"
 #include "notify.h"
 #include "policy.h"
@@ -142,7 +141,8 @@ void reload_run(struct relay *r)
     r->cfg = r->owned_cfg = cfg;
     log_set_level((enum log_level)cfg->log_level);
     log_configure((enum log_format)cfg->log_format, (enum log_target)cfg->log_target);
-    dupwindow_configure(cfg->expected_max_downtime_ms); /* streams are checked again */
+    stream_check_configure(&r->streams,
+                           cfg->expected_max_downtime_ms); /* streams are checked again */
     policy_release_held(old, resubmit, r);
     log_info("reloaded configuration and policy policy=%s",
              cfg->policy_script ? cfg->policy_script : "built-in");

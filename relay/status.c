@@ -177,7 +177,7 @@ static void print_json(const struct config *cfg, const struct status_table *t)
 {
     uint64_t behind_records = 0, behind_bytes = 0;
     printf("{\"spool\":");
-    print_json_string(cfg->spool_dir);
+    print_json_string(cfg->spools[0].dir);
     printf(",\"segments\":[");
     for (size_t i = 0; i < t->count; i++) {
         const struct segment_status *row = &t->rows[i];

@@ -77,6 +77,58 @@ class OpsTest(h.RelayTestCase):
         self.assertEqual(0, relay.stop())
         h.assert_exactly_once(h.dump_stream(self.server.url, STREAM), expected)
 
+    def test_deadletters_are_counted_by_their_class(self):
+        # Each way a Lua policy gives a record up has its own label, whatever its text
+        # says: a 5xx reject, max_age after an error, a queue without custom_lua, a
+        # record over max_record_bytes.
+        policy = self.tmp / "policy.lua"
+        policy.write_text("""
+local kumo = require 'kumo'
+local QUEUES = { Bounce = 'reject', TransientFailure = 'expire', Reception = 'noproto' }
+kumo.on('should_enqueue_log_record', function(message, hook_name)
+  local record = message:get_meta('log_record')
+  message:set_meta('queue', QUEUES[record.type] or 'ok')
+  return true
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  if domain == 'noproto' then return nil end
+  return kumo.make_queue_config {
+    protocol = { custom_lua = { constructor = 'make.q' } },
+    retry_interval = '100ms', max_retry_interval = '200ms', max_age = '1s',
+  }
+end)
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      if domain == 'reject' then kumo.reject(550, 'not wanted') end
+      if domain == 'expire' then error('backend down') end
+      client:publish { subject = 'kumo.ok', payload = message:get_data() }
+    end,
+  }
+end)
+""".replace("PORT", str(self.server.port)))
+        lines = [x for x in h.make_records(300, seed=9, prefix="c") if len(x) <= 1000]
+        huge = lines[0][:-2] + b', "pad": "' + b"x" * 2000 + b'"}\n'
+        h.write_segment(self.spool / h.segment_name(), lines + [huge])
+        types = [json.loads(x)["type"] for x in lines]
+        counts = {t: types.count(t) for t in ("Bounce", "TransientFailure", "Reception")}
+        self.assertTrue(all(counts.values()), counts)
+        relay = self.relay(self.config(policy={"script": str(policy), "subject": None},
+                                       max_record_bytes="1KiB"))
+
+        def settled():
+            status, text = http_get(self.base + "/metrics")
+            return (status == 200
+                    and metric(text, "records_committed_total") == len(lines) + 1 and text)
+        text = h.poll(settled, 30, "every record to be decided", ignore=(OSError,))
+        want = {"rejected": counts["Bounce"], "max_age": counts["TransientFailure"],
+                "no_custom_lua": counts["Reception"], "oversize": 1, "policy": 0,
+                "not_json": 0, "publish_refused": 0, "undecodable": 0}
+        got = {k: metric(text, "records_deadlettered_total", f'{{reason="{k}"}}') for k in want}
+        self.assertEqual(want, got)
+        self.assertEqual(0, relay.stop())
+
     def test_healthz_follows_the_connection(self):
         relay = self.relay(self.config())
         h.poll(lambda: http_get(self.base + "/healthz") == (200, "ok\n"), 30,

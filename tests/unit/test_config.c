@@ -103,8 +103,8 @@ Test(config, every_key)
                                 "log:\n"
                                 "  level: debug\n");
     cr_expect_str_eq(cfg.relay_id, "mta1");
-    cr_expect_str_eq(cfg.spool_dir, "/var/log/kumomta");
-    cr_expect_str_eq(cfg.spool_pattern, "*.log");
+    cr_expect_str_eq(cfg.spools[0].dir, "/var/log/kumomta");
+    cr_expect_str_eq(cfg.spools[0].pattern, "*.log");
     cr_expect_eq(cfg.start_at, START_AT_END);
     cr_expect_str_eq(cfg.state_dir, "/srv/relay-state");
     cr_assert_eq(cfg.nats_server_count, 3);
@@ -132,8 +132,8 @@ Test(config, defaults_for_a_minimal_file)
     char host[HOST_NAME_MAX + 1] = "";
     cr_assert_eq(gethostname(host, sizeof(host)), 0);
     cr_expect_str_eq(cfg.relay_id, host);
-    cr_expect_str_eq(cfg.spool_dir, "/var/log/kumomta");
-    cr_expect_str_eq(cfg.spool_pattern, "*");
+    cr_expect_str_eq(cfg.spools[0].dir, "/var/log/kumomta");
+    cr_expect_str_eq(cfg.spools[0].pattern, "*");
     cr_expect_eq(cfg.start_at, START_AT_BEGINNING);
     cr_expect_str_eq(cfg.state_dir, "/var/lib/kumo-nats-relay");
     cr_assert_eq(cfg.nats_server_count, 1);
@@ -191,7 +191,7 @@ Test(config, example_file_in_the_repository_loads)
     struct config cfg;
     char *errors = config_load(TEST_SOURCE_DIR "/../config/relay.yaml", &cfg);
     cr_assert_null(errors, "config/relay.yaml:\n%s", errors);
-    cr_expect_str_eq(cfg.spool_dir, "/var/log/kumomta");
+    cr_expect_str_eq(cfg.spools[0].dir, "/var/log/kumomta");
     cr_expect_str_eq(cfg.state_dir, "/var/lib/kumo-nats-relay");
     config_free(&cfg);
 }
@@ -286,7 +286,7 @@ Test(config, several_spool_directories)
     cr_assert_str_eq(cfg.spools[0].pattern, "*");
     cr_assert_str_eq(cfg.spools[1].dir, "/var/log/kumomta-deliveries");
     cr_assert_str_eq(cfg.spools[1].pattern, "*_deliv");
-    cr_assert_str_eq(cfg.spool_dir, "/var/log/kumomta");
+    cr_assert_str_eq(cfg.spools[0].dir, "/var/log/kumomta");
     config_free(&cfg);
     unlink(path);
     free(path);

@@ -2,10 +2,10 @@
  * for each test, killed at its end): acks in order through the callback, duplicates,
  * no responders, ack timeouts and resends, the window as the caller keeps it, publishes
  * held while no server is up. */
-#include "dupwindow.h"
 #include "loop.h"
 #include "metrics.h"
 #include "publish.h"
+#include "stream.h"
 
 #include <criterion/criterion.h>
 
@@ -230,12 +230,17 @@ struct fixture {
     struct publisher *p;
 };
 
+static struct stream_check streams; /* the relay's, as every publisher gets it */
+
 static struct fixture connect_publisher(int64_t ack_timeout_ms)
 {
     struct fixture f = {.loop = loop_create()};
     const char *servers[] = {url};
-    struct publisher_options po = {
-        .servers = servers, .server_count = 1, .name = "test", .ack_timeout_ms = ack_timeout_ms};
+    struct publisher_options po = {.servers = servers,
+                                   .server_count = 1,
+                                   .name = "test",
+                                   .ack_timeout_ms = ack_timeout_ms,
+                                   .streams = &streams};
     char *err = NULL;
     f.p = publisher_create(&po, f.loop, on_done, NULL, &err);
     cr_assert_not_null(f.p, "publisher_create: %s", err);
@@ -556,7 +561,7 @@ Test(publish, the_first_ack_checks_the_streams_duplicate_window)
     dup2(fd, STDERR_FILENO);
     start_server();
     add_stream("TEST", "t");
-    dupwindow_configure(10 * 60 * 1000);
+    stream_check_configure(&streams, 10 * 60 * 1000);
     struct fixture f = connect_publisher(5000);
     cr_assert(run_until(f.loop, f.p, is_connected, NULL, 5000));
     publish(f.p, 1, "t.x", "relay:seg:1");
@@ -578,5 +583,5 @@ Test(publish, the_first_ack_checks_the_streams_duplicate_window)
     cr_expect_not_null(strstr(text, "stream=TEST duplicate_window_ms=120000"), "log: %s", text);
     cr_expect_eq(ack_count, 1, "the info reply is not taken for an ack");
     close_publisher(&f);
-    dupwindow_free();
+    stream_check_free(&streams);
 }
