@@ -570,10 +570,40 @@ static int await_index(lua_State *L)
     return 1;
 }
 
-static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool await_ack,
-                           uint64_t await_id)
+/* Where a lazy table read that yielded goes on: the ack filled the table (lua_nats_acked),
+ * or the publish failed and the read raises its error, as publish itself would have. */
+static int lazy_resumed(lua_State *L, int status, lua_KContext ctx)
 {
-    lua_newtable(L);
+    (void)status;
+    (void)ctx;
+    if (!lua_toboolean(L, -2))
+        return lua_error(L);
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
+ * under pcall is; where it cannot yield, it waits as await_index does. */
+static int lazy_index(lua_State *L)
+{
+    struct lua_nats_client *client = lua_touserdata(L, lua_upvalueindex(1));
+    struct lua_nats *nats = client->nats;
+    /* Only the attempt that published waits for the ack in the table's record. */
+    if (L == nats->runner && lua_isyieldable(L) &&
+        (uint64_t)lua_tointeger(L, lua_upvalueindex(3)) == nats->attempt) {
+        nats->parked_await_id = (uint64_t)lua_tointeger(L, lua_upvalueindex(2));
+        return lua_yieldk(L, 0, 0, lazy_resumed);
+    }
+    return await_index(L);
+}
+
+/* The table publish returns with await_ack: kumod's fields once the ack has come. Until
+ * then reading it waits (fn: await_index or lazy_index). */
+static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool await_ack,
+                           uint64_t await_id, lua_CFunction fn)
+{
+    lua_createtable(L, 0, 5);
     if (!await_ack || !client->pub)
         return;
     lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
@@ -583,9 +613,34 @@ static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool aw
     lua_createtable(L, 0, 1);
     lua_pushlightuserdata(L, client);
     lua_pushinteger(L, (lua_Integer)await_id);
-    lua_pushcclosure(L, await_index, 2);
+    lua_pushinteger(L, (lua_Integer)client->nats->attempt);
+    lua_pushcclosure(L, fn, 3);
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, -2);
+}
+
+/* kumod raises a publish error in publish: under pcall/xpcall the policy may catch it
+ * there, so such a publish waits for its ack at once. */
+static bool in_protected_call(lua_State *L, const struct lua_nats *nats)
+{
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "f", &ar);
+        lua_CFunction fn = lua_tocfunction(L, -1);
+        lua_pop(L, 1);
+        if (fn && (fn == nats->pcall || fn == nats->xpcall))
+            return true;
+    }
+    return false;
+}
+
+static void lazy_add(struct lua_nats *nats, uint64_t await_id)
+{
+    if (nats->lazy_count == nats->lazy_cap) {
+        nats->lazy_cap = nats->lazy_cap ? nats->lazy_cap * 2 : 8;
+        nats->lazy_ids = xrealloc(nats->lazy_ids, nats->lazy_cap * sizeof(*nats->lazy_ids));
+    }
+    nats->lazy_ids[nats->lazy_count++] = await_id;
 }
 
 static int client_publish(lua_State *L)
@@ -634,6 +689,13 @@ static int client_publish(lua_State *L)
         push_ack_fields(L, NULL); /* nothing sent, no ack to wait for */
         return 1;
     }
+    if (L == nats->runner && !in_protected_call(L, nats)) {
+        /* Lazy: the hook goes on, and its record stays held until this ack (policy_await.c);
+         * reading the table before then parks the hook. Most hooks never read it. */
+        push_ack_table(L, h->client, true, await_id, lazy_index);
+        lazy_add(nats, await_id);
+        return 1;
+    }
     if (L == nats->runner && lua_isyieldable(L)) {
         /* Park this hook until the ack comes: the loop relays other records meanwhile
          * (policy_lua.c resumes it). */
@@ -642,7 +704,7 @@ static int client_publish(lua_State *L)
     }
     /* Not in a coroutine the relay runs (a batch's per-message constructor...): the
      * table waits for the ack when it is read. */
-    push_ack_table(L, h->client, true, await_id);
+    push_ack_table(L, h->client, true, await_id, await_index);
     return 1;
 }
 
@@ -690,8 +752,19 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_setfield(L, -2, "close");
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
+    /* Weak values: a table the policy dropped is not kept for an ack that may never
+     * come (a failed attempt's). */
     lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_getglobal(L, "pcall");
+    nats->pcall = lua_tocfunction(L, -1);
+    lua_getglobal(L, "xpcall");
+    nats->xpcall = lua_tocfunction(L, -1);
+    lua_pop(L, 2);
 
     lua_newtable(L); /* kumo.nats */
     lua_pushlightuserdata(L, nats);
@@ -726,4 +799,9 @@ void lua_nats_close_all(struct lua_nats *nats)
     free(nats->clients);
     nats->clients = NULL;
     nats->client_count = 0;
+    free(nats->lazy_ids);
+    nats->lazy_ids = NULL;
+    nats->lazy_count = nats->lazy_cap = 0;
+    free(nats->lazy_error);
+    nats->lazy_error = NULL;
 }
