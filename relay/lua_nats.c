@@ -550,10 +550,8 @@ static int publish_resumed(lua_State *L, int status, lua_KContext ctx)
 }
 
 /* __index of an ack table whose ack has not come yet: wait for this one ack. */
-static int await_index(lua_State *L)
+static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
 {
-    struct lua_nats_client *client = lua_touserdata(L, lua_upvalueindex(1));
-    lua_Integer id = lua_tointeger(L, lua_upvalueindex(2));
     uint64_t deadline = loop_now_ms() + AWAIT_LIMIT_MS;
     for (;;) {
         lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
@@ -566,8 +564,15 @@ static int await_index(lua_State *L)
         publisher_poll(client->pub, 100);
         publisher_tick(client->pub);
     }
+    lua_settop(L, 2);
     lua_rawget(L, 1);
     return 1;
+}
+
+static int await_index(lua_State *L)
+{
+    return wait_ack(L, lua_touserdata(L, lua_upvalueindex(1)),
+                    lua_tointeger(L, lua_upvalueindex(2)));
 }
 
 /* Where a lazy table read that yielded goes on: the ack filled the table (lua_nats_acked),
@@ -583,25 +588,51 @@ static int lazy_resumed(lua_State *L, int status, lua_KContext ctx)
     return 1;
 }
 
+/* A lazy table holds its publish under private keys until the ack fills it: one shared
+ * metatable, no closure per publish. */
+static char lazy_client_key, lazy_id_key, lazy_attempt_key, lazy_meta_key;
+
 /* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
  * under pcall is; where it cannot yield, it waits as await_index does. */
 static int lazy_index(lua_State *L)
 {
-    struct lua_nats_client *client = lua_touserdata(L, lua_upvalueindex(1));
+    lua_rawgetp(L, 1, &lazy_client_key);
+    lua_rawgetp(L, 1, &lazy_id_key);
+    lua_rawgetp(L, 1, &lazy_attempt_key);
+    struct lua_nats_client *client = lua_touserdata(L, -3);
+    lua_Integer id = lua_tointeger(L, -2);
+    uint64_t attempt = (uint64_t)lua_tointeger(L, -1);
+    lua_settop(L, 2);
     struct lua_nats *nats = client->nats;
     /* Only the attempt that published waits for the ack in the table's record. */
-    if (L == nats->runner && lua_isyieldable(L) &&
-        (uint64_t)lua_tointeger(L, lua_upvalueindex(3)) == nats->attempt) {
-        nats->parked_await_id = (uint64_t)lua_tointeger(L, lua_upvalueindex(2));
+    if (L == nats->runner && lua_isyieldable(L) && attempt == nats->attempt) {
+        nats->parked_await_id = (uint64_t)id;
         return lua_yieldk(L, 0, 0, lazy_resumed);
     }
-    return await_index(L);
+    return wait_ack(L, client, id);
 }
 
-/* The table publish returns with await_ack: kumod's fields once the ack has come. Until
- * then reading it waits (fn: await_index or lazy_index). */
+static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushlightuserdata(L, client);
+    lua_rawsetp(L, -2, &lazy_client_key);
+    lua_pushinteger(L, (lua_Integer)await_id);
+    lua_rawsetp(L, -2, &lazy_id_key);
+    lua_pushinteger(L, (lua_Integer)client->nats->attempt);
+    lua_rawsetp(L, -2, &lazy_attempt_key);
+    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, (lua_Integer)await_id);
+    lua_pop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    lua_setmetatable(L, -2);
+}
+
+/* The table publish returns with await_ack outside a coroutine the relay runs: kumod's
+ * fields once the ack has come; until then reading it waits. */
 static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool await_ack,
-                           uint64_t await_id, lua_CFunction fn)
+                           uint64_t await_id)
 {
     lua_createtable(L, 0, 5);
     if (!await_ack || !client->pub)
@@ -613,8 +644,7 @@ static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool aw
     lua_createtable(L, 0, 1);
     lua_pushlightuserdata(L, client);
     lua_pushinteger(L, (lua_Integer)await_id);
-    lua_pushinteger(L, (lua_Integer)client->nats->attempt);
-    lua_pushcclosure(L, fn, 3);
+    lua_pushcclosure(L, await_index, 2);
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, -2);
 }
@@ -692,7 +722,7 @@ static int client_publish(lua_State *L)
     if (L == nats->runner && !in_protected_call(L, nats)) {
         /* Lazy: the hook goes on, and its record stays held until this ack (policy_await.c);
          * reading the table before then parks the hook. Most hooks never read it. */
-        push_ack_table(L, h->client, true, await_id, lazy_index);
+        push_lazy_table(L, h->client, await_id);
         lazy_add(nats, await_id);
         return 1;
     }
@@ -704,7 +734,7 @@ static int client_publish(lua_State *L)
     }
     /* Not in a coroutine the relay runs (a batch's per-message constructor...): the
      * table waits for the ack when it is read. */
-    push_ack_table(L, h->client, true, await_id, await_index);
+    push_ack_table(L, h->client, true, await_id);
     return 1;
 }
 
@@ -724,16 +754,23 @@ bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ac
     if (found) {
         lua_pushnil(L);
         lua_setmetatable(L, -2);
-        if (!ack->error[0]) {
-            /* Copy kumod's fields into the table the policy already holds. */
-            push_ack_fields(L, ack);
+        const void *keys[] = {&lazy_client_key, &lazy_id_key, &lazy_attempt_key};
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
             lua_pushnil(L);
-            while (lua_next(L, -2) != 0) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_settable(L, -5);
-            }
-            lua_pop(L, 1);
+            lua_rawsetp(L, -2, keys[i]);
+        }
+        if (!ack->error[0]) {
+            /* kumod's fields, into the table the policy already holds. */
+            lua_pushstring(L, ack->stream);
+            lua_setfield(L, -2, "stream");
+            lua_pushinteger(L, (lua_Integer)ack->sequence);
+            lua_setfield(L, -2, "sequence");
+            lua_pushboolean(L, ack->duplicate);
+            lua_setfield(L, -2, "duplicate");
+            lua_pushstring(L, ack->domain);
+            lua_setfield(L, -2, "domain");
+            lua_pushliteral(L, "");
+            lua_setfield(L, -2, "value");
         }
         lua_pushnil(L);
         lua_rawseti(L, -3, (lua_Integer)ack->await_id);
@@ -760,6 +797,10 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, lazy_index);
+    lua_setfield(L, -2, "__index");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
     lua_getglobal(L, "pcall");
     nats->pcall = lua_tocfunction(L, -1);
     lua_getglobal(L, "xpcall");

@@ -298,8 +298,9 @@ end)
         relay = self.relay(self.lua_config(server, policy, jetstream={"ack_timeout": "1s"}))
         # Every hook has returned although no ack has come (nothing is stored yet).
         h.poll(lambda: "returned 60" in relay.log_text(), 20, "every hook to return")
-        silent.close()
+        # The stream first: a publish in between would meet no responders.
         h.create_stream(server.url, "SLOW", ["kumo.slow"], dup_window=600)
+        silent.close()
         h.wait_count(server.url, "SLOW", len(expected), timeout=30)
         self.assertEqual(0, relay.stop())
         h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), expected)
