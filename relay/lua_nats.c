@@ -550,7 +550,9 @@ static int publish_resumed(lua_State *L, int status, lua_KContext ctx)
 }
 
 /* __index of an ack table whose ack has not come yet: wait for this one ack. */
-static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
+/* Polls the publisher until the ack of id has come (or failed), for a reader that
+ * cannot yield: the loop stops meanwhile, for AWAIT_LIMIT_MS at most. */
+static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
 {
     uint64_t deadline = loop_now_ms() + AWAIT_LIMIT_MS;
     for (;;) {
@@ -558,12 +560,17 @@ static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id
         int pending = lua_geti(L, -1, id) != LUA_TNIL;
         lua_pop(L, 2);
         if (!pending)
-            break;
+            return;
         if (loop_now_ms() >= deadline)
-            return luaL_error(L, "publish: no acknowledgement within %d s", AWAIT_LIMIT_MS / 1000);
+            luaL_error(L, "publish: no acknowledgement within %d s", AWAIT_LIMIT_MS / 1000);
         publisher_poll(client->pub, 100);
         publisher_tick(client->pub);
     }
+}
+
+static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
+{
+    poll_for_ack(L, client, id);
     lua_settop(L, 2);
     lua_rawget(L, 1);
     return 1;
@@ -592,24 +599,65 @@ static int lazy_resumed(lua_State *L, int status, lua_KContext ctx)
  * metatable, no closure per publish. */
 static char lazy_client_key, lazy_id_key, lazy_attempt_key, lazy_meta_key;
 
-/* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
- * under pcall is; where it cannot yield, it waits as await_index does. */
-static int lazy_index(lua_State *L)
+/* The lazy table at 1: its client and id; true when the running hook may park for it. */
+static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Integer *id)
 {
     lua_rawgetp(L, 1, &lazy_client_key);
     lua_rawgetp(L, 1, &lazy_id_key);
     lua_rawgetp(L, 1, &lazy_attempt_key);
-    struct lua_nats_client *client = lua_touserdata(L, -3);
-    lua_Integer id = lua_tointeger(L, -2);
+    *client = lua_touserdata(L, -3);
+    *id = lua_tointeger(L, -2);
     uint64_t attempt = (uint64_t)lua_tointeger(L, -1);
-    lua_settop(L, 2);
-    struct lua_nats *nats = client->nats;
+    lua_pop(L, 3);
+    struct lua_nats *nats = (*client)->nats;
     /* Only the attempt that published waits for the ack in the table's record. */
     if (L == nats->runner && lua_isyieldable(L) && attempt == nats->attempt) {
-        nats->parked_await_id = (uint64_t)id;
-        return lua_yieldk(L, 0, 0, lazy_resumed);
+        nats->parked_await_id = (uint64_t)*id;
+        return true;
     }
+    return false;
+}
+
+/* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
+ * under pcall is; where it cannot yield, it waits as await_index does. */
+static int lazy_index(lua_State *L)
+{
+    struct lua_nats_client *client;
+    lua_Integer id;
+    lua_settop(L, 2);
+    if (lazy_parkable(L, &client, &id))
+        return lua_yieldk(L, 0, 0, lazy_resumed);
     return wait_ack(L, client, id);
+}
+
+static int push_next(lua_State *L)
+{
+    lua_settop(L, 1);
+    lua_getglobal(L, "next");
+    lua_insert(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int lazy_pairs_resumed(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    if (!lua_toboolean(L, -2))
+        return lua_error(L);
+    return push_next(L);
+}
+
+/* __pairs: iterating waits for the ack as a field read does, then sees kumod's fields. */
+static int lazy_pairs(lua_State *L)
+{
+    struct lua_nats_client *client;
+    lua_Integer id;
+    lua_settop(L, 1);
+    if (lazy_parkable(L, &client, &id))
+        return lua_yieldk(L, 0, 0, lazy_pairs_resumed);
+    poll_for_ack(L, client, id);
+    return push_next(L);
 }
 
 static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
@@ -797,9 +845,11 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushcfunction(L, lazy_index);
     lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lazy_pairs);
+    lua_setfield(L, -2, "__pairs");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
     lua_getglobal(L, "pcall");
     nats->pcall = lua_tocfunction(L, -1);

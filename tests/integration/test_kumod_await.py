@@ -319,6 +319,10 @@ kumo.on('make.q', function(domain, tenant, campaign)
     send = function(self, message)
       local data = message:get_data()
       local first = client:publish { subject = 'kumo.q', payload = data }
+      local keys = {}
+      for k in pairs(first) do keys[#keys + 1] = k end
+      table.sort(keys)
+      kumo.log_info('keys ' .. table.concat(keys, ','))
       local a = first.sequence
       local second = client:publish { subject = 'kumo.copy', payload = data }
       local ok, third = pcall(client.publish, client, { subject = 'kumo.third', payload = data })
@@ -343,6 +347,9 @@ end)
             msgs = [by_seq[int(a)], by_seq[int(b)], by_seq[int(c)]]
             self.assertEqual(["kumo.q", "kumo.copy", "kumo.third"], [m["subject"] for m in msgs])
             self.assertEqual(1, len({m["data"] for m in msgs}))
+        # pairs waits too, and sees kumod's fields only.
+        self.assertEqual(["domain,duplicate,sequence,stream,value"] * len(expected),
+                         re.findall(r"keys (\S*)", relay.log_text()))
         # Each hook parked at least for the first read and for the publish under pcall.
         self.assertGreaterEqual(self.parks(relay), 2 * len(expected))
         self.assertNotIn("lua error", relay.log_text())
