@@ -660,6 +660,23 @@ static int lazy_pairs(lua_State *L)
     return push_next(L);
 }
 
+void lua_nats_resolve(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    bool lazy = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!lazy)
+        return;
+    lua_rawgetp(L, idx, &lazy_client_key);
+    lua_rawgetp(L, idx, &lazy_id_key);
+    struct lua_nats_client *client = lua_touserdata(L, -2);
+    lua_Integer id = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    poll_for_ack(L, client, id);
+}
+
 static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
 {
     lua_createtable(L, 0, 3);

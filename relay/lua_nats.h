@@ -45,6 +45,9 @@ void lua_nats_tick(struct lua_nats *nats);
 /* Fill the ack table a publish with await_ack returned, if it is still referenced;
  * false when no such table waits for this ack. */
 bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack);
+/* C code about to iterate the table at idx (json_encode...): when it is a lazy publish's
+ * table, wait for its ack (polling: C code cannot yield), so it holds kumod's fields. */
+void lua_nats_resolve(lua_State *L, int idx);
 /* Push what a coroutine parked in publish is resumed with: true and the ack table
  * (kumod's {stream, sequence, duplicate, domain, value}), or false and the error. */
 void lua_nats_push_resume(lua_State *L, const struct publish_ack *ack);

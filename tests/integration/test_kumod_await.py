@@ -325,6 +325,7 @@ kumo.on('make.q', function(domain, tenant, campaign)
       kumo.log_info('keys ' .. table.concat(keys, ','))
       local a = first.sequence
       local second = client:publish { subject = 'kumo.copy', payload = data }
+      kumo.log_info('json ' .. kumo.serde.json_encode(second))
       local ok, third = pcall(client.publish, client, { subject = 'kumo.third', payload = data })
       assert(ok, third)
       kumo.log_info('seqs ' .. a .. ' ' .. second.sequence .. ' ' .. third.sequence
@@ -347,6 +348,10 @@ end)
             msgs = [by_seq[int(a)], by_seq[int(b)], by_seq[int(c)]]
             self.assertEqual(["kumo.q", "kumo.copy", "kumo.third"], [m["subject"] for m in msgs])
             self.assertEqual(1, len({m["data"] for m in msgs}))
+        # json_encode waits (polling) for the ack it encodes.
+        self.assertEqual(sorted(f'{{"domain":"","duplicate":false,"sequence":{b},'
+                                f'"stream":"KUMO","value":""}}' for _, b, _, _ in seqs),
+                         sorted(re.findall(r"json (\S*)", relay.log_text())))
         # pairs waits too, and sees kumod's fields only.
         self.assertEqual(["domain,duplicate,sequence,stream,value"] * len(expected),
                          re.findall(r"keys (\S*)", relay.log_text()))
