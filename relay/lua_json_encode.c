@@ -3,6 +3,7 @@
  * 0.10000000000000001. Keys are sorted (serde_json's BTreeMap order), so the output of
  * a Lua table is deterministic; tables that came from JSON arrays stay arrays. */
 #include "lua_json.h"
+#include "lua_nats.h"
 
 #include "utf8.h"
 #include "xalloc.h"
@@ -265,6 +266,7 @@ static int encode_table(lua_State *L, int idx, struct json_out *o)
     if (!lua_checkstack(L, 4))
         return fail(o, "Lua stack exhausted");
     o->path[o->depth++] = self;
+    lua_nats_resolve(L, idx); /* a publish's result: kumod's fields, not the pending ones */
     struct json_keys keys = {0};
     int rc = collect_keys(L, idx, &keys, o);
     bool array = keys.all_positive_int &&

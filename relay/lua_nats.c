@@ -551,30 +551,156 @@ static int publish_resumed(lua_State *L, int status, lua_KContext ctx)
 }
 
 /* __index of an ack table whose ack has not come yet: wait for this one ack. */
-static int await_index(lua_State *L)
+/* Polls the publisher until the ack of id has come (or failed), for a reader that
+ * cannot yield: the loop stops meanwhile, for AWAIT_LIMIT_MS at most. */
+static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
 {
-    struct lua_nats_client *client = lua_touserdata(L, lua_upvalueindex(1));
-    lua_Integer id = lua_tointeger(L, lua_upvalueindex(2));
     uint64_t deadline = loop_now_ms() + AWAIT_LIMIT_MS;
     for (;;) {
         lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
         int pending = lua_geti(L, -1, id) != LUA_TNIL;
         lua_pop(L, 2);
         if (!pending)
-            break;
+            return;
         if (loop_now_ms() >= deadline)
-            return luaL_error(L, "publish: no acknowledgement within %d s", AWAIT_LIMIT_MS / 1000);
+            luaL_error(L, "publish: no acknowledgement within %d s", AWAIT_LIMIT_MS / 1000);
         publisher_poll(client->pub, 100);
         publisher_tick(client->pub);
     }
+}
+
+static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
+{
+    poll_for_ack(L, client, id);
+    lua_settop(L, 2);
     lua_rawget(L, 1);
     return 1;
 }
 
+static int await_index(lua_State *L)
+{
+    return wait_ack(L, lua_touserdata(L, lua_upvalueindex(1)),
+                    lua_tointeger(L, lua_upvalueindex(2)));
+}
+
+/* Where a lazy table read that yielded goes on: the ack filled the table (lua_nats_acked),
+ * or the publish failed and the read raises its error, as publish itself would have. */
+static int lazy_resumed(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    if (!lua_toboolean(L, -2))
+        return lua_error(L);
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* A lazy table holds its publish under private keys until the ack fills it: one shared
+ * metatable, no closure per publish. */
+static char lazy_client_key, lazy_id_key, lazy_attempt_key, lazy_meta_key;
+
+/* The lazy table at 1: its client and id; true when the running hook may park for it. */
+static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Integer *id)
+{
+    lua_rawgetp(L, 1, &lazy_client_key);
+    lua_rawgetp(L, 1, &lazy_id_key);
+    lua_rawgetp(L, 1, &lazy_attempt_key);
+    *client = lua_touserdata(L, -3);
+    *id = lua_tointeger(L, -2);
+    uint64_t attempt = (uint64_t)lua_tointeger(L, -1);
+    lua_pop(L, 3);
+    struct lua_nats *nats = (*client)->nats;
+    /* Only the attempt that published waits for the ack in the table's record. */
+    if (L == nats->runner && lua_isyieldable(L) && attempt == nats->attempt) {
+        nats->parked_await_id = (uint64_t)*id;
+        return true;
+    }
+    return false;
+}
+
+/* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
+ * under pcall is; where it cannot yield, it waits as await_index does. */
+static int lazy_index(lua_State *L)
+{
+    struct lua_nats_client *client;
+    lua_Integer id;
+    lua_settop(L, 2);
+    if (lazy_parkable(L, &client, &id))
+        return lua_yieldk(L, 0, 0, lazy_resumed);
+    return wait_ack(L, client, id);
+}
+
+static int push_next(lua_State *L)
+{
+    lua_settop(L, 1);
+    lua_getglobal(L, "next");
+    lua_insert(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int lazy_pairs_resumed(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    if (!lua_toboolean(L, -2))
+        return lua_error(L);
+    return push_next(L);
+}
+
+/* __pairs: iterating waits for the ack as a field read does, then sees kumod's fields. */
+static int lazy_pairs(lua_State *L)
+{
+    struct lua_nats_client *client;
+    lua_Integer id;
+    lua_settop(L, 1);
+    if (lazy_parkable(L, &client, &id))
+        return lua_yieldk(L, 0, 0, lazy_pairs_resumed);
+    poll_for_ack(L, client, id);
+    return push_next(L);
+}
+
+void lua_nats_resolve(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    bool lazy = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!lazy)
+        return;
+    lua_rawgetp(L, idx, &lazy_client_key);
+    lua_rawgetp(L, idx, &lazy_id_key);
+    struct lua_nats_client *client = lua_touserdata(L, -2);
+    lua_Integer id = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    poll_for_ack(L, client, id);
+}
+
+static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushlightuserdata(L, client);
+    lua_rawsetp(L, -2, &lazy_client_key);
+    lua_pushinteger(L, (lua_Integer)await_id);
+    lua_rawsetp(L, -2, &lazy_id_key);
+    lua_pushinteger(L, (lua_Integer)client->nats->attempt);
+    lua_rawsetp(L, -2, &lazy_attempt_key);
+    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, (lua_Integer)await_id);
+    lua_pop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    lua_setmetatable(L, -2);
+}
+
+/* The table publish returns with await_ack outside a coroutine the relay runs: kumod's
+ * fields once the ack has come; until then reading it waits. */
 static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool await_ack,
                            uint64_t await_id)
 {
-    lua_newtable(L);
+    lua_createtable(L, 0, 5);
     if (!await_ack || !client->pub)
         return;
     lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
@@ -587,6 +713,30 @@ static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool aw
     lua_pushcclosure(L, await_index, 2);
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, -2);
+}
+
+/* kumod raises a publish error in publish: under pcall/xpcall the policy may catch it
+ * there, so such a publish waits for its ack at once. */
+static bool in_protected_call(lua_State *L, const struct lua_nats *nats)
+{
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "f", &ar);
+        lua_CFunction fn = lua_tocfunction(L, -1);
+        lua_pop(L, 1);
+        if (fn && (fn == nats->pcall || fn == nats->xpcall))
+            return true;
+    }
+    return false;
+}
+
+static void lazy_add(struct lua_nats *nats, uint64_t await_id)
+{
+    if (nats->lazy_count == nats->lazy_cap) {
+        nats->lazy_cap = nats->lazy_cap ? nats->lazy_cap * 2 : 8;
+        nats->lazy_ids = xrealloc(nats->lazy_ids, nats->lazy_cap * sizeof(*nats->lazy_ids));
+    }
+    nats->lazy_ids[nats->lazy_count++] = await_id;
 }
 
 static int client_publish(lua_State *L)
@@ -635,6 +785,13 @@ static int client_publish(lua_State *L)
         push_ack_fields(L, NULL); /* nothing sent, no ack to wait for */
         return 1;
     }
+    if (L == nats->runner && !in_protected_call(L, nats)) {
+        /* Lazy: the hook goes on, and its record stays held until this ack (policy_await.c);
+         * reading the table before then parks the hook. Most hooks never read it. */
+        push_lazy_table(L, h->client, await_id);
+        lazy_add(nats, await_id);
+        return 1;
+    }
     if (L == nats->runner && lua_isyieldable(L)) {
         /* Park this hook until the ack comes: the loop relays other records meanwhile
          * (policy_lua.c resumes it). */
@@ -663,16 +820,23 @@ bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ac
     if (found) {
         lua_pushnil(L);
         lua_setmetatable(L, -2);
-        if (!ack->error[0]) {
-            /* Copy kumod's fields into the table the policy already holds. */
-            push_ack_fields(L, ack);
+        const void *keys[] = {&lazy_client_key, &lazy_id_key, &lazy_attempt_key};
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
             lua_pushnil(L);
-            while (lua_next(L, -2) != 0) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_settable(L, -5);
-            }
-            lua_pop(L, 1);
+            lua_rawsetp(L, -2, keys[i]);
+        }
+        if (!ack->error[0]) {
+            /* kumod's fields, into the table the policy already holds. */
+            lua_pushstring(L, ack->stream);
+            lua_setfield(L, -2, "stream");
+            lua_pushinteger(L, (lua_Integer)ack->sequence);
+            lua_setfield(L, -2, "sequence");
+            lua_pushboolean(L, ack->duplicate);
+            lua_setfield(L, -2, "duplicate");
+            lua_pushstring(L, ack->domain);
+            lua_setfield(L, -2, "domain");
+            lua_pushliteral(L, "");
+            lua_setfield(L, -2, "value");
         }
         lua_pushnil(L);
         lua_rawseti(L, -3, (lua_Integer)ack->await_id);
@@ -691,8 +855,25 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_setfield(L, -2, "close");
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
+    /* Weak values: a table the policy dropped is not kept for an ack that may never
+     * come (a failed attempt's). */
     lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, lazy_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lazy_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    lua_getglobal(L, "pcall");
+    nats->pcall = lua_tocfunction(L, -1);
+    lua_getglobal(L, "xpcall");
+    nats->xpcall = lua_tocfunction(L, -1);
+    lua_pop(L, 2);
 
     lua_newtable(L); /* kumo.nats */
     lua_pushlightuserdata(L, nats);
@@ -727,4 +908,9 @@ void lua_nats_close_all(struct lua_nats *nats)
     free(nats->clients);
     nats->clients = NULL;
     nats->client_count = 0;
+    free(nats->lazy_ids);
+    nats->lazy_ids = NULL;
+    nats->lazy_count = nats->lazy_cap = 0;
+    free(nats->lazy_error);
+    nats->lazy_error = NULL;
 }

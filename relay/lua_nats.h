@@ -24,6 +24,16 @@ struct lua_nats {
     uint64_t next_await_id;
     lua_State *runner;        /* the coroutine a parkable hook runs on: publish waits there */
     uint64_t parked_await_id; /* the ack a publish just yielded for */
+    const char *event;        /* the hook the runner runs */
+    uint64_t attempt;         /* the running hook's attempt: a lazy table read parks in it */
+    uint64_t attempt_seq;
+    /* Lazy publishes of the running attempt (see client_publish), until policy_await.c
+     * attaches them to the held record; an ack that comes first (a table read polling
+     * outside a coroutine) takes its id out and leaves an error in lazy_error. */
+    uint64_t *lazy_ids;
+    size_t lazy_count, lazy_cap;
+    char *lazy_error;
+    lua_CFunction pcall, xpcall;      /* the originals: a publish under them waits at once */
     struct lua_nats_client **clients; /* one per distinct connect configuration */
     size_t client_count;
 };
@@ -32,9 +42,12 @@ struct lua_nats {
 void lua_nats_open(lua_State *L, struct lua_nats *nats);
 /* Ack timeouts and retries of every connection. */
 void lua_nats_tick(struct lua_nats *nats);
-/* Fill the ack table a publish with await_ack returned outside a coroutine; false when
- * no such table waits for this ack. */
+/* Fill the ack table a publish with await_ack returned, if it is still referenced;
+ * false when no such table waits for this ack. */
 bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack);
+/* C code about to iterate the table at idx (json_encode...): when it is a lazy publish's
+ * table, wait for its ack (polling: C code cannot yield), so it holds kumod's fields. */
+void lua_nats_resolve(lua_State *L, int idx);
 /* Push what a coroutine parked in publish is resumed with: true and the ack table
  * (kumod's {stream, sequence, duplicate, domain, value}), or false and the error. */
 void lua_nats_push_resume(lua_State *L, const struct publish_ack *ack);

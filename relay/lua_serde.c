@@ -7,6 +7,7 @@
 #include "lua_helpers.h"
 
 #include "lua_json.h"
+#include "lua_nats.h"
 #include "xalloc.h"
 
 #include <lauxlib.h>
@@ -263,6 +264,7 @@ static int emit_table(lua_State *L, int idx, struct yaml_out *o)
         o->err = "tables nested deeper than 128 (or a cycle)";
         return -1;
     }
+    lua_nats_resolve(L, idx); /* a publish's result: kumod's fields, not the pending ones */
     lua_pushnil(L);
     lua_Integer count = 0, max = 0;
     bool positive = true;

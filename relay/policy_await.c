@@ -25,6 +25,7 @@ static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, i
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
     p->current_event = event;
     p->nats.runner = co;
+    p->nats.event = event;
     p->nats.parked_await_id = 0;
     hook_watchdog_enter(p->env.watchdog, event);
     int rc = lua_resume(co, p->L, nargs, nres);
@@ -59,6 +60,7 @@ int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nr
     }
     lua_State *co = p->runner;
     lua_xmove(L, co, nargs + 1);
+    p->nats.attempt = ++p->nats.attempt_seq;
     int nres = 0;
     int rc = resume_hook(p, co, event, nargs, &nres);
     if (rc == LUA_OK) {
@@ -98,6 +100,7 @@ void policy_await_retry_free(struct retry *r)
     free(r->ack);
     free(r->members);
     free(r->last_error);
+    free(r->lazy_error);
     free(r);
 }
 
@@ -135,77 +138,123 @@ void policy_await_retry_new(struct policy_lua *p, struct queue_state *q,
     schedule_retry(p, retry_alloc(q, members, count), reason);
 }
 
-/* Parked hooks are found by await_id in an open-addressing table: with a window of
- * thousands parked, a list scan per ack was most of a Lua policy's CPU. */
-static size_t parked_home(uint64_t id, size_t cap)
+/* Held records are found by await_id in an open-addressing table: with a window of
+ * thousands waiting, a list scan per ack was most of a Lua policy's CPU. A record has one
+ * slot per ack it waits for. */
+static size_t slot_home(uint64_t id, size_t cap)
 {
     return (size_t)(id * 0x9E3779B97F4A7C15ull >> 20) & (cap - 1);
 }
 
-static void parked_insert(struct retry **slots, size_t cap, struct retry *r)
+static void slot_insert(struct await_slot *slots, size_t cap, uint64_t id, struct retry *r)
 {
-    size_t i = parked_home(r->await_id, cap);
-    while (slots[i])
+    size_t i = slot_home(id, cap);
+    while (slots[i].r)
         i = (i + 1) & (cap - 1);
-    slots[i] = r;
+    slots[i] = (struct await_slot){id, r};
 }
 
-static void parked_put(struct policy_lua *p, struct retry *r)
+static void slot_put(struct policy_lua *p, uint64_t id, struct retry *r)
 {
     if ((p->parked.count + 1) * 2 > p->parked.cap) {
         size_t cap = p->parked.cap ? p->parked.cap * 2 : 256;
-        struct retry **slots = xcalloc(cap, sizeof(*slots));
+        struct await_slot *slots = xcalloc(cap, sizeof(*slots));
         for (size_t i = 0; i < p->parked.cap; i++)
-            if (p->parked.slots[i])
-                parked_insert(slots, cap, p->parked.slots[i]);
+            if (p->parked.slots[i].r)
+                slot_insert(slots, cap, p->parked.slots[i].await_id, p->parked.slots[i].r);
         free(p->parked.slots);
         p->parked.slots = slots;
         p->parked.cap = cap;
     }
-    parked_insert(p->parked.slots, p->parked.cap, r);
+    slot_insert(p->parked.slots, p->parked.cap, id, r);
     p->parked.count++;
 }
 
-/* Removes and returns the hook parked for id, or NULL. Deletion shifts the rest of the
+/* Removes and returns the record waiting for id, or NULL. Deletion shifts the rest of the
  * probe run back, so lookups never need tombstones. */
-static struct retry *parked_take(struct policy_lua *p, uint64_t id)
+static struct retry *slot_take(struct policy_lua *p, uint64_t id)
 {
     if (p->parked.count == 0)
         return NULL;
-    size_t mask = p->parked.cap - 1, i = parked_home(id, p->parked.cap);
-    struct retry **slots = p->parked.slots;
-    while (slots[i] && slots[i]->await_id != id)
+    size_t mask = p->parked.cap - 1, i = slot_home(id, p->parked.cap);
+    struct await_slot *slots = p->parked.slots;
+    while (slots[i].r && slots[i].await_id != id)
         i = (i + 1) & mask;
-    struct retry *found = slots[i];
+    struct retry *found = slots[i].r;
     if (!found)
         return NULL;
-    slots[i] = NULL;
+    slots[i].r = NULL;
     p->parked.count--;
-    for (size_t j = (i + 1) & mask; slots[j]; j = (j + 1) & mask) {
-        size_t home = parked_home(slots[j]->await_id, p->parked.cap);
+    for (size_t j = (i + 1) & mask; slots[j].r; j = (j + 1) & mask) {
+        size_t home = slot_home(slots[j].await_id, p->parked.cap);
         /* slots[j] may move to the hole at i unless its home lies cyclically in (i, j]. */
         bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
         if (!stays) {
             slots[i] = slots[j];
-            slots[j] = NULL;
+            slots[j].r = NULL;
             i = j;
         }
     }
     return found;
 }
 
-/* Empties the table onto the front of *list (for release and free). */
+/* Takes every slot of r out: its attempt failed, the acks no longer matter. A scan, but
+ * only on a failed attempt that left lazy publishes. */
+static void slot_forget(struct policy_lua *p, struct retry *r)
+{
+    for (size_t i = 0; i < p->parked.cap && r->lazy > 0;) {
+        if (p->parked.slots[i].r == r) {
+            slot_take(p, p->parked.slots[i].await_id);
+            r->lazy--;
+            continue; /* the shift may have moved another slot here */
+        }
+        i++;
+    }
+    r->lazy = 0;
+}
+
+/* Empties the table onto the front of *list, each record once (for release and free). */
 static void parked_drain(struct policy_lua *p, struct retry **list)
 {
     for (size_t i = 0; i < p->parked.cap; i++) {
-        struct retry *r = p->parked.slots[i];
-        if (r) {
+        struct retry *r = p->parked.slots[i].r;
+        p->parked.slots[i].r = NULL;
+        if (r && !r->listed) {
+            r->listed = true;
             r->next = *list;
             *list = r;
-            p->parked.slots[i] = NULL;
         }
     }
     p->parked.count = 0;
+}
+
+bool policy_await_pending(const struct policy_lua *p)
+{
+    return p->nats.lazy_count > 0 || p->nats.lazy_error;
+}
+
+void policy_await_discard(struct policy_lua *p)
+{
+    p->nats.lazy_count = 0;
+    free(p->nats.lazy_error);
+    p->nats.lazy_error = NULL;
+}
+
+/* The lazy publishes the attempt just made wait with r for their acks. */
+static void attach_lazy(struct policy_lua *p, struct retry *r)
+{
+    for (size_t i = 0; i < p->nats.lazy_count; i++) {
+        slot_put(p, p->nats.lazy_ids[i], r);
+        r->lazy++;
+    }
+    p->nats.lazy_count = 0;
+    if (!r->event)
+        r->event = p->nats.event;
+    if (p->nats.lazy_error && !r->lazy_error)
+        r->lazy_error = p->nats.lazy_error;
+    else
+        free(p->nats.lazy_error);
+    p->nats.lazy_error = NULL;
 }
 
 /* The hook of r waits for an ack: policy_lua_acked resumes it. */
@@ -216,22 +265,66 @@ static void park(struct policy_lua *p, struct retry *r)
     r->await_id = p->just_parked.await_id;
     r->event = p->just_parked.event;
     r->publish_index = p->just_parked.publish_index;
+    r->attempt = p->nats.attempt;
     r->next = NULL;
-    parked_put(p, r);
+    attach_lazy(p, r);
+    /* A lazy table read waits for its publish's ack: that slot now resumes the hook. */
+    if (slot_take(p, r->await_id))
+        r->lazy--;
+    slot_put(p, r->await_id, r);
+    log_debug("lua hook parked for an ack event=%s await_id=%llu", r->event,
+              (unsigned long long)r->await_id);
 }
 
-/* The attempt of r is over: again later, or decided. */
-void policy_await_settle(struct policy_lua *p, struct retry *r, struct outcome *o)
+/* Decides r: again later, or published / dead-lettered. */
+static void decide(struct policy_lua *p, struct retry *r, struct outcome *o)
 {
-    if (o->kind == OUTCOME_PARKED) {
-        park(p, r);
-    } else if (o->kind == OUTCOME_TRANSIENT) {
+    if (o->kind == OUTCOME_TRANSIENT) {
         schedule_retry(p, r, o->reason);
     } else {
         policy_lua_resolve_all(p, r->members, r->count, o);
         policy_await_retry_free(r);
     }
     free(o->reason);
+}
+
+/* Every lazy publish of r's attempt is acked: published, or the first error as if the
+ * hook had raised it (a retry; the connection is built again). */
+static void lazy_done(struct policy_lua *p, struct retry *r)
+{
+    struct outcome o = {.kind = OUTCOME_OK};
+    if (r->lazy_error) {
+        lua_pushstring(p->L, r->lazy_error);
+        free(r->lazy_error);
+        r->lazy_error = NULL;
+        o = policy_lua_error_outcome(p, r->event ? r->event : "send");
+        if (o.reconnect && r->queue && !r->queue->per_record)
+            policy_lua_drop_connection(p, r->queue);
+    }
+    decide(p, r, &o);
+}
+
+/* The attempt of r is over: parked again, waiting for lazy publishes, retried later, or
+ * decided. */
+void policy_await_settle(struct policy_lua *p, struct retry *r, struct outcome *o)
+{
+    if (o->kind == OUTCOME_PARKED) {
+        park(p, r);
+        free(o->reason);
+        return;
+    }
+    if (o->kind == OUTCOME_OK) {
+        attach_lazy(p, r);
+        free(o->reason);
+        if (r->lazy == 0)
+            lazy_done(p, r);
+        return;
+    }
+    policy_await_discard(p);
+    slot_forget(p, r);
+    free(r->lazy_error);
+    r->lazy_error = NULL;
+    decide(p, r, o);
 }
 
 /* Goes on with a parked hook: its publish returns the ack table or raises the error. */
@@ -243,7 +336,8 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
         recs[i] = r->members[i].rec;
     policy_lua_bind_records(p, recs, r->count);
     p->nats.publish_index = r->publish_index; /* the next publish gets the next id */
-    bool seed = r->queue->per_record;         /* its constructor reads the global */
+    p->nats.attempt = r->attempt;
+    bool seed = r->queue->per_record; /* its constructor reads the global */
     if (seed) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
         lua_setglobal(L, "message");
@@ -286,22 +380,56 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
     policy_await_settle(p, r, &o);
 }
 
-void policy_await_acked(struct policy_lua *p, const struct publish_ack *ack)
+/* Later, at the tick: r's ack came while a hook ran. */
+static void make_ready(struct policy_lua *p, struct retry *r, const struct publish_ack *ack)
 {
-    if (lua_nats_acked(p->L, &p->nats, ack))
-        return;
-    struct retry *r = parked_take(p, ack->await_id);
-    if (!r)
-        return;
-    if (p->current_event) {
-        /* Taken while a hook waits (a table read outside a coroutine): not now. */
+    if (ack) {
         r->ack = xmalloc(sizeof(*r->ack));
         *r->ack = *ack;
-        r->next = p->ready;
-        p->ready = r;
-    } else {
-        resume_parked(p, r, ack);
     }
+    r->listed = true;
+    r->next = p->ready;
+    p->ready = r;
+}
+
+/* An ack for a lazy publish of the attempt still running (a table read polled for it). */
+static void pending_acked(struct policy_lua *p, const struct publish_ack *ack)
+{
+    struct lua_nats *nats = &p->nats;
+    for (size_t i = 0; i < nats->lazy_count; i++) {
+        if (nats->lazy_ids[i] == ack->await_id) {
+            nats->lazy_ids[i] = nats->lazy_ids[--nats->lazy_count];
+            if (ack->error[0] && !nats->lazy_error)
+                nats->lazy_error = xasprintf("publish: %s", ack->error);
+            return;
+        }
+    }
+}
+
+void policy_await_acked(struct policy_lua *p, const struct publish_ack *ack)
+{
+    lua_nats_acked(p->L, &p->nats, ack); /* fills the table publish returned, if any */
+    struct retry *r = slot_take(p, ack->await_id);
+    if (!r) {
+        pending_acked(p, ack);
+        return;
+    }
+    if (r->co && r->await_id == ack->await_id) {
+        if (p->current_event)
+            make_ready(p, r, ack); /* taken while a hook waits (a table read polling) */
+        else
+            resume_parked(p, r, ack);
+        return;
+    }
+    r->lazy--;
+    if (ack->error[0] && !r->lazy_error)
+        r->lazy_error = xasprintf("publish: %s", ack->error);
+    if (r->lazy > 0 || r->co)
+        return; /* the hook, or another publish of it, is still to finish */
+    if (p->current_event)
+        make_ready(p, r, NULL);
+    else
+        lazy_done(p, r);
 }
 
 void policy_await_release_members(struct policy_lua *p, struct held_record *members, size_t count,
@@ -319,22 +447,26 @@ void policy_await_release_members(struct policy_lua *p, struct held_record *memb
     }
 }
 
-/* Holds members for an attempt parked in call: the hook waits for an ack. */
 void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_record *members,
-                       size_t count)
+                       size_t count, struct outcome *o)
 {
-    park(p, retry_alloc(q, members, count));
+    policy_await_settle(p, retry_alloc(q, members, count), o);
 }
 
-/* Resumes the parked hooks whose ack came while another hook ran. */
+/* Resumes the parked hooks whose ack came while another hook ran, and decides the
+ * records whose last lazy ack came then. */
 void policy_await_run_ready(struct policy_lua *p)
 {
     while (p->ready) {
         struct retry *r = p->ready;
         p->ready = r->next;
+        r->listed = false;
         struct publish_ack *ack = r->ack;
         r->ack = NULL;
-        resume_parked(p, r, ack);
+        if (ack)
+            resume_parked(p, r, ack);
+        else
+            lazy_done(p, r);
         free(ack);
     }
 }

@@ -425,6 +425,7 @@ static struct outcome send_members(struct policy_lua *p, struct queue_state *q,
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     policy_lua_bind_records(p, recs, count);
+    policy_await_discard(p);
     struct outcome o = {.kind = OUTCOME_OK};
     if (q->qc.batch_size > 1)
         o = ensure_connection(p, q);
@@ -455,9 +456,12 @@ static void flush_batch(struct policy_lua *p, struct queue_state *q)
     q->batch = NULL;
     q->batch_count = 0;
     struct outcome o = send_members(p, q, members, count);
-    if (o.kind == OUTCOME_PARKED) {
-        policy_await_hold(p, q, members, count);
-    } else if (o.kind == OUTCOME_TRANSIENT) {
+    if (o.kind == OUTCOME_PARKED || (o.kind == OUTCOME_OK && policy_await_pending(p))) {
+        policy_await_hold(p, q, members, count, &o);
+        return;
+    }
+    policy_await_discard(p);
+    if (o.kind == OUTCOME_TRANSIENT) {
         policy_await_retry_new(p, q, members, count, o.reason);
     } else {
         policy_lua_resolve_all(p, members, count, &o);
@@ -543,20 +547,23 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
     bool sent = false;
     if (o.kind == OUTCOME_OK) {
         policy_lua_bind_records(p, &rec, 1);
+        policy_await_discard(p);
         p->may_park = true;
         o = send_one(p, q, msg_idx);
         p->may_park = false;
         policy_lua_bind_records(p, NULL, 0);
         sent = true;
     }
-    if (o.kind == OUTCOME_OK)
+    if (o.kind == OUTCOME_OK && !policy_await_pending(p))
         return POLICY_PUBLISHED;
-    if (o.kind == OUTCOME_PARKED) {
+    if (o.kind == OUTCOME_OK || o.kind == OUTCOME_PARKED) {
+        /* Held until the hook, and every publish it left to be acked, has finished. */
         struct held_record *h = xmalloc(sizeof(*h));
         hold(p, h, rec, msg_idx);
-        policy_await_hold(p, q, h, 1);
+        policy_await_hold(p, q, h, 1, &o);
         return POLICY_DEFERRED;
     }
+    policy_await_discard(p);
     if (o.kind == OUTCOME_PERMANENT) {
         *reason = (struct policy_reason){o.why, o.reason};
         return POLICY_DEADLETTER;

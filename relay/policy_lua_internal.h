@@ -29,6 +29,13 @@ struct held_record {
 };
 
 struct queue_state;
+struct retry;
+
+/* An ack a held record waits for: its parked hook's, or one of its lazy publishes'. */
+struct await_slot {
+    uint64_t await_id;
+    struct retry *r; /* NULL: free */
+};
 
 /* One record or one batch waiting for its next attempt. */
 struct retry {
@@ -46,6 +53,12 @@ struct retry {
     const char *event;       /* the hook's name, for errors and the budget */
     unsigned publish_index;  /* publishes made so far in this attempt */
     struct publish_ack *ack; /* came while another hook ran: resumed at the tick */
+    /* Lazy publishes (lua_nats.c) of this attempt whose ack has not come: the hook may
+     * have finished, the record is decided when the last comes. */
+    unsigned lazy;
+    uint64_t attempt; /* lua_nats.attempt of the parked hook */
+    char *lazy_error; /* "publish: <error>" of the first of them JetStream refused */
+    bool listed;      /* on p->ready, or collected by a drain */
     struct retry *next;
 };
 
@@ -75,7 +88,7 @@ struct policy_lua {
     struct queue_state *queues;
     struct retry *retries;
     struct {
-        struct retry **slots; /* hooks waiting for an ack, by await_id (policy_await.c) */
+        struct await_slot *slots; /* held records waiting for acks, by await_id */
         size_t cap, count;
     } parked;
     struct retry *ready; /* parked hooks whose ack came while another hook ran */
@@ -120,8 +133,14 @@ void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, s
 /* As policy_lua_call_hook, but a publish in it may park the hook (LUA_YIELD, the
  * coroutine in p->just_parked) when p->may_park. */
 int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nresults);
+/* Holds members after an attempt made in call: parked, or waiting for lazy publishes.
+ * Frees o->reason. */
 void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_record *members,
-                       size_t count);
+                       size_t count, struct outcome *o);
+/* The attempt that just ran left lazy publishes: its records must be held for them. */
+bool policy_await_pending(const struct policy_lua *p);
+/* The attempt that just ran failed: its lazy publishes no longer matter. */
+void policy_await_discard(struct policy_lua *p);
 void policy_await_retry_new(struct policy_lua *p, struct queue_state *q,
                             struct held_record *members, size_t count, const char *reason);
 /* The attempt of r is over: parked again, retried later, or decided. Frees o->reason. */

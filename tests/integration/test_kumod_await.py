@@ -272,3 +272,119 @@ end)
         self.assertEqual(0, rerun.run_once(timeout=60), rerun.log_text())
         h.assert_exactly_once(h.dump_stream(server.url, "KUMO"), fast)
         h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), slow)
+
+    # -- lazy await: a hook that never reads the ack table is not parked ----------------
+
+    def parks(self, relay):
+        return relay.log_text().count("lua hook parked for an ack")
+
+    def test_seed_shape_returns_before_its_ack_and_is_never_parked(self):
+        # config/policy.lua's shape: the constructor publishes with the global `message`
+        # and never reads the result. The hook returns at once (no parked coroutine); its
+        # record stays held until the ack and is relayed exactly once.
+        server = self.start_nats(["kumo.q"])
+        policy = self.write_policy(server, """
+nats = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+returned = 0
+kumo.on('make.q', function(domain, tenant, campaign)
+  nats:publish { subject = 'kumo.slow', payload = message:get_data() }
+  returned = returned + 1
+  kumo.log_info('returned ' .. returned)
+end)
+""")
+        silent = SilentSubscriber(server, "kumo.slow")
+        self.addCleanup(silent.close)
+        expected = self.write_records(60, seed=7)
+        relay = self.relay(self.lua_config(server, policy, jetstream={"ack_timeout": "1s"}))
+        # Every hook has returned although no ack has come (nothing is stored yet).
+        h.poll(lambda: "returned 60" in relay.log_text(), 20, "every hook to return")
+        # The stream first: a publish in between would meet no responders.
+        h.create_stream(server.url, "SLOW", ["kumo.slow"], dup_window=600)
+        silent.close()
+        h.wait_count(server.url, "SLOW", len(expected), timeout=30)
+        self.assertEqual(0, relay.stop())
+        h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), expected)
+        self.assertEqual(0, self.parks(relay), relay.log_text())
+        self.assertNotIn("lua error", relay.log_text())
+        self.assertNotIn("returned 61", relay.log_text())  # no hook ran twice
+
+    def test_reading_a_lazy_result_waits_for_its_own_ack(self):
+        # Reading ret.sequence parks the hook until that publish's ack (kumod's await):
+        # several publishes in one hook, lazy and eager (under pcall), each get their own.
+        server = self.start_nats(["kumo.q", "kumo.copy", "kumo.third"])
+        policy = self.write_policy(server, """
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      local data = message:get_data()
+      local first = client:publish { subject = 'kumo.q', payload = data }
+      local keys = {}
+      for k in pairs(first) do keys[#keys + 1] = k end
+      table.sort(keys)
+      kumo.log_info('keys ' .. table.concat(keys, ','))
+      local a = first.sequence
+      local second = client:publish { subject = 'kumo.copy', payload = data }
+      kumo.log_info('json ' .. kumo.serde.json_encode(second))
+      local ok, third = pcall(client.publish, client, { subject = 'kumo.third', payload = data })
+      assert(ok, third)
+      kumo.log_info('seqs ' .. a .. ' ' .. second.sequence .. ' ' .. third.sequence
+                    .. ' ' .. second.stream)
+    end,
+  }
+end)
+""")
+        expected = self.write_records(30, seed=8)
+        relay = self.relay(self.lua_config(server, policy), start=False)
+        self.assertEqual(0, relay.run_once(timeout=60), relay.log_text())
+        dump = h.dump_stream(server.url, "KUMO")
+        by_seq = {m["seq"]: m for m in dump}
+        h.assert_exactly_once([m for m in dump if m["subject"] == "kumo.q"], expected)
+        seqs = re.findall(r"seqs (\d+) (\d+) (\d+) (\w+)", relay.log_text())
+        self.assertEqual(len(expected), len(seqs), relay.log_text())
+        self.assertEqual(3 * len(expected), len(dump))
+        for a, b, c, stream in seqs:
+            self.assertEqual("KUMO", stream)
+            msgs = [by_seq[int(a)], by_seq[int(b)], by_seq[int(c)]]
+            self.assertEqual(["kumo.q", "kumo.copy", "kumo.third"], [m["subject"] for m in msgs])
+            self.assertEqual(1, len({m["data"] for m in msgs}))
+        # json_encode waits (polling) for the ack it encodes.
+        self.assertEqual(sorted(f'{{"domain":"","duplicate":false,"sequence":{b},'
+                                f'"stream":"KUMO","value":""}}' for _, b, _, _ in seqs),
+                         sorted(re.findall(r"json (\S*)", relay.log_text())))
+        # pairs waits too, and sees kumod's fields only.
+        self.assertEqual(["domain,duplicate,sequence,stream,value"] * len(expected),
+                         re.findall(r"keys (\S*)", relay.log_text()))
+        # Each hook parked at least for the first read and for the publish under pcall.
+        self.assertGreaterEqual(self.parks(relay), 2 * len(expected))
+        self.assertNotIn("lua error", relay.log_text())
+
+    def test_error_ack_after_the_hook_returned_retries_the_record(self):
+        # The hook returned before JetStream refused its publish: the record is retried as
+        # if publish had raised in the hook (kumod: the send fails, lua_deliver.rs closes
+        # the connection and constructs a new one); a stream created later takes it once.
+        server = self.start_nats(["kumo.q"])
+        policy = self.write_policy(server, """
+constructed = 0
+kumo.on('make.q', function(domain, tenant, campaign)
+  constructed = constructed + 1
+  kumo.log_info('constructor ' .. constructed)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      client:publish { subject = 'late.x', payload = message:get_data() }
+      return 'sent'
+    end,
+  }
+end)
+""")
+        expected = self.write_records(20, seed=9)
+        relay = self.relay(self.lua_config(server, policy))
+        h.poll(lambda: "lua error in the 'send' event, the record will be retried "
+               "error=\"publish: no responders" in relay.log_text(), 20, "the error ack")
+        h.poll(lambda: "constructor 2" in relay.log_text(), 20, "a new connection object")
+        h.create_stream(server.url, "LATE", ["late.x"], dup_window=600)
+        h.wait_count(server.url, "LATE", len(expected), timeout=30)
+        self.assertEqual(0, relay.stop())
+        h.assert_exactly_once(h.dump_stream(server.url, "LATE"), expected)
+        self.assertEqual(0, self.parks(relay), relay.log_text())
