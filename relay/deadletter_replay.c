@@ -281,7 +281,8 @@ static char *rotated_sources(const char *dir, const struct mark *m, struct sourc
         out->count = kept;
         push(out, first);
     }
-    qsort(out->v, out->count, sizeof(*out->v), by_mtime);
+    if (out->count > 1) /* none leaves v NULL, which qsort must not get */
+        qsort(out->v, out->count, sizeof(*out->v), by_mtime);
     return NULL;
 }
 

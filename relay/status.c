@@ -206,7 +206,8 @@ int status_run(const struct config *cfg, bool json)
     }
     struct status_table t = {0};
     scan_spool(cfg, &cp, &t);
-    qsort(t.rows, t.count, sizeof(*t.rows), by_name);
+    if (t.count > 1) /* no segment leaves rows NULL, which qsort must not get */
+        qsort(t.rows, t.count, sizeof(*t.rows), by_name);
     if (json)
         print_json(cfg, &t);
     else
