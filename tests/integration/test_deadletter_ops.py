@@ -242,4 +242,5 @@ class DeadletterOpsTest(h.RelayTestCase):
         self.assertEqual(digest.hexdigest(), got.hexdigest(), "every line once, in order")
         print(f"\n    replay of {size} bytes, {lines} lines: peak RSS {peak_kb} kB",
               file=sys.stderr)
-        self.assertLess(peak_kb, 64 * 1024, f"peak RSS {peak_kb} kB")
+        if not h.SANITIZED:  # ASan's quarantine keeps every freed line buffer resident
+            self.assertLess(peak_kb, 64 * 1024, f"peak RSS {peak_kb} kB")
