@@ -676,8 +676,14 @@ Test(checkpoint, well_checksummed_but_invalid)
     free(text);
 
     const char *bad_identity[] = {
-        "0 5", "0 5 6", "0 5 6 abc", "0 5 6 0123456789abcdef0", "0 5 6 0123456789abcdeg",
-        "0 5 4294967296 0123456789abcdef", "0 -5 6 0123456789abcdef", "0 5 6 0123456789abcdef ",
+        "0 5",
+        "0 5 6",
+        "0 5 6 abc",
+        "0 5 6 0123456789abcdef0",
+        "0 5 6 0123456789abcdeg",
+        "0 5 4294967296 0123456789abcdef",
+        "0 -5 6 0123456789abcdef",
+        "0 5 6 0123456789abcdef ",
     };
     for (size_t i = 0; i < sizeof(bad_identity) / sizeof(bad_identity[0]); i++) {
         snprintf(body, sizeof(body), "%ssegment a 1 2 3 0 %s\n", head, bad_identity[i]);
