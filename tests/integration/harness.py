@@ -279,6 +279,13 @@ def http_get(url):
         return err.code, err.read().decode()
 
 
+def metric(text, name, labels=""):
+    """The value of kumo_nats_relay_<name><labels> in a /metrics text."""
+    m = re.search(rf"^kumo_nats_relay_{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    if not m:
+        raise AssertionError(f"metric {name}{labels} not found")
+    return float(m.group(1))
+
 def fill_filesystem(directory):
     """Fill the filesystem of `directory` with a file until ENOSPC; returns its path."""
     path = Path(directory) / "filler"

@@ -24,11 +24,7 @@ def bad_lines(tag, n):
     return [f"not json {tag}-{i:04d}\n".encode() for i in range(n)]
 
 
-def metric(text, name):
-    m = re.search(rf"^kumo_nats_relay_{name} ([0-9.e+]+)$", text, re.M)
-    if not m:
-        raise AssertionError(f"metric {name} not found")
-    return float(m.group(1))
+metric = h.metric
 
 
 class DeadletterOpsTest(h.RelayTestCase):

@@ -15,11 +15,7 @@ STREAM = "KUMO"
 http_get = h.http_get
 
 
-def metric(text, name):
-    m = re.search(rf"^kumo_nats_relay_{name} ([0-9.e+]+)$", text, re.M)
-    if not m:
-        raise AssertionError(f"metric {name} not found")
-    return float(m.group(1))
+metric = h.metric
 
 
 class NatsAwayTest(h.RelayTestCase):

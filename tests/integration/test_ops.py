@@ -24,11 +24,7 @@ PARK_BOUNCES = """\
 http_get = h.http_get
 
 
-def metric(text, name, labels=""):
-    m = re.search(rf"^kumo_nats_relay_{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
-    if not m:
-        raise AssertionError(f"metric {name}{labels} not found")
-    return float(m.group(1))
+metric = h.metric
 
 
 class OpsTest(h.RelayTestCase):
