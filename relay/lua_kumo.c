@@ -9,6 +9,7 @@
 
 #include <lauxlib.h>
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -531,6 +532,31 @@ static int kumo_log_debug(lua_State *L)
 }
 
 /* ---- the module --------------------------------------------------------------------- */
+
+int lua_kumo_push_file(lua_State *L, const char *path, const char **failed_to)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        *failed_to = "open";
+        return -1;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        luaL_addlstring(&b, chunk, n);
+    int failed = ferror(f), saved = errno;
+    fclose(f);
+    luaL_pushresult(&b);
+    if (failed) {
+        lua_pop(L, 1);
+        errno = saved;
+        *failed_to = "read";
+        return -1;
+    }
+    return 0;
+}
 
 int lua_kumo_push_json(lua_State *L, const char *text, size_t len, char **err)
 {

@@ -24,6 +24,10 @@ int lua_kumo_push_json(lua_State *L, const char *text, size_t len, char **err);
  * never retried: a kumo.reject whose code is 0 (no SMTP status). Does not return. */
 int lua_kumo_record_unusable(lua_State *L, const char *reason);
 
+/* Push the whole content of the file at path as a Lua string. Returns 0, or -1 with errno
+ * set, *failed_to ("open" or "read") saying which step failed, and nothing pushed. */
+int lua_kumo_push_file(lua_State *L, const char *path, const char **failed_to);
+
 /* Is the value at idx an error raised by kumo.reject(code, msg) (or, with *code 0, by
  * lua_kumo_record_unusable)? */
 bool lua_kumo_is_reject(lua_State *L, int idx, int *code, const char **message);

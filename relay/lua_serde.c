@@ -7,6 +7,7 @@
 #include "lua_helpers.h"
 
 #include "lua_json.h"
+#include "lua_kumo.h"
 #include "lua_nats.h"
 #include "xalloc.h"
 
@@ -25,20 +26,9 @@
 /* Read a whole file into a Lua string on the stack, or raise "<fn>: reading file ...". */
 static void push_file(lua_State *L, const char *fn, const char *path)
 {
-    FILE *f = fopen(path, "re");
-    if (!f)
+    const char *failed_to;
+    if (lua_kumo_push_file(L, path, &failed_to) != 0)
         luaL_error(L, "%s: reading file %s: %s", fn, path, strerror(errno));
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        luaL_addlstring(&b, chunk, n);
-    int failed = ferror(f);
-    fclose(f);
-    if (failed)
-        luaL_error(L, "%s: reading file %s: %s", fn, path, strerror(errno));
-    luaL_pushresult(&b);
 }
 
 int lua_serde_json_load(lua_State *L)

@@ -738,23 +738,9 @@ static void open_kumo(struct policy_lua *p)
  * "policy.lua:12:" whole instead of a long path cut short by Lua's 60-byte source ids. */
 static int load_chunk(lua_State *L, const char *path)
 {
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
-        return LUA_ERRFILE;
-    }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        luaL_addlstring(&b, chunk, n);
-    bool failed = ferror(f);
-    fclose(f);
-    luaL_pushresult(&b);
-    if (failed) {
-        lua_pop(L, 1);
-        lua_pushfstring(L, "cannot read %s: %s", path, strerror(errno));
+    const char *failed_to;
+    if (lua_kumo_push_file(L, path, &failed_to) != 0) {
+        lua_pushfstring(L, "cannot %s %s: %s", failed_to, path, strerror(errno));
         return LUA_ERRFILE;
     }
     const char *slash = strrchr(path, '/');
