@@ -5,20 +5,26 @@
 #include <stdint.h>
 #include <string.h>
 
-/* A cursor over the line; every scan_* function advances it past one JSON element and
- * returns false on malformed input. Depth is bounded so hostile nesting cannot recurse
- * the stack away (2048 levels take ~200 KB of the loop thread's stack). */
-struct cursor {
-    const char *p;
-    const char *end;
-    int depth;
-    bool too_deep; /* stopped at JSCAN_MAX_DEPTH, not at a syntax error */
+/* What the scan reads strings with: the line's end, and (when it could be made) a map of
+ * where its quotes and backslashes are. */
+struct scan {
+    const char *line;      /* bit i of stops is line[i] */
+    const char *end;       /* the scan's end: a record's newline is not part of it */
+    const uint64_t *stops; /* NULL: no map, strings are read byte by byte */
+    size_t words;          /* of stops, not counting the zero word after them */
 };
 
-static void skip_ws(struct cursor *c)
+static bool is_ws(char ch)
 {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
-        c->p++;
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+/* Whitespace is rare in kumod's records: the first test (a byte above ' ') ends most calls. */
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (unsigned char)*p <= ' ' && is_ws(*p))
+        p++;
+    return p;
 }
 
 static bool is_hex(char ch)
@@ -31,9 +37,21 @@ static size_t escape_length(const char *p, const char *end)
 {
     if (p + 1 >= end)
         return 0;
-    if (p[1] == 'u')
+    switch (p[1]) {
+    case '"':
+    case '\\':
+    case '/':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+        return 2;
+    case 'u':
         return end - p >= 6 && is_hex(p[2]) && is_hex(p[3]) && is_hex(p[4]) && is_hex(p[5]) ? 6 : 0;
-    return strchr("\"\\/bfnrt", p[1]) && p[1] ? 2 : 0;
+    default:
+        return 0;
+    }
 }
 
 /* The bytes that end a plain stretch of a string: the quote, the backslash, and the
@@ -54,11 +72,10 @@ static uint64_t word_has_stop(uint64_t x)
     return (control | quote | backslash) & BYTES(0x80);
 }
 
-/* Strings are most of a log record's bytes: they are read 8 bytes at a time, and the
- * first stop byte of a word is found from its mask (on a little-endian machine the lowest
- * flag is always a real one: a false flag can only sit above a real one, where the
- * subtraction borrowed). A memchr for the quote, another for a backslash and a byte loop
- * for control bytes cost 2.5 times the instructions (callgrind, the benchmark's records). */
+/* Without a map (a line with a control byte, or a long one), strings are read 8 bytes at a
+ * time, and the first stop byte of a word is found from its mask (on a little-endian
+ * machine the lowest flag is always a real one: a false flag can only sit above a real
+ * one, where the subtraction borrowed). */
 static const char *find_stop(const char *p, const char *end)
 {
     for (; end - p >= 8; p += 8) {
@@ -78,150 +95,253 @@ static const char *find_stop(const char *p, const char *end)
     return p;
 }
 
-static bool scan_string(struct cursor *c)
+/* The first '"' or '\\' at or after p (p <= end), from the map; the end when there is
+ * none (the map has no bits past the end, and a zero word after its last). */
+static inline const char *next_stop(const struct scan *s, const char *p)
 {
-    if (c->p >= c->end || *c->p != '"')
-        return false;
-    const char *p = c->p + 1;
+    size_t i = (size_t)(p - s->line), w = i / 64;
+    uint64_t bits = s->stops[w] >> (i % 64);
+    if (bits)
+        return p + __builtin_ctzll(bits);
+    while (++w < s->words)
+        if (s->stops[w])
+            return s->line + w * 64 + __builtin_ctzll(s->stops[w]);
+    return s->end;
+}
+
+/* The end of the string that opens at p (past its closing quote), or NULL if it is not
+ * one. With the map the line has no control byte, so the next stop is the next quote or
+ * escape, as find_stop would find. */
+static inline const char *string_end(const struct scan *s, const char *p, bool mapped)
+{
+    p++;
     for (;;) {
-        p = find_stop(p, c->end);
-        if (p >= c->end)
-            return false;
-        if (*p == '"') {
-            c->p = p + 1;
-            return true;
-        }
+        p = mapped ? next_stop(s, p) : find_stop(p, s->end);
+        if (p >= s->end)
+            return NULL;
+        if (*p == '"')
+            return p + 1;
         if (*p != '\\')
-            return false; /* a control byte */
-        size_t n = escape_length(p, c->end);
+            return NULL; /* a control byte */
+        size_t n = escape_length(p, s->end);
         if (n == 0)
-            return false;
+            return NULL;
         p += n;
     }
 }
 
-static bool scan_number(struct cursor *c)
+static const char *digits_end(const char *p, const char *end)
 {
-    const char *start = c->p;
-    if (c->p < c->end && *c->p == '-')
-        c->p++;
-    const char *digits = c->p;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
-        c->p++;
-    if (c->p == digits)
-        return false;
-    if (c->p < c->end && *c->p == '.') {
-        c->p++;
-        const char *frac = c->p;
-        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
-            c->p++;
-        if (c->p == frac)
-            return false;
-    }
-    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
-        c->p++;
-        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
-            c->p++;
-        const char *exp = c->p;
-        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
-            c->p++;
-        if (c->p == exp)
-            return false;
-    }
-    return c->p > start;
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p;
 }
 
-static bool scan_literal(struct cursor *c, const char *word)
+/* The end of the number at p, or NULL if it is not one. */
+static const char *number_end(const char *p, const char *end)
 {
-    size_t n = strlen(word);
-    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
-        return false;
-    c->p += n;
+    if (p < end && *p == '-')
+        p++;
+    const char *q = digits_end(p, end);
+    if (q == p)
+        return NULL;
+    p = q;
+    if (p < end && *p == '.') {
+        q = digits_end(p + 1, end);
+        if (q == p + 1)
+            return NULL;
+        p = q;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        q = digits_end(p, end);
+        if (q == p)
+            return NULL;
+        p = q;
+    }
+    return p;
+}
+
+static const char *literal_end(const char *p, const char *end, const char *word, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, word, n) == 0 ? p + n : NULL;
+}
+
+/* The keys the caller wants, and which of them are still to be found. */
+struct wanted {
+    const char *const *keys;
+    size_t count, left;
+};
+
+/* The bit of a key of n bytes (with its quotes) in a set of wanted lengths: n modulo 64,
+ * a filter that lets through a few keys note_key then compares in full. */
+static uint64_t length_bit(size_t n)
+{
+    return 1ULL << (n % 64);
+}
+
+static uint64_t wanted_init(struct wanted *w, const char *const *keys, size_t count,
+                            struct jscan_value *values)
+{
+    *w = (struct wanted){keys, count, count};
+    uint64_t lengths = 0;
+    for (size_t i = 0; i < count; i++) {
+        lengths |= length_bit(strlen(keys[i]) + 2);
+        values[i] = (struct jscan_value){NULL, 0};
+    }
+    return lengths;
+}
+
+/* Match a raw key (with quotes, escapes undecoded) against the wanted names; the first of
+ * duplicate members counts. Keys with escapes never match: KumoMTA writes its field names
+ * plainly. Returns false once every key is found. */
+static bool note_key(struct wanted *w, const char *key, size_t key_len, const char *value,
+                     size_t value_len, struct jscan_value *values)
+{
+    for (size_t i = 0; i < w->count; i++) {
+        if (w->keys[i][0] != key[1] || values[i].raw)
+            continue;
+        size_t n = strlen(w->keys[i]);
+        if (n + 2 == key_len && memcmp(key + 1, w->keys[i], n) == 0) {
+            values[i].raw = value;
+            values[i].len = value_len;
+            return --w->left > 0;
+        }
+    }
     return true;
 }
 
-static bool scan_value(struct cursor *c);
+/* Past whitespace at p (most often there is none: one test says so). */
+#define SKIP_WS(p, end)                                                                            \
+    do {                                                                                           \
+        if ((p) < (end) && (unsigned char)*(p) <= ' ')                                             \
+            (p) = skip_ws((p), (end));                                                             \
+    } while (0)
 
-/* Scans the members of an object or the elements of an array after its opening bracket. */
-static bool scan_container(struct cursor *c, char close, bool is_object)
+/* The whole line, one loop over its elements (no recursion: a hostile line's nesting
+ * costs a bit per level, not a stack frame). kinds has a bit per open container: set for
+ * an object. Depth 1 is the top-level object, whose members' values are noted when their
+ * key's length is one of lengths (see length_bit): most members' length says they are not
+ * wanted. Compiled twice, with and without the map (mapped is a constant in each), so
+ * that the per-string work inlines. */
+static inline __attribute__((always_inline)) bool scan_line(const struct scan *s,
+                                                            struct wanted *want, uint64_t lengths,
+                                                            struct jscan_value *values,
+                                                            bool *too_deep, bool mapped)
 {
-    if (++c->depth > JSCAN_MAX_DEPTH) {
-        c->too_deep = true;
+    const char *p = s->line, *end = s->end;
+    uint64_t kinds[JSCAN_MAX_DEPTH / 64 + 1];
+    int depth = 1;
+    bool object = true; /* the container at depth */
+    const char *key = NULL, *value = NULL;
+    size_t key_len = 0;
+    *too_deep = false;
+    SKIP_WS(p, end);
+    if (p >= end || *p != '{')
         return false;
+    kinds[0] = 2; /* depth 1: an object */
+    p++;
+    SKIP_WS(p, end);
+    if (p < end && *p == '}') {
+        p++;
+        goto done;
     }
-    skip_ws(c);
-    if (c->p < c->end && *c->p == close) {
-        c->p++;
-        c->depth--;
-        return true;
-    }
-    for (;;) {
-        skip_ws(c);
-        if (is_object) {
-            if (!scan_string(c))
-                return false;
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != ':')
-                return false;
-            c->p++;
-            skip_ws(c);
-        }
-        if (!scan_value(c))
-            return false;
-        skip_ws(c);
-        if (c->p >= c->end)
-            return false;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p != close)
-            return false;
-        c->p++;
-        c->depth--;
-        return true;
-    }
-}
-
-static bool scan_value(struct cursor *c)
-{
-    if (c->p >= c->end)
+member: /* in an object, before a key */
+    SKIP_WS(p, end);
+    if (p >= end || *p != '"')
         return false;
-    switch (*c->p) {
+    if (depth == 1)
+        key = p;
+    if (!(p = string_end(s, p, mapped)))
+        return false;
+    if (depth == 1)
+        key_len = (size_t)(p - key);
+    SKIP_WS(p, end);
+    if (p >= end || *p != ':')
+        return false;
+    p++;
+value: /* before a value, in the container at depth */
+    SKIP_WS(p, end);
+    if (p >= end)
+        return false;
+    if (depth == 1)
+        value = p;
+    switch (*p) {
     case '"':
-        return scan_string(c);
+        p = string_end(s, p, mapped);
+        break;
     case '{':
-        c->p++;
-        return scan_container(c, '}', true);
     case '[':
-        c->p++;
-        return scan_container(c, ']', false);
+        object = *p == '{';
+        if (++depth > JSCAN_MAX_DEPTH) {
+            *too_deep = true;
+            return false;
+        }
+        kinds[depth / 64] = object ? kinds[depth / 64] | 1ULL << (depth % 64)
+                                   : kinds[depth / 64] & ~(1ULL << (depth % 64));
+        p++;
+        SKIP_WS(p, end);
+        if (p < end && *p == (object ? '}' : ']')) {
+            p++;
+            depth--;
+            object = kinds[depth / 64] >> (depth % 64) & 1;
+            break;
+        }
+        if (object)
+            goto member;
+        goto value;
     case 't':
-        return scan_literal(c, "true");
+        p = literal_end(p, end, "true", 4);
+        break;
     case 'f':
-        return scan_literal(c, "false");
+        p = literal_end(p, end, "false", 5);
+        break;
     case 'n':
-        return scan_literal(c, "null");
+        p = literal_end(p, end, "null", 4);
+        break;
     default:
-        return scan_number(c);
+        p = number_end(p, end);
+        break;
     }
+    if (!p)
+        return false;
+after: /* a value ended at p, in the container at depth */
+    if (depth == 1 && lengths & length_bit(key_len) &&
+        !note_key(want, key, key_len, value, (size_t)(p - value), values))
+        lengths = 0; /* every key found */
+    SKIP_WS(p, end);
+    if (p >= end)
+        return false;
+    if (*p == ',') {
+        p++;
+        if (object)
+            goto member;
+        goto value;
+    }
+    if (*p != (object ? '}' : ']'))
+        return false;
+    p++;
+    if (--depth > 0) {
+        object = kinds[depth / 64] >> (depth % 64) & 1;
+        goto after;
+    }
+done:
+    SKIP_WS(p, end);
+    return p == end;
 }
 
-/* Match a raw key (with quotes, escapes undecoded) against the wanted names. Keys with
- * escapes never match: KumoMTA writes its field names plainly. */
-static void note_key(const char *key, size_t key_len, const char *value, size_t value_len,
-                     const char *const *keys, size_t key_count, struct jscan_value *values)
+static bool scan_mapped(const struct scan *s, struct wanted *want, uint64_t lengths,
+                        struct jscan_value *values, bool *too_deep)
 {
-    for (size_t i = 0; i < key_count; i++) {
-        if (keys[i][0] != key[1] || values[i].raw)
-            continue; /* most members: first letter differs */
-        size_t n = strlen(keys[i]);
-        if (n + 2 == key_len && memcmp(key + 1, keys[i], n) == 0) {
-            values[i].raw = value;
-            values[i].len = value_len;
-            return;
-        }
-    }
+    return scan_line(s, want, lengths, values, too_deep, true);
+}
+
+static bool scan_bytes(const struct scan *s, struct wanted *want, uint64_t lengths,
+                       struct jscan_value *values, bool *too_deep)
+{
+    return scan_line(s, want, lengths, values, too_deep, false);
 }
 
 bool jscan_object(const char *line, size_t len, const char *const *keys, size_t key_count,
@@ -231,60 +351,91 @@ bool jscan_object(const char *line, size_t len, const char *const *keys, size_t 
     return jscan_object_depth(line, len, keys, key_count, values, &too_deep);
 }
 
-static bool scan_object(struct cursor *c, const char *const *keys, size_t key_count,
-                        struct jscan_value *values);
+/* Lines up to this long get a map of their stops (on the stack); longer ones are read byte
+ * by byte. */
+enum { STOP_MAP_WORDS = 16384 / 64 };
+
+/* A map of where the quotes and backslashes of a line are, 64 bytes at a time, lets
+ * string_end jump from one to the next with a count of trailing zeros: a record's ~60
+ * strings then cost a few instructions each instead of a loop over their bytes. */
+#ifdef __SSE2__
+#include <emmintrin.h>
+
+/* Bit i of *stops: p[i] is '"' or '\\'. Returns nonzero when one of the 64 bytes is a
+ * control byte. */
+static uint64_t block_masks(const char *p, uint64_t *stops)
+{
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i below = _mm_set1_epi8(0x1f);
+    __m128i control = _mm_setzero_si128();
+    uint64_t bits = 0;
+    for (int k = 0; k < 4; k++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
+        __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+        bits |= (uint64_t)(unsigned)_mm_movemask_epi8(stop) << (16 * k);
+        control = _mm_or_si128(control, _mm_cmpeq_epi8(_mm_min_epu8(v, below), v));
+    }
+    *stops = bits;
+    return (uint64_t)_mm_movemask_epi8(control);
+}
+#else
+static uint64_t block_masks(const char *p, uint64_t *stops)
+{
+    uint64_t bits = 0, control = 0;
+    for (int k = 0; k < 64; k++) {
+        unsigned char ch = (unsigned char)p[k];
+        bits |= (uint64_t)(ch == '"' || ch == '\\') << k;
+        control |= ch < 0x20;
+    }
+    *stops = bits;
+    return control;
+}
+#endif
+
+/* Fills stops[] for line[0..len) (len at most STOP_MAP_WORDS * 64) and a zero word after
+ * them. Returns false when the line holds a control byte: a string may not, so only the
+ * byte-by-byte read tells where such a line goes wrong (or that it is whitespace). */
+static bool map_stops(const char *line, size_t len, uint64_t *stops)
+{
+    size_t w = 0;
+    for (; len - w * 64 >= 64; w++)
+        if (block_masks(line + w * 64, &stops[w]))
+            return false;
+    size_t rest = len - w * 64;
+    if (rest > 0) {
+        char tail[64];
+        memset(tail, ' ', sizeof(tail)); /* neither a stop nor a control byte */
+        memcpy(tail, line + w * 64, rest);
+        if (block_masks(tail, &stops[w++]))
+            return false;
+    }
+    stops[w] = 0;
+    return true;
+}
 
 bool jscan_object_depth(const char *line, size_t len, const char *const *keys, size_t key_count,
                         struct jscan_value *values, bool *too_deep)
 {
-    struct cursor c = {line, line + len, 1, false};
-    bool ok = scan_object(&c, keys, key_count, values);
-    *too_deep = !ok && c.too_deep;
-    return ok;
+    struct wanted want;
+    uint64_t lengths = wanted_init(&want, keys, key_count, values);
+    /* Records end in a newline, a control byte that only the last skip_ws would read. */
+    size_t body = len > 0 && line[len - 1] == '\n' ? len - 1 : len;
+    uint64_t stops[STOP_MAP_WORDS + 1];
+    if (body <= STOP_MAP_WORDS * 64 && map_stops(line, body, stops)) {
+        struct scan s = {line, line + body, stops, (body + 63) / 64};
+        return scan_mapped(&s, &want, lengths, values, too_deep);
+    }
+    struct scan s = {line, line + len, NULL, 0};
+    return scan_bytes(&s, &want, lengths, values, too_deep);
 }
 
-static bool scan_object(struct cursor *c, const char *const *keys, size_t key_count,
-                        struct jscan_value *values)
+bool jscan_object_bytewise(const char *line, size_t len, const char *const *keys, size_t key_count,
+                           struct jscan_value *values, bool *too_deep)
 {
-    for (size_t i = 0; i < key_count; i++)
-        values[i] = (struct jscan_value){NULL, 0};
-    skip_ws(c);
-    if (c->p >= c->end || *c->p != '{')
-        return false;
-    c->p++;
-    skip_ws(c);
-    if (c->p < c->end && *c->p == '}') {
-        c->p++;
-    } else {
-        for (;;) {
-            skip_ws(c);
-            const char *key = c->p;
-            if (!scan_string(c))
-                return false;
-            size_t key_len = (size_t)(c->p - key);
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != ':')
-                return false;
-            c->p++;
-            skip_ws(c);
-            const char *value = c->p;
-            if (!scan_value(c))
-                return false;
-            note_key(key, key_len, value, (size_t)(c->p - value), keys, key_count, values);
-            skip_ws(c);
-            if (c->p < c->end && *c->p == ',') {
-                c->p++;
-                continue;
-            }
-            if (c->p < c->end && *c->p == '}') {
-                c->p++;
-                break;
-            }
-            return false;
-        }
-    }
-    skip_ws(c);
-    return c->p == c->end;
+    struct wanted want;
+    uint64_t lengths = wanted_init(&want, keys, key_count, values);
+    struct scan s = {line, line + len, NULL, 0};
+    return scan_bytes(&s, &want, lengths, values, too_deep);
 }
 
 static int hex_value(char ch)
@@ -335,13 +486,18 @@ long jscan_string(const struct jscan_value *value, char *out, size_t cap)
     const char *end = value->raw + value->len - 1;
     size_t n = 0;
     while (p < end) {
-        char tmp[4];
+        /* The plain stretch up to the next escape in one copy: most values have none. */
+        const char *stop = memchr(p, '\\', (size_t)(end - p));
+        size_t run = (size_t)((stop ? stop : end) - p);
+        size_t room = cap - 1 - n;
+        memcpy(out + n, p, run < room ? run : room);
+        n += run < room ? run : room;
+        p += run;
+        if (p == end)
+            break;
+        char tmp[4]; /* p is at a backslash */
         size_t tmp_len = 1;
-        if (*p == '\\') {
-            p += 1 + decode_escape(p + 1, end, tmp, &tmp_len);
-        } else {
-            tmp[0] = *p++;
-        }
+        p += 1 + decode_escape(p + 1, end, tmp, &tmp_len);
         for (size_t i = 0; i < tmp_len && n + 1 < cap; i++)
             out[n++] = tmp[i];
     }

@@ -33,6 +33,12 @@ bool jscan_object(const char *line, size_t len, const char *const *keys, size_t 
 bool jscan_object_depth(const char *line, size_t len, const char *const *keys, size_t key_count,
                         struct jscan_value *values, bool *too_deep);
 
+/* jscan_object_depth without its map of quotes and backslashes: every string read byte
+ * by byte, as it does for a line with a control byte or longer than 16 KiB. The fuzz target checks that both read
+ * every line alike. */
+bool jscan_object_bytewise(const char *line, size_t len, const char *const *keys,
+                           size_t key_count, struct jscan_value *values, bool *too_deep);
+
 /* Decode a raw JSON string value (with quotes) into out (NUL-terminated, truncated to
  * cap-1 bytes). Returns the decoded length, or -1 if value is not a string. */
 long jscan_string(const struct jscan_value *value, char *out, size_t cap);

@@ -384,3 +384,55 @@ Test(jscan, deep_nesting_bounded)
     free(broken);
     expect_too_deep("not json", 8, false);
 }
+
+/* Both ways of reading strings (the map of quotes and backslashes, and byte by byte) find
+ * the same values and the same verdict, here where the map has edges: strings across its
+ * 64-byte words, escaped quotes and backslashes at a word's end, a line just at and past
+ * the 16 KiB the map covers, and control bytes (which send a line to the bytewise read). */
+static void expect_same(const char *line, size_t len, bool ok)
+{
+    struct jscan_value fast[K_COUNT], slow[K_COUNT];
+    bool fast_deep, slow_deep;
+    bool got = jscan_object_depth(line, len, record_keys, K_COUNT, fast, &fast_deep);
+    cr_assert_eq(got, ok, "verdict %d, want %d: %.*s", got, ok, (int)(len < 200 ? len : 200), line);
+    cr_assert_eq(jscan_object_bytewise(line, len, record_keys, K_COUNT, slow, &slow_deep), got);
+    cr_assert_eq(fast_deep, slow_deep);
+    for (int i = 0; ok && i < K_COUNT; i++)
+        cr_assert(fast[i].raw == slow[i].raw && fast[i].len == slow[i].len, "key %d differs", i);
+}
+
+Test(jscan, stop_map_edges)
+{
+    char line[20000];
+    for (size_t pad = 0; pad < 70; pad++) {
+        /* The queue's escapes land on every position of a map word in turn. */
+        int n = snprintf(line, sizeof(line),
+                         "{\"x\":\"%*s\",\"queue\":\"a\\\"b\\\\\",\"type\":\"t\"}\n", (int)pad, "");
+        expect_same(line, (size_t)n, true);
+        struct jscan_value v[K_COUNT];
+        cr_assert(jscan_object(line, (size_t)n, record_keys, K_COUNT, v));
+        expect_raw(&v[K_QUEUE], "\"a\\\"b\\\\\"");
+        line[n - 3] = '\\'; /* "t\} : the last string never ends */
+        expect_same(line, (size_t)n, false);
+    }
+    /* At the map's size and one byte past it (the newline is not counted). */
+    for (size_t size = 16382; size <= 16386; size++) {
+        size_t body = size - 1;
+        memcpy(line, "{\"type\":\"", 9);
+        memset(line + 9, 'a', body - 9 - 2);
+        memcpy(line + body - 2, "\"}\n", 3);
+        expect_same(line, size, true);
+        line[body - 2] = 'a'; /* no closing quote */
+        expect_same(line, size, false);
+    }
+    /* Control bytes: whitespace between members is fine, inside a string it is not. */
+    expect_same("{\"type\":\r\n\t\"t\"}\n", 16, true);
+    expect_same("{\"type\":\"t\tab\"}\n", 16, false);
+    expect_same("{\"type\":\"t\"}\n\n", 14, true);
+    expect_same("{\"type\":\"t\"} x\n", 15, false);
+    expect_same("{\"type\":\"t\"}", 12, true);
+    expect_same("{\"type\":\"t", 10, false);
+    expect_same("{\"type\":\"t\\", 11, false);
+    expect_same("{\"type\":\"\\u00e9\\uD83D\\uDE00\"}\n", 30, true);
+    expect_same("{\"type\":\"\\u00g9\"}\n", 18, false);
+}
