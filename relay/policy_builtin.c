@@ -12,6 +12,8 @@
 
 struct builtin {
     struct subject_template subject;
+    bool uses[SUBJECT_FIELD_COUNT]; /* the placeholders the template has */
+    bool uses_queue;                /* {queue} or one of its parts */
     char *relay_id;
     bool skip_log_hook_records;
     struct policy_env env;
@@ -31,6 +33,12 @@ struct builtin *builtin_create(const struct config *cfg, const struct policy_env
         free(b);
         return NULL;
     }
+    for (size_t i = 0; i < b->subject.part_count; i++)
+        if (b->subject.parts[i].is_field)
+            b->uses[b->subject.parts[i].field] = true;
+    b->uses_queue = b->uses[SUBJECT_FIELD_QUEUE] || b->uses[SUBJECT_FIELD_DOMAIN] ||
+                    b->uses[SUBJECT_FIELD_TENANT] || b->uses[SUBJECT_FIELD_CAMPAIGN] ||
+                    b->uses[SUBJECT_FIELD_ROUTING_DOMAIN];
     b->relay_id = xstrdup(cfg->relay_id);
     b->skip_log_hook_records = cfg->skip_log_hook_records != 0;
     return b;
@@ -53,18 +61,22 @@ struct record_fields {
     bool too_deep; /* not read: nested deeper than JSCAN_MAX_DEPTH */
 };
 
-static bool read_fields(const struct segment_record *rec, struct record_fields *f)
+/* A missing or non-string field, or one the subject does not use, renders as "_". */
+static void decode(const struct jscan_value *value, bool used, char *out, size_t cap)
+{
+    if (!used || jscan_string(value, out, cap) < 0)
+        out[0] = '\0';
+}
+
+static bool read_fields(const struct builtin *b, const struct segment_record *rec,
+                        struct record_fields *f)
 {
     struct jscan_value values[KEY_COUNT];
     if (!jscan_object_depth(rec->data, rec->len, record_keys, KEY_COUNT, values, &f->too_deep))
         return false;
-    /* A missing or non-string field renders as "_". */
-    if (jscan_string(&values[KEY_TYPE], f->type, sizeof(f->type)) < 0)
-        f->type[0] = '\0';
-    if (jscan_string(&values[KEY_QUEUE], f->queue, sizeof(f->queue)) < 0)
-        f->queue[0] = '\0';
-    if (jscan_string(&values[KEY_NODEID], f->nodeid, sizeof(f->nodeid)) < 0)
-        f->nodeid[0] = '\0';
+    decode(&values[KEY_TYPE], b->uses[SUBJECT_FIELD_TYPE], f->type, sizeof(f->type));
+    decode(&values[KEY_QUEUE], b->uses_queue, f->queue, sizeof(f->queue));
+    decode(&values[KEY_NODEID], b->uses[SUBJECT_FIELD_NODEID], f->nodeid, sizeof(f->nodeid));
     const struct jscan_value *proto = &values[KEY_RECEPTION_PROTOCOL];
     f->log_hook = proto->raw && proto->len == 11 && memcmp(proto->raw, "\"LogRecord\"", 11) == 0;
     return true;
@@ -82,7 +94,7 @@ enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *re
     values.field[SUBJECT_FIELD_RELAY_ID] = b->relay_id;
     struct record_fields fields;
     bool is_json =
-        (b->subject.needs_record || b->skip_log_hook_records) && read_fields(rec, &fields);
+        (b->subject.needs_record || b->skip_log_hook_records) && read_fields(b, rec, &fields);
     /* kumod logs the deliveries of its own log hooks with reception_protocol LogRecord;
      * its hooks never see those, and neither does this policy by default. */
     if (is_json && fields.log_hook && b->skip_log_hook_records) {
@@ -96,8 +108,9 @@ enum policy_verdict builtin_handle(struct builtin *b, struct inflight_record *re
             reason->text = fields.too_deep ? xstrdup(JSCAN_TOO_DEEP) : xstrdup("not JSON");
             return POLICY_DEADLETTER;
         }
-        struct queue_parts q;
-        subject_parse_queue(fields.queue, fields.queue_parts_buf, &q);
+        struct queue_parts q = {"", "", "", ""};
+        if (b->uses_queue)
+            subject_parse_queue(fields.queue, fields.queue_parts_buf, &q);
         values.field[SUBJECT_FIELD_TYPE] = fields.type;
         values.field[SUBJECT_FIELD_QUEUE] = fields.queue;
         values.field[SUBJECT_FIELD_DOMAIN] = q.domain;
