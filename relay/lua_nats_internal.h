@@ -1,0 +1,32 @@
+/* What lua_nats.c (the client object: publish and its acks) and lua_nats_connect.c
+ * (kumo.nats.connect and the connections) share. Private to those two files. */
+#ifndef RELAY_LUA_NATS_INTERNAL_H
+#define RELAY_LUA_NATS_INTERNAL_H
+
+#include "lua_nats.h"
+
+#include <lua.h>
+#include <stdbool.h>
+
+#define CLIENT_META "kumo.nats.client"
+
+struct lua_nats_client {
+    char *key; /* the canonical connect configuration: equal keys share the connection */
+    struct publisher *pub; /* NULL under --check */
+    struct lua_nats *nats;
+};
+
+/* The userdata a policy holds; several may point at one shared client. */
+struct client_handle {
+    struct lua_nats_client *client;
+    bool closed;
+};
+
+/* kumo.nats.connect; its upvalue is the struct lua_nats. */
+int lua_nats_connect(lua_State *L);
+
+/* Raises "<what>: unknown key "<key>"" for a key of the table at idx not in allowed
+ * (NULL-terminated). */
+void lua_nats_check_keys(lua_State *L, int idx, const char *const *allowed, const char *what);
+
+#endif
