@@ -5,7 +5,6 @@
 #include "config.h"
 #include "lua_kumo.h"
 #include "nats_auth.h"
-#include "nkey.h"
 #include "policy.h"
 #include "publish.h"
 #include "secret.h"
@@ -151,19 +150,18 @@ void lua_nats_check_keys(lua_State *L, int idx, const char *const *allowed, cons
     }
 }
 
-/* What one connect call asked for. It lives in a userdata whose __gc frees (and wipes)
- * it, so that a Lua error half way leaks nothing. */
-struct connect_spec {
-    char **servers;
-    size_t server_count;
-    char *name;
-    char *user, *password, *token; /* secrets: wiped when freed */
-    char *nkey_seed, *creds;       /* paths */
-    char *tls_ca, *tls_cert, *tls_key;
-    bool tls_required;
-};
-
 #define SPEC_META "kumo-nats-relay.connect_spec"
+
+/* The messages of the rules shared with the nats: section, in this API's words. */
+static const struct nats_auth_names connect_auth_names = {
+    .section = "kumo.nats.connect",
+    .user = "auth.username",
+    .password = "auth.password",
+    .ways = "auth.username and auth.password, auth.token, nkey_seed or creds",
+    .tls_section = "kumo.nats.connect",
+    .cert = "client_cert",
+    .key = "client_key",
+};
 
 static void spec_free(struct connect_spec *spec)
 {
@@ -171,14 +169,7 @@ static void spec_free(struct connect_spec *spec)
         free(spec->servers[i]);
     free(spec->servers);
     free(spec->name);
-    secret_free(spec->user);
-    secret_free(spec->password);
-    secret_free(spec->token);
-    free(spec->nkey_seed);
-    free(spec->creds);
-    free(spec->tls_ca);
-    free(spec->tls_cert);
-    free(spec->tls_key);
+    nats_auth_free(&spec->auth);
     memset(spec, 0, sizeof(*spec));
 }
 
@@ -270,27 +261,23 @@ static void read_servers(lua_State *L, int idx, struct connect_spec *spec)
     lua_pop(L, 1);
 }
 
-static void read_auth(lua_State *L, int idx, struct connect_spec *spec)
+static void read_auth(lua_State *L, int idx, struct nats_auth *auth)
 {
     if (lua_getfield(L, idx, "auth") == LUA_TNIL) {
         lua_pop(L, 1);
         return;
     }
-    int auth = lua_gettop(L);
-    luaL_checktype(L, auth, LUA_TTABLE);
+    int at = lua_gettop(L);
+    luaL_checktype(L, at, LUA_TTABLE);
     static const char *const auth_keys[] = {"username", "password", "token", NULL};
-    lua_nats_check_keys(L, auth, auth_keys, "kumo.nats.connect auth");
-    if (lua_getfield(L, auth, "username") != LUA_TNIL)
-        spec->user = key_source(L, lua_gettop(L), "auth.username");
-    if (lua_getfield(L, auth, "password") != LUA_TNIL)
-        spec->password = key_source(L, lua_gettop(L), "auth.password");
-    if (lua_getfield(L, auth, "token") != LUA_TNIL)
-        spec->token = key_source(L, lua_gettop(L), "auth.token");
+    lua_nats_check_keys(L, at, auth_keys, "kumo.nats.connect auth");
+    if (lua_getfield(L, at, "username") != LUA_TNIL)
+        auth->user = key_source(L, lua_gettop(L), "auth.username");
+    if (lua_getfield(L, at, "password") != LUA_TNIL)
+        auth->password = key_source(L, lua_gettop(L), "auth.password");
+    if (lua_getfield(L, at, "token") != LUA_TNIL)
+        auth->token = key_source(L, lua_gettop(L), "auth.token");
     lua_pop(L, 4);
-    if (!spec->user != !spec->password)
-        luaL_error(L, "kumo.nats.connect: auth.username and auth.password go together");
-    if (spec->user && spec->token)
-        luaL_error(L, "kumo.nats.connect: auth takes username and password, or token, not both");
 }
 
 /* A path key (certificate, client_key, creds, nkey_seed): a string naming a file the
@@ -305,51 +292,42 @@ static char *read_path(lua_State *L, int idx, const char *key)
     if (type != LUA_TSTRING)
         luaL_error(L, "kumo.nats.connect: %s must be a file path", key);
     const char *path = lua_tostring(L, -1);
-    if (access(path, R_OK) != 0)
-        luaL_error(L, "kumo.nats.connect: %s: cannot read %s: %s", key, path, strerror(errno));
+    char *err = nats_auth_check_file(key, path, strcmp(key, "nkey_seed") == 0);
+    if (err) {
+        lua_pushfstring(L, "kumo.nats.connect: %s", err);
+        free(err);
+        lua_error(L);
+    }
     char *copy = xstrdup(path);
     lua_pop(L, 1);
     return copy;
 }
 
-static void read_tls_and_keys(lua_State *L, int idx, struct connect_spec *spec)
+static void read_tls_and_keys(lua_State *L, int idx, struct nats_auth *auth)
 {
     if (lua_getfield(L, idx, "tls_required") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TBOOLEAN);
-        spec->tls_required = lua_toboolean(L, -1);
+        auth->tls_required = lua_toboolean(L, -1);
     }
     lua_pop(L, 1);
-    spec->tls_ca = read_path(L, idx, "certificate");
-    spec->tls_cert = read_path(L, idx, "client_cert");
-    spec->tls_key = read_path(L, idx, "client_key");
-    spec->creds = read_path(L, idx, "creds");
-    spec->nkey_seed = read_path(L, idx, "nkey_seed");
-    if (!spec->tls_cert != !spec->tls_key)
-        luaL_error(L, "kumo.nats.connect: client_cert and client_key go together");
-    int ways = !!spec->user + !!spec->token + !!spec->creds + !!spec->nkey_seed;
-    if (ways > 1)
-        luaL_error(L, "kumo.nats.connect: authenticate one way only: auth, creds or nkey_seed");
-    char pub[NKEY_PUBLIC_LEN + 1], *err = NULL;
-    if (spec->nkey_seed && nkey_public_from_file(spec->nkey_seed, pub, &err) != 0) {
-        lua_pushfstring(L, "kumo.nats.connect: nkey_seed: %s", err);
-        free(err);
-        lua_error(L);
-    }
+    auth->tls_ca = read_path(L, idx, "certificate");
+    auth->tls_cert = read_path(L, idx, "client_cert");
+    auth->tls_key = read_path(L, idx, "client_key");
+    auth->creds = read_path(L, idx, "creds");
+    auth->nkey_seed = read_path(L, idx, "nkey_seed");
 }
 
-static struct nats_auth spec_auth(const struct connect_spec *spec)
+/* The first of the shared rules' errors, raised. */
+static void check_auth(lua_State *L, const struct nats_auth *auth)
 {
-    return (struct nats_auth){
-        .user = spec->user,
-        .password = spec->password,
-        .token = spec->token,
-        .nkey_seed = spec->nkey_seed,
-        .creds = spec->creds,
-        .tls_ca = spec->tls_ca,
-        .tls_cert = spec->tls_cert,
-        .tls_key = spec->tls_key,
-        .tls_required = spec->tls_required,
-    };
+    char *errors[NATS_AUTH_MAX_ERRORS];
+    size_t n = nats_auth_check(auth, &connect_auth_names, errors);
+    if (n == 0)
+        return;
+    lua_pushstring(L, errors[0]);
+    for (size_t i = 0; i < n; i++)
+        free(errors[i]);
+    lua_error(L);
 }
 
 static const char *or_empty(const char *s)
@@ -367,10 +345,11 @@ static char *spec_key(const struct connect_spec *spec)
         free(key);
         key = next;
     }
+    const struct nats_auth *a = &spec->auth;
     char *full = xasprintf("%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%d", key, or_empty(spec->name),
-                           or_empty(spec->user), or_empty(spec->password), or_empty(spec->token),
-                           or_empty(spec->nkey_seed), or_empty(spec->creds), or_empty(spec->tls_ca),
-                           or_empty(spec->tls_cert), or_empty(spec->tls_key), spec->tls_required);
+                           or_empty(a->user), or_empty(a->password), or_empty(a->token),
+                           or_empty(a->nkey_seed), or_empty(a->creds), or_empty(a->tls_ca),
+                           or_empty(a->tls_cert), or_empty(a->tls_key), a->tls_required);
     free(key);
     return full;
 }
@@ -394,7 +373,7 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
             .server_count = spec->server_count,
             .name = spec->name ? spec->name : "kumo-nats-relay",
             .ack_timeout_ms = nats->cfg->ack_timeout_ms,
-            .auth = spec_auth(spec),
+            .auth = spec->auth,
             .streams = nats->env->streams,
         };
         char *err = NULL;
@@ -413,20 +392,28 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
     return client;
 }
 
+struct connect_spec *lua_nats_read_spec(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_nats_check_keys(L, idx, connect_keys, "kumo.nats.connect");
+    check_types(L, idx);
+    struct connect_spec *spec = push_spec(L);
+    read_servers(L, idx, spec);
+    if (lua_getfield(L, idx, "name") == LUA_TSTRING)
+        spec->name = xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    read_auth(L, idx, &spec->auth);
+    read_tls_and_keys(L, idx, &spec->auth);
+    check_auth(L, &spec->auth);
+    return spec;
+}
+
 int lua_nats_connect(lua_State *L)
 {
     struct lua_nats *nats = lua_touserdata(L, lua_upvalueindex(1));
-    luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lua_nats_check_keys(L, 1, connect_keys, "kumo.nats.connect");
-    check_types(L, 1);
-    struct connect_spec *spec = push_spec(L);
-    read_servers(L, 1, spec);
-    if (lua_getfield(L, 1, "name") == LUA_TSTRING)
-        spec->name = xstrdup(lua_tostring(L, -1));
-    lua_pop(L, 1);
-    read_auth(L, 1, spec);
-    read_tls_and_keys(L, 1, spec);
+    struct connect_spec *spec = lua_nats_read_spec(L, 1);
     struct lua_nats_client *client = find_or_open(L, nats, spec);
     spec_free(spec);
     struct client_handle *h = lua_newuserdatauv(L, sizeof(*h), 0);
