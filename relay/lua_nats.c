@@ -113,7 +113,6 @@ static int publish_resumed(lua_State *L, int status, lua_KContext ctx)
     return 1;
 }
 
-/* __index of an ack table whose ack has not come yet: wait for this one ack. */
 /* Polls the publisher until the ack of id has come (or failed), for a reader that
  * cannot yield: the loop stops meanwhile, for AWAIT_LIMIT_MS at most. */
 static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
@@ -132,28 +131,10 @@ static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integ
     }
 }
 
-static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
-{
-    poll_for_ack(L, client, id);
-    lua_settop(L, 2);
-    lua_rawget(L, 1);
-    return 1;
-}
-
+/* __index of an ack table whose ack has not come yet: wait for this one ack. */
 static int await_index(lua_State *L)
 {
-    return wait_ack(L, lua_touserdata(L, lua_upvalueindex(1)),
-                    lua_tointeger(L, lua_upvalueindex(2)));
-}
-
-/* Where a lazy table read that yielded goes on: the ack filled the table (lua_nats_acked),
- * or the publish failed and the read raises its error, as publish itself would have. */
-static int lazy_resumed(lua_State *L, int status, lua_KContext ctx)
-{
-    (void)status;
-    (void)ctx;
-    if (!lua_toboolean(L, -2))
-        return lua_error(L);
+    poll_for_ack(L, lua_touserdata(L, lua_upvalueindex(1)), lua_tointeger(L, lua_upvalueindex(2)));
     lua_settop(L, 2);
     lua_rawget(L, 1);
     return 1;
@@ -182,18 +163,6 @@ static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Int
     return false;
 }
 
-/* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
- * under pcall is; where it cannot yield, it waits as await_index does. */
-static int lazy_index(lua_State *L)
-{
-    struct lua_nats_client *client;
-    lua_Integer id;
-    lua_settop(L, 2);
-    if (lazy_parkable(L, &client, &id))
-        return lua_yieldk(L, 0, 0, lazy_resumed);
-    return wait_ack(L, client, id);
-}
-
 static int push_next(lua_State *L)
 {
     lua_settop(L, 1);
@@ -203,25 +172,49 @@ static int push_next(lua_State *L)
     return 3;
 }
 
-static int lazy_pairs_resumed(lua_State *L, int status, lua_KContext ctx)
+enum lazy_read { LAZY_INDEX, LAZY_PAIRS };
+
+/* Where a lazy table read goes on once the ack came: the ack filled the table
+ * (lua_nats_acked), or the publish failed and the read raises its error, as publish itself
+ * would have. */
+static int lazy_resumed(lua_State *L, int status, lua_KContext read)
 {
     (void)status;
-    (void)ctx;
     if (!lua_toboolean(L, -2))
         return lua_error(L);
-    return push_next(L);
+    if (read == LAZY_PAIRS)
+        return push_next(L);
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* Waits for the ack of the lazy table at 1: parked, as a publish under pcall is, where the
+ * hook may yield; else polling, as await_index does, and going on as if resumed. */
+static int lazy_wait(lua_State *L, enum lazy_read read)
+{
+    struct lua_nats_client *client;
+    lua_Integer id;
+    if (lazy_parkable(L, &client, &id))
+        return lua_yieldk(L, 0, read, lazy_resumed);
+    poll_for_ack(L, client, id);
+    lua_pushboolean(L, 1);
+    lua_pushnil(L);
+    return lazy_resumed(L, LUA_OK, read);
+}
+
+/* __index of a lazy publish's table: the field, once the ack has filled the table. */
+static int lazy_index(lua_State *L)
+{
+    lua_settop(L, 2);
+    return lazy_wait(L, LAZY_INDEX);
 }
 
 /* __pairs: iterating waits for the ack as a field read does, then sees kumod's fields. */
 static int lazy_pairs(lua_State *L)
 {
-    struct lua_nats_client *client;
-    lua_Integer id;
     lua_settop(L, 1);
-    if (lazy_parkable(L, &client, &id))
-        return lua_yieldk(L, 0, 0, lazy_pairs_resumed);
-    poll_for_ack(L, client, id);
-    return push_next(L);
+    return lazy_wait(L, LAZY_PAIRS);
 }
 
 void lua_nats_resolve(lua_State *L, int idx)
