@@ -118,7 +118,7 @@ static void notice_stop_signal(struct hook_watchdog *w, const struct snapshot *s
 static void report_stuck(struct hook_watchdog *w, const struct snapshot *s)
 {
     if (s->has_record)
-        poison_mark_stuck(s->segment, s->offset);
+        poison_mark_stuck(w->poison, s->segment, s->offset);
     atomic_store(&w->stuck_seq, s->seq);
     log_error("policy hook has not returned, /healthz answers 503 until it does event=%s "
               "running_s=%" PRIu64 " segment=%s offset=%" PRIu64,
@@ -128,10 +128,10 @@ static void report_stuck(struct hook_watchdog *w, const struct snapshot *s)
 
 /* The last resort: the hook ignores the shortened budget (it is in C code), and the stop
  * may wait no longer. The checkpoint on disk covers acknowledged records only. */
-static void exit_stuck(const struct snapshot *s)
+static void exit_stuck(struct hook_watchdog *w, const struct snapshot *s)
 {
     if (s->has_record)
-        poison_mark_stuck(s->segment, s->offset);
+        poison_mark_stuck(w->poison, s->segment, s->offset);
     log_error("policy hook did not return within shutdown_timeout of the stop, exiting now; "
               "the checkpoint stays as it was, unacknowledged records are read again at the "
               "next start event=%s running_s=%" PRIu64 " segment=%s offset=%" PRIu64,
@@ -151,7 +151,7 @@ static void *watch(void *arg)
         bool running = take_snapshot(w, &s);
         if (judged && (!running || s.seq != judged)) {
             atomic_store(&w->stuck_seq, 0);
-            poison_unmark_stuck();
+            poison_unmark_stuck(w->poison);
             log_info("policy hook returned after all, /healthz follows the relay again");
             judged = 0;
         }
@@ -166,14 +166,15 @@ static void *watch(void *arg)
          * of shutdown_timeout) gets a moment: Lua runs under a short budget by now. */
         if (hook_watchdog_stopping(w) && s.ran_ms >= STUCK_AFTER_STOP_MS &&
             loop_now_ms() - atomic_load(&w->stop_ms) >= w->shutdown_timeout_ms)
-            exit_stuck(&s);
+            exit_stuck(w, &s);
     }
     return NULL;
 }
 
-void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout)
+void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout, struct poison *poison)
 {
     w->shutdown_timeout_ms = shutdown_timeout;
+    w->poison = poison;
     atomic_store(&w->quit, false);
     /* Signals stay blocked in this thread too (the mask is inherited). */
     if (pthread_create(&w->thread, NULL, watch, w) != 0) {

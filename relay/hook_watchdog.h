@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 struct inflight_record;
+struct poison;
 
 enum { HOOK_WATCHDOG_LIMIT_MS = 5000 };
 
@@ -39,13 +40,16 @@ struct hook_watchdog {
     atomic_uint_fast64_t stuck_seq; /* the hook judged stuck (its seq), or 0 */
 
     uint64_t shutdown_timeout_ms;
+    struct poison *poison; /* where a stuck hook's record is named */
     pthread_t thread;
     bool thread_running;
     atomic_bool quit;
 };
 
-/* Start the watching thread (the daemon and --once); hooks run without it too. */
-void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout_ms);
+/* Start the watching thread (the daemon and --once); hooks run without it too. A hook
+ * found stuck has its record named in poison. */
+void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout_ms,
+                         struct poison *poison);
 void hook_watchdog_stop(struct hook_watchdog *w);
 
 /* Around every call into the policy's Lua, on the loop. event must outlive the call. */
