@@ -11,7 +11,7 @@
 
 #include "listen.h"
 #include "log.h"
-#include "nkey.h"
+#include "nats_auth.h"
 #include "secret.h"
 #include "xalloc.h"
 
@@ -219,11 +219,9 @@ static void warn_exposed(const char *path, const char *keypath)
 static void check_file(struct loader *ld, const struct key *k, const yaml_node_t *node,
                        const char *keypath, const char *path)
 {
-    char pub[NKEY_PUBLIC_LEN + 1], *err = NULL;
-    if (access(path, R_OK) != 0)
-        report(ld, node->start_mark, "%s: cannot read %s: %s", keypath, path, strerror(errno));
-    else if (k->offset == FIELD(nats_nkey_seed) && nkey_public_from_file(path, pub, &err) != 0)
-        report(ld, node->start_mark, "%s: %s", keypath, err);
+    char *err = nats_auth_check_file(keypath, path, k->offset == FIELD(nats_nkey_seed));
+    if (err)
+        report(ld, node->start_mark, "%s", err);
     else if (k->secret)
         warn_exposed(path, keypath);
     free(err);
@@ -550,27 +548,31 @@ static void load_section(struct loader *ld, const yaml_node_t *map, const struct
     report_missing(ld, map->start_mark, map, keys, prefix);
 }
 
+static const struct nats_auth_names config_auth_names = {
+    .section = "nats",
+    .user = "user",
+    .password = "password",
+    .ways = "user and password, token, nkey_seed or creds",
+    .tls_section = "nats.tls",
+    .cert = "cert",
+    .key = "key",
+};
+
 /* nats: settings that are fine alone and wrong together. Checked only when every key
  * loaded, so that a secret that failed to load is not also reported missing. */
 static void check_nats(struct loader *ld, const yaml_node_t *root)
 {
-    const struct config *cfg = &ld->st->cfg;
     const yaml_node_pair_t *pair = find_pair(ld, root, "nats", 4);
     if (ld->count > 0 || !pair)
         return;
     yaml_mark_t at = node_at(ld, pair->key)->start_mark;
-    int ways = (cfg->nats_user || cfg->nats_password) + !!cfg->nats_token + !!cfg->nats_nkey_seed +
-               !!cfg->nats_creds;
-    if (!cfg->nats_user != !cfg->nats_password)
-        report(ld, at, "nats: user and password go together; %s is missing",
-               cfg->nats_user ? "password" : "user");
-    if (ways > 1)
-        report(ld, at,
-               "nats: authenticate one way only: user and password, token, nkey_seed "
-               "or creds");
-    if (!cfg->nats_tls_cert != !cfg->nats_tls_key)
-        report(ld, at, "nats.tls: cert and key go together; %s is missing",
-               cfg->nats_tls_cert ? "key" : "cert");
+    struct nats_auth auth = nats_auth_from_config(&ld->st->cfg);
+    char *errors[NATS_AUTH_MAX_ERRORS];
+    size_t n = nats_auth_check(&auth, &config_auth_names, errors);
+    for (size_t i = 0; i < n; i++) {
+        report(ld, at, "%s", errors[i]);
+        free(errors[i]);
+    }
 }
 
 /* The value node of root.section.key, or NULL. */

@@ -18,11 +18,43 @@
 
 enum { CHECK_EVERY_MS = 50, STUCK_AFTER_STOP_MS = 1000 };
 
+/* Copies s, cut to fit, into words as relaxed atomic stores: the watching thread may read
+ * them meanwhile (and throws away what it read, the sequence having moved). */
+static void text_store(_Atomic uint64_t *words, size_t count, const char *s)
+{
+    size_t len = strnlen(s, count * 8 - 1);
+    for (size_t i = 0; i * 8 <= len; i++) { /* the word holding the NUL too */
+        uint64_t word = 0;
+        size_t n = len - i * 8;
+        memcpy(&word, s + i * 8, n < 8 ? n : 8);
+        atomic_store_explicit(&words[i], word, memory_order_relaxed);
+    }
+}
+
+static void text_load(const _Atomic uint64_t *words, size_t count, char *out)
+{
+    for (size_t i = 0; i < count; i++) {
+        uint64_t word = atomic_load_explicit(&words[i], memory_order_relaxed);
+        memcpy(out + i * 8, &word, 8);
+        if (memchr(&word, 0, 8))
+            break;
+    }
+    out[count * 8 - 1] = '\0'; /* a torn read, thrown away, still ends */
+}
+
+/* Before the loop writes the fields a reader checks with seq: a reader that reads one of
+ * these writes then sees, after its acquire fence, the seq of the leave before them. */
+static void begin_write(void)
+{
+    atomic_thread_fence(memory_order_release);
+}
+
 void hook_watchdog_enter(struct hook_watchdog *w, const char *name)
 {
     if (!w || w->depth++ > 0)
         return;
-    atomic_store(&w->event, name);
+    begin_write();
+    text_store(w->event, HOOK_WATCHDOG_EVENT_WORDS, name ? name : "?");
     atomic_store(&w->started_ms, loop_now_ms());
     atomic_fetch_add(&w->seq, 1);
 }
@@ -36,8 +68,15 @@ void hook_watchdog_leave(struct hook_watchdog *w)
 
 void hook_watchdog_set_record(struct hook_watchdog *w, const struct inflight_record *rec)
 {
-    if (w)
-        atomic_store(&w->record, rec);
+    if (!w)
+        return;
+    begin_write();
+    if (rec) {
+        const struct segment *seg = rec->segment;
+        text_store(w->record_segment, HOOK_WATCHDOG_SEGMENT_WORDS, seg->id_name);
+        atomic_store_explicit(&w->record_start, rec->start, memory_order_relaxed);
+    }
+    atomic_store_explicit(&w->has_record, rec != NULL, memory_order_relaxed);
 }
 
 void hook_watchdog_request_stop(struct hook_watchdog *w)
@@ -55,17 +94,15 @@ bool hook_watchdog_stopping(struct hook_watchdog *w)
 struct snapshot {
     uint64_t seq;
     uint64_t ran_ms;
-    char event[64];
+    char event[HOOK_WATCHDOG_EVENT_WORDS * 8];
     bool has_record;
-    char segment[256];
+    char segment[HOOK_WATCHDOG_SEGMENT_WORDS * 8];
     uint64_t offset;
 };
 
-/* False when no hook runs, or it ended while being read. The record and its segment live
- * while their hook runs; the sequence check drops what was read after it ended. The
- * record is looked at only once its hook has run for a second: a hook that short may
- * end (and its segment be freed) between the first check and the read, one that long is
- * a hook the watchdog is about to report, which it needs the record for. */
+/* False when no hook runs, or it ended while being read. Only the watchdog's own copies
+ * are read, never the loop's records or strings: what was read after the hook ended is
+ * wrong, not dangerous, and the second look at seq throws it away. */
 static bool take_snapshot(struct hook_watchdog *w, struct snapshot *s)
 {
     s->seq = atomic_load(&w->seq);
@@ -74,16 +111,13 @@ static bool take_snapshot(struct hook_watchdog *w, struct snapshot *s)
     uint64_t started = atomic_load(&w->started_ms);
     uint64_t now = loop_now_ms();
     s->ran_ms = now > started ? now - started : 0;
-    const char *name = atomic_load(&w->event);
-    const struct inflight_record *rec =
-        s->ran_ms >= STUCK_AFTER_STOP_MS ? atomic_load(&w->record) : NULL;
-    snprintf(s->event, sizeof(s->event), "%s", name ? name : "?");
-    s->has_record = rec != NULL;
-    if (rec) {
-        const struct segment *seg = rec->segment;
-        snprintf(s->segment, sizeof(s->segment), "%s", seg->id_name);
-        s->offset = rec->start;
+    text_load(w->event, HOOK_WATCHDOG_EVENT_WORDS, s->event);
+    s->has_record = atomic_load_explicit(&w->has_record, memory_order_relaxed);
+    if (s->has_record) {
+        text_load(w->record_segment, HOOK_WATCHDOG_SEGMENT_WORDS, s->segment);
+        s->offset = atomic_load_explicit(&w->record_start, memory_order_relaxed);
     }
+    atomic_thread_fence(memory_order_acquire); /* the reads above before the second look */
     return atomic_load(&w->seq) == s->seq;
 }
 
@@ -118,7 +152,7 @@ static void notice_stop_signal(struct hook_watchdog *w, const struct snapshot *s
 static void report_stuck(struct hook_watchdog *w, const struct snapshot *s)
 {
     if (s->has_record)
-        poison_mark_stuck(s->segment, s->offset);
+        poison_mark_stuck(w->poison, s->segment, s->offset);
     atomic_store(&w->stuck_seq, s->seq);
     log_error("policy hook has not returned, /healthz answers 503 until it does event=%s "
               "running_s=%" PRIu64 " segment=%s offset=%" PRIu64,
@@ -128,10 +162,10 @@ static void report_stuck(struct hook_watchdog *w, const struct snapshot *s)
 
 /* The last resort: the hook ignores the shortened budget (it is in C code), and the stop
  * may wait no longer. The checkpoint on disk covers acknowledged records only. */
-static void exit_stuck(const struct snapshot *s)
+static void exit_stuck(struct hook_watchdog *w, const struct snapshot *s)
 {
     if (s->has_record)
-        poison_mark_stuck(s->segment, s->offset);
+        poison_mark_stuck(w->poison, s->segment, s->offset);
     log_error("policy hook did not return within shutdown_timeout of the stop, exiting now; "
               "the checkpoint stays as it was, unacknowledged records are read again at the "
               "next start event=%s running_s=%" PRIu64 " segment=%s offset=%" PRIu64,
@@ -151,7 +185,7 @@ static void *watch(void *arg)
         bool running = take_snapshot(w, &s);
         if (judged && (!running || s.seq != judged)) {
             atomic_store(&w->stuck_seq, 0);
-            poison_unmark_stuck();
+            poison_unmark_stuck(w->poison);
             log_info("policy hook returned after all, /healthz follows the relay again");
             judged = 0;
         }
@@ -166,14 +200,15 @@ static void *watch(void *arg)
          * of shutdown_timeout) gets a moment: Lua runs under a short budget by now. */
         if (hook_watchdog_stopping(w) && s.ran_ms >= STUCK_AFTER_STOP_MS &&
             loop_now_ms() - atomic_load(&w->stop_ms) >= w->shutdown_timeout_ms)
-            exit_stuck(&s);
+            exit_stuck(w, &s);
     }
     return NULL;
 }
 
-void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout)
+void hook_watchdog_start(struct hook_watchdog *w, uint64_t shutdown_timeout, struct poison *poison)
 {
     w->shutdown_timeout_ms = shutdown_timeout;
+    w->poison = poison;
     atomic_store(&w->quit, false);
     /* Signals stay blocked in this thread too (the mask is inherited). */
     if (pthread_create(&w->thread, NULL, watch, w) != 0) {

@@ -1,456 +1,19 @@
-#include "lua_nats.h"
+/* The client object kumo.nats.connect returns: publish through the relay's publisher, and
+ * the tables its acks fill (at once, parked, or lazily when read). */
+#include "lua_nats_internal.h"
 
-#include "config.h"
-#include "log.h"
-#include "lua_kumo.h"
 #include "loop.h"
-#include "nkey.h"
 #include "policy.h"
 #include "publish.h"
-#include "secret.h"
 #include "xalloc.h"
 
-#include <errno.h>
 #include <lauxlib.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#define CLIENT_META "kumo.nats.client"
-#define AWAITS_KEY  "kumo-nats-relay.awaits"
+#define AWAITS_KEY "kumo-nats-relay.awaits"
 
 enum { AWAIT_LIMIT_MS = 30000 };
-
-struct lua_nats_client {
-    char *key; /* the canonical connect configuration: equal keys share the connection */
-    struct publisher *pub; /* NULL under --check */
-    struct lua_nats *nats;
-};
-
-/* The userdata a policy holds; several may point at one shared client. */
-struct client_handle {
-    struct lua_nats_client *client;
-    bool closed;
-};
-
-/* kumo.nats.connect accepts exactly KumoMTA's keys, plus creds and nkey_seed. */
-static const char *const connect_keys[] = {
-    "servers",
-    "name",
-    "auth",
-    "no_echo",
-    "max_reconnects",
-    "connection_timeout",
-    "tls_required",
-    "tls_first",
-    "certificate",
-    "client_cert",
-    "client_key",
-    "ping_interval",
-    "client_capacity",
-    "inbox_prefix",
-    "request_timeout",
-    "retry_on_initial_connect",
-    "ignore_discovered_servers",
-    "retain_servers_order",
-    "creds",
-    "nkey_seed",
-    NULL,
-};
-
-/* The type kumod's Config (crates/mod-nats/src/lib.rs) deserializes each key into: a
- * policy kumod would refuse is refused here too, with the key named. The values of the
- * tuning keys (max_reconnects, ping_interval, client_capacity, timeouts, ...) are checked
- * and not applied: the relay's connection reconnects for ever and keeps its own timing. */
-enum key_type { KEY_BOOL, KEY_COUNT, KEY_STRING, KEY_HUMANTIME, KEY_RUST_DURATION };
-
-static const struct {
-    const char *key;
-    enum key_type type;
-} typed_keys[] = {
-    {"name", KEY_STRING},
-    {"no_echo", KEY_BOOL},
-    {"max_reconnects", KEY_COUNT},         /* Option<usize> */
-    {"connection_timeout", KEY_HUMANTIME}, /* duration_serde */
-    {"tls_required", KEY_BOOL},
-    {"tls_first", KEY_BOOL},
-    {"ping_interval", KEY_RUST_DURATION}, /* a plain Duration: { secs, nanos } */
-    {"client_capacity", KEY_COUNT},       /* Option<usize> */
-    {"inbox_prefix", KEY_STRING},
-    {"request_timeout", KEY_HUMANTIME}, /* duration_serde */
-    {"retry_on_initial_connect", KEY_BOOL},
-    {"ignore_discovered_servers", KEY_BOOL},
-    {"retain_servers_order", KEY_BOOL},
-};
-
-static bool is_count(lua_State *L, int idx)
-{
-    return lua_isinteger(L, idx) && lua_tointeger(L, idx) >= 0;
-}
-
-/* serde's Duration: a table { secs = N, nanos = N } (or the sequence { N, N }). */
-static bool is_rust_duration(lua_State *L, int idx)
-{
-    if (!lua_istable(L, idx))
-        return false;
-    bool ok = true;
-    const char *fields[] = {"secs", "nanos"};
-    for (int i = 0; i < 2 && ok; i++) {
-        if (lua_getfield(L, idx, fields[i]) == LUA_TNIL) {
-            lua_pop(L, 1);
-            lua_rawgeti(L, idx, i + 1);
-        }
-        ok = is_count(L, -1);
-        lua_pop(L, 1);
-    }
-    return ok;
-}
-
-static void check_types(lua_State *L, int idx)
-{
-    static const char *const expected[] = {
-        [KEY_BOOL] = "a boolean",
-        [KEY_COUNT] = "a whole number >= 0",
-        [KEY_STRING] = "a string",
-        [KEY_HUMANTIME] = "a duration (\"30s\" or seconds)",
-        [KEY_RUST_DURATION] = "a duration as kumod reads this key: { secs = N, nanos = N }",
-    };
-    for (size_t i = 0; i < sizeof(typed_keys) / sizeof(typed_keys[0]); i++) {
-        int t = lua_getfield(L, idx, typed_keys[i].key);
-        int64_t ms;
-        bool ok = t == LUA_TNIL;
-        switch (typed_keys[i].type) {
-        case KEY_BOOL:
-            ok = ok || t == LUA_TBOOLEAN;
-            break;
-        case KEY_COUNT:
-            ok = ok || is_count(L, -1);
-            break;
-        case KEY_STRING:
-            ok = ok || t == LUA_TSTRING;
-            break;
-        case KEY_HUMANTIME:
-            ok = ok || lua_kumo_duration(L, -1, &ms) == 0;
-            break;
-        case KEY_RUST_DURATION:
-            ok = ok || is_rust_duration(L, -1);
-            break;
-        }
-        if (!ok)
-            luaL_error(L, "kumo.nats.connect: %s: %s expected, got %s", typed_keys[i].key,
-                       expected[typed_keys[i].type], luaL_typename(L, -1));
-        lua_pop(L, 1);
-    }
-    /* nats.c 3.4 has no TLS-first handshake: refusing is better than connecting another
-     * way than the policy asked. tls_first = false is kumod's default, and fine. */
-    if (lua_getfield(L, idx, "tls_first") == LUA_TBOOLEAN && lua_toboolean(L, -1))
-        luaL_error(L, "kumo.nats.connect: tls_first = true is not supported by this build");
-    lua_pop(L, 1);
-}
-
-static bool in_list(const char *const *list, const char *key)
-{
-    for (size_t i = 0; list[i]; i++)
-        if (strcmp(list[i], key) == 0)
-            return true;
-    return false;
-}
-
-static void check_keys(lua_State *L, int idx, const char *const *allowed, const char *what)
-{
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING || !in_list(allowed, lua_tostring(L, -1)))
-            luaL_error(L, "%s: unknown key \"%s\"", what, luaL_tolstring(L, -1, NULL));
-    }
-}
-
-/* What one connect call asked for. It lives in a userdata whose __gc frees (and wipes)
- * it, so that a Lua error half way leaks nothing. */
-struct connect_spec {
-    char **servers;
-    size_t server_count;
-    char *name;
-    char *user, *password, *token; /* secrets: wiped when freed */
-    char *nkey_seed, *creds;       /* paths */
-    char *tls_ca, *tls_cert, *tls_key;
-    bool tls_required;
-};
-
-#define SPEC_META "kumo-nats-relay.connect_spec"
-
-static void spec_free(struct connect_spec *spec)
-{
-    for (size_t i = 0; i < spec->server_count; i++)
-        free(spec->servers[i]);
-    free(spec->servers);
-    free(spec->name);
-    secret_free(spec->user);
-    secret_free(spec->password);
-    secret_free(spec->token);
-    free(spec->nkey_seed);
-    free(spec->creds);
-    free(spec->tls_ca);
-    free(spec->tls_cert);
-    free(spec->tls_key);
-    memset(spec, 0, sizeof(*spec));
-}
-
-static int spec_gc(lua_State *L)
-{
-    spec_free(luaL_checkudata(L, 1, SPEC_META));
-    return 0;
-}
-
-static struct connect_spec *push_spec(lua_State *L)
-{
-    struct connect_spec *spec = lua_newuserdatauv(L, sizeof(*spec), 0);
-    memset(spec, 0, sizeof(*spec));
-    if (luaL_newmetatable(L, SPEC_META)) {
-        lua_pushcfunction(L, spec_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    return spec;
-}
-
-/* A secret as KumoMTA's KeySource gives it: a string is the path of a file holding it,
- * { key_data = '...' } the value itself. (Vault and event sources are not supported.)
- * The file's trailing newline is dropped. Returns a malloc'd copy. */
-static char *key_source(lua_State *L, int idx, const char *what)
-{
-    char *secret, *err = NULL;
-    if (lua_type(L, idx) == LUA_TSTRING) {
-        /* Not named in the message: a policy written for the old reading of a string (the
-         * value itself) would put the password in the log. */
-        const char *path = lua_tostring(L, idx);
-        if (access(path, R_OK) != 0)
-            luaL_error(L,
-                       "kumo.nats.connect: %s: a string names a file holding the value, and "
-                       "that file cannot be read (%s); give the value itself as "
-                       "{ key_data = '...' }",
-                       what, strerror(errno));
-        if (!(secret = secret_read_file(path, &err))) {
-            lua_pushfstring(L, "kumo.nats.connect: %s: %s", what, err);
-            free(err);
-            lua_error(L);
-        }
-        return secret;
-    }
-    if (lua_type(L, idx) != LUA_TTABLE)
-        luaL_error(L, "kumo.nats.connect: %s must be a file path or { key_data = '...' }", what);
-    if (lua_getfield(L, idx, "key_data") == LUA_TSTRING) {
-        size_t len;
-        const char *data = lua_tolstring(L, -1, &len);
-        if (len == 0 || strlen(data) != len)
-            luaL_error(L, "kumo.nats.connect: %s: key_data is empty or holds a NUL byte", what);
-        secret = xstrdup(data);
-        lua_pop(L, 1);
-        return secret;
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, idx, "path") != LUA_TNIL)
-        luaL_error(L,
-                   "kumo.nats.connect: %s: write a file path as a plain string, as KumoMTA "
-                   "does, not { path = ... }",
-                   what);
-    luaL_error(L,
-               "kumo.nats.connect: %s: only a file path or { key_data = '...' } is supported "
-               "(not vault or event sources)",
-               what);
-    return NULL;
-}
-
-/* nats.c wants URLs; KumoMTA policies write '127.0.0.1:4222'. */
-static char *server_url(const char *s)
-{
-    return strstr(s, "://") ? xstrdup(s) : xasprintf("nats://%s", s);
-}
-
-static void read_servers(lua_State *L, int idx, struct connect_spec *spec)
-{
-    if (lua_getfield(L, idx, "servers") != LUA_TTABLE)
-        luaL_error(L, "kumo.nats.connect: servers must be a list of addresses");
-    size_t n = (size_t)luaL_len(L, -1);
-    if (n == 0)
-        luaL_error(L, "kumo.nats.connect: servers is empty");
-    spec->servers = xcalloc(n, sizeof(*spec->servers));
-    for (size_t i = 1; i <= n; i++) {
-        if (lua_geti(L, -1, (lua_Integer)i) != LUA_TSTRING)
-            luaL_error(L, "kumo.nats.connect: servers[%d] must be a string", (int)i);
-        spec->servers[spec->server_count++] = server_url(lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-}
-
-static void read_auth(lua_State *L, int idx, struct connect_spec *spec)
-{
-    if (lua_getfield(L, idx, "auth") == LUA_TNIL) {
-        lua_pop(L, 1);
-        return;
-    }
-    int auth = lua_gettop(L);
-    luaL_checktype(L, auth, LUA_TTABLE);
-    static const char *const auth_keys[] = {"username", "password", "token", NULL};
-    check_keys(L, auth, auth_keys, "kumo.nats.connect auth");
-    if (lua_getfield(L, auth, "username") != LUA_TNIL)
-        spec->user = key_source(L, lua_gettop(L), "auth.username");
-    if (lua_getfield(L, auth, "password") != LUA_TNIL)
-        spec->password = key_source(L, lua_gettop(L), "auth.password");
-    if (lua_getfield(L, auth, "token") != LUA_TNIL)
-        spec->token = key_source(L, lua_gettop(L), "auth.token");
-    lua_pop(L, 4);
-    if (!spec->user != !spec->password)
-        luaL_error(L, "kumo.nats.connect: auth.username and auth.password go together");
-    if (spec->user && spec->token)
-        luaL_error(L, "kumo.nats.connect: auth takes username and password, or token, not both");
-}
-
-/* A path key (certificate, client_key, creds, nkey_seed): a string naming a file the
- * relay can read, checked now so that --check reports it. */
-static char *read_path(lua_State *L, int idx, const char *key)
-{
-    int type = lua_getfield(L, idx, key);
-    if (type == LUA_TNIL) {
-        lua_pop(L, 1);
-        return NULL;
-    }
-    if (type != LUA_TSTRING)
-        luaL_error(L, "kumo.nats.connect: %s must be a file path", key);
-    const char *path = lua_tostring(L, -1);
-    if (access(path, R_OK) != 0)
-        luaL_error(L, "kumo.nats.connect: %s: cannot read %s: %s", key, path, strerror(errno));
-    char *copy = xstrdup(path);
-    lua_pop(L, 1);
-    return copy;
-}
-
-static void read_tls_and_keys(lua_State *L, int idx, struct connect_spec *spec)
-{
-    if (lua_getfield(L, idx, "tls_required") != LUA_TNIL) {
-        luaL_checktype(L, -1, LUA_TBOOLEAN);
-        spec->tls_required = lua_toboolean(L, -1);
-    }
-    lua_pop(L, 1);
-    spec->tls_ca = read_path(L, idx, "certificate");
-    spec->tls_cert = read_path(L, idx, "client_cert");
-    spec->tls_key = read_path(L, idx, "client_key");
-    spec->creds = read_path(L, idx, "creds");
-    spec->nkey_seed = read_path(L, idx, "nkey_seed");
-    if (!spec->tls_cert != !spec->tls_key)
-        luaL_error(L, "kumo.nats.connect: client_cert and client_key go together");
-    int ways = !!spec->user + !!spec->token + !!spec->creds + !!spec->nkey_seed;
-    if (ways > 1)
-        luaL_error(L, "kumo.nats.connect: authenticate one way only: auth, creds or nkey_seed");
-    char pub[NKEY_PUBLIC_LEN + 1], *err = NULL;
-    if (spec->nkey_seed && nkey_public_from_file(spec->nkey_seed, pub, &err) != 0) {
-        lua_pushfstring(L, "kumo.nats.connect: nkey_seed: %s", err);
-        free(err);
-        lua_error(L);
-    }
-}
-
-static struct nats_auth spec_auth(const struct connect_spec *spec)
-{
-    return (struct nats_auth){
-        .user = spec->user,
-        .password = spec->password,
-        .token = spec->token,
-        .nkey_seed = spec->nkey_seed,
-        .creds = spec->creds,
-        .tls_ca = spec->tls_ca,
-        .tls_cert = spec->tls_cert,
-        .tls_key = spec->tls_key,
-        .tls_required = spec->tls_required,
-    };
-}
-
-static const char *or_empty(const char *s)
-{
-    return s ? s : "";
-}
-
-/* Everything that makes two connections different, secrets included: they never leave
- * the process (this key is not logged). */
-static char *spec_key(const struct connect_spec *spec)
-{
-    char *key = xstrdup("");
-    for (size_t i = 0; i < spec->server_count; i++) {
-        char *next = xasprintf("%s%s,", key, spec->servers[i]);
-        free(key);
-        key = next;
-    }
-    char *full = xasprintf("%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%d", key, or_empty(spec->name),
-                           or_empty(spec->user), or_empty(spec->password), or_empty(spec->token),
-                           or_empty(spec->nkey_seed), or_empty(spec->creds), or_empty(spec->tls_ca),
-                           or_empty(spec->tls_cert), or_empty(spec->tls_key), spec->tls_required);
-    free(key);
-    return full;
-}
-
-static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
-                                            struct connect_spec *spec)
-{
-    char *key = spec_key(spec);
-    for (size_t i = 0; i < nats->client_count; i++) {
-        if (strcmp(nats->clients[i]->key, key) == 0) {
-            secret_free(key);
-            return nats->clients[i];
-        }
-    }
-    struct lua_nats_client *client = xcalloc(1, sizeof(*client));
-    client->key = key;
-    client->nats = nats;
-    if (!nats->env->check_only) {
-        struct publisher_options po = {
-            .servers = (const char *const *)spec->servers,
-            .server_count = spec->server_count,
-            .name = spec->name ? spec->name : "kumo-nats-relay",
-            .ack_timeout_ms = nats->cfg->ack_timeout_ms,
-            .auth = spec_auth(spec),
-            .streams = nats->env->streams,
-        };
-        char *err = NULL;
-        client->pub =
-            publisher_create(&po, nats->env->loop, nats->env->publish_done, nats->env->ctx, &err);
-        if (!client->pub) {
-            secret_free(client->key);
-            free(client);
-            lua_pushfstring(L, "kumo.nats.connect: %s", err);
-            free(err);
-            lua_error(L);
-        }
-    }
-    nats->clients = xrealloc(nats->clients, (nats->client_count + 1) * sizeof(*nats->clients));
-    nats->clients[nats->client_count++] = client;
-    return client;
-}
-
-static int nats_connect(lua_State *L)
-{
-    struct lua_nats *nats = lua_touserdata(L, lua_upvalueindex(1));
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    check_keys(L, 1, connect_keys, "kumo.nats.connect");
-    check_types(L, 1);
-    struct connect_spec *spec = push_spec(L);
-    read_servers(L, 1, spec);
-    if (lua_getfield(L, 1, "name") == LUA_TSTRING)
-        spec->name = xstrdup(lua_tostring(L, -1));
-    lua_pop(L, 1);
-    read_auth(L, 1, spec);
-    read_tls_and_keys(L, 1, spec);
-    struct lua_nats_client *client = find_or_open(L, nats, spec);
-    spec_free(spec);
-    struct client_handle *h = lua_newuserdatauv(L, sizeof(*h), 0);
-    h->client = client;
-    h->closed = false;
-    luaL_setmetatable(L, CLIENT_META);
-    return 1;
-}
 
 /* ---- client:publish ---- */
 
@@ -491,7 +54,7 @@ static void read_publish_args(lua_State *L, struct publish_args *a)
 {
     static const char *const keys[] = {"subject", "payload", "headers", "await_ack", NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
-    check_keys(L, 2, keys, "publish");
+    lua_nats_check_keys(L, 2, keys, "publish");
     lua_getfield(L, 2, "subject");
     lua_getfield(L, 2, "payload");
     lua_getfield(L, 2, "headers");
@@ -550,7 +113,6 @@ static int publish_resumed(lua_State *L, int status, lua_KContext ctx)
     return 1;
 }
 
-/* __index of an ack table whose ack has not come yet: wait for this one ack. */
 /* Polls the publisher until the ack of id has come (or failed), for a reader that
  * cannot yield: the loop stops meanwhile, for AWAIT_LIMIT_MS at most. */
 static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
@@ -569,28 +131,10 @@ static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integ
     }
 }
 
-static int wait_ack(lua_State *L, struct lua_nats_client *client, lua_Integer id)
-{
-    poll_for_ack(L, client, id);
-    lua_settop(L, 2);
-    lua_rawget(L, 1);
-    return 1;
-}
-
+/* __index of an ack table whose ack has not come yet: wait for this one ack. */
 static int await_index(lua_State *L)
 {
-    return wait_ack(L, lua_touserdata(L, lua_upvalueindex(1)),
-                    lua_tointeger(L, lua_upvalueindex(2)));
-}
-
-/* Where a lazy table read that yielded goes on: the ack filled the table (lua_nats_acked),
- * or the publish failed and the read raises its error, as publish itself would have. */
-static int lazy_resumed(lua_State *L, int status, lua_KContext ctx)
-{
-    (void)status;
-    (void)ctx;
-    if (!lua_toboolean(L, -2))
-        return lua_error(L);
+    poll_for_ack(L, lua_touserdata(L, lua_upvalueindex(1)), lua_tointeger(L, lua_upvalueindex(2)));
     lua_settop(L, 2);
     lua_rawget(L, 1);
     return 1;
@@ -619,18 +163,6 @@ static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Int
     return false;
 }
 
-/* __index of a lazy publish's table: the hook waits for this ack now, parked as a publish
- * under pcall is; where it cannot yield, it waits as await_index does. */
-static int lazy_index(lua_State *L)
-{
-    struct lua_nats_client *client;
-    lua_Integer id;
-    lua_settop(L, 2);
-    if (lazy_parkable(L, &client, &id))
-        return lua_yieldk(L, 0, 0, lazy_resumed);
-    return wait_ack(L, client, id);
-}
-
 static int push_next(lua_State *L)
 {
     lua_settop(L, 1);
@@ -640,25 +172,49 @@ static int push_next(lua_State *L)
     return 3;
 }
 
-static int lazy_pairs_resumed(lua_State *L, int status, lua_KContext ctx)
+enum lazy_read { LAZY_INDEX, LAZY_PAIRS };
+
+/* Where a lazy table read goes on once the ack came: the ack filled the table
+ * (lua_nats_acked), or the publish failed and the read raises its error, as publish itself
+ * would have. */
+static int lazy_resumed(lua_State *L, int status, lua_KContext read)
 {
     (void)status;
-    (void)ctx;
     if (!lua_toboolean(L, -2))
         return lua_error(L);
-    return push_next(L);
+    if (read == LAZY_PAIRS)
+        return push_next(L);
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* Waits for the ack of the lazy table at 1: parked, as a publish under pcall is, where the
+ * hook may yield; else polling, as await_index does, and going on as if resumed. */
+static int lazy_wait(lua_State *L, enum lazy_read read)
+{
+    struct lua_nats_client *client;
+    lua_Integer id;
+    if (lazy_parkable(L, &client, &id))
+        return lua_yieldk(L, 0, read, lazy_resumed);
+    poll_for_ack(L, client, id);
+    lua_pushboolean(L, 1);
+    lua_pushnil(L);
+    return lazy_resumed(L, LUA_OK, read);
+}
+
+/* __index of a lazy publish's table: the field, once the ack has filled the table. */
+static int lazy_index(lua_State *L)
+{
+    lua_settop(L, 2);
+    return lazy_wait(L, LAZY_INDEX);
 }
 
 /* __pairs: iterating waits for the ack as a field read does, then sees kumod's fields. */
 static int lazy_pairs(lua_State *L)
 {
-    struct lua_nats_client *client;
-    lua_Integer id;
     lua_settop(L, 1);
-    if (lazy_parkable(L, &client, &id))
-        return lua_yieldk(L, 0, 0, lazy_pairs_resumed);
-    poll_for_ack(L, client, id);
-    return push_next(L);
+    return lazy_wait(L, LAZY_PAIRS);
 }
 
 void lua_nats_resolve(lua_State *L, int idx)
@@ -877,40 +433,7 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
 
     lua_newtable(L); /* kumo.nats */
     lua_pushlightuserdata(L, nats);
-    lua_pushcclosure(L, nats_connect, 1);
+    lua_pushcclosure(L, lua_nats_connect, 1);
     lua_setfield(L, -2, "connect");
     lua_setfield(L, -2, "nats");
-}
-
-void lua_nats_tick(struct lua_nats *nats)
-{
-    for (size_t i = 0; i < nats->client_count; i++)
-        if (nats->clients[i]->pub)
-            publisher_tick(nats->clients[i]->pub);
-}
-
-size_t lua_nats_in_flight(const struct lua_nats *nats)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < nats->client_count; i++)
-        if (nats->clients[i]->pub)
-            n += publisher_in_flight(nats->clients[i]->pub);
-    return n;
-}
-
-void lua_nats_close_all(struct lua_nats *nats)
-{
-    for (size_t i = 0; i < nats->client_count; i++) {
-        publisher_destroy(nats->clients[i]->pub);
-        secret_free(nats->clients[i]->key);
-        free(nats->clients[i]);
-    }
-    free(nats->clients);
-    nats->clients = NULL;
-    nats->client_count = 0;
-    free(nats->lazy_ids);
-    nats->lazy_ids = NULL;
-    nats->lazy_count = nats->lazy_cap = 0;
-    free(nats->lazy_error);
-    nats->lazy_error = NULL;
 }

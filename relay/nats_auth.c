@@ -2,12 +2,15 @@
 
 #include "config.h"
 #include "nkey.h"
+#include "secret.h"
 #include "url.h"
 #include "xalloc.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct nats_auth nats_auth_from_config(const struct config *cfg)
 {
@@ -22,6 +25,59 @@ struct nats_auth nats_auth_from_config(const struct config *cfg)
         .tls_key = cfg->nats_tls_key,
         .tls_required = cfg->nats_tls_required != 0,
     };
+}
+
+void nats_auth_free(struct nats_auth *auth)
+{
+    /* The strings are const to the connections that read them; an owner malloc'd them. */
+    secret_free((char *)auth->user);
+    secret_free((char *)auth->password);
+    secret_free((char *)auth->token);
+    free((char *)auth->nkey_seed);
+    free((char *)auth->creds);
+    free((char *)auth->tls_ca);
+    free((char *)auth->tls_cert);
+    free((char *)auth->tls_key);
+    memset(auth, 0, sizeof(*auth));
+}
+
+/* Settings a and b go together: the message when one is missing, else NULL. */
+static char *pair_error(const char *section, const char *a_name, const char *a, const char *b_name,
+                        const char *b)
+{
+    if (!a == !b)
+        return NULL;
+    return xasprintf("%s: %s and %s go together; %s is missing", section, a_name, b_name,
+                     a ? b_name : a_name);
+}
+
+size_t nats_auth_check(const struct nats_auth *auth, const struct nats_auth_names *names,
+                       char *errors[NATS_AUTH_MAX_ERRORS])
+{
+    size_t n = 0;
+    char *e = pair_error(names->section, names->user, auth->user, names->password, auth->password);
+    if (e)
+        errors[n++] = e;
+    int ways = (auth->user || auth->password) + !!auth->token + !!auth->nkey_seed + !!auth->creds;
+    if (ways > 1)
+        errors[n++] = xasprintf("%s: authenticate one way only: %s", names->section, names->ways);
+    e = pair_error(names->tls_section, names->cert, auth->tls_cert, names->key, auth->tls_key);
+    if (e)
+        errors[n++] = e;
+    return n;
+}
+
+char *nats_auth_check_file(const char *key, const char *path, bool nkey_seed)
+{
+    char pub[NKEY_PUBLIC_LEN + 1], *err = NULL;
+    if (access(path, R_OK) != 0)
+        return xasprintf("%s: cannot read %s: %s", key, path, strerror(errno));
+    if (nkey_seed && nkey_public_from_file(path, pub, &err) != 0) {
+        char *message = xasprintf("%s: %s", key, err);
+        free(err);
+        return message;
+    }
+    return NULL;
 }
 
 bool nats_auth_wants_tls(const struct nats_auth *auth)

@@ -23,6 +23,33 @@ struct config;
 
 /* The default connection's settings (the nats: section); the strings stay the config's. */
 struct nats_auth nats_auth_from_config(const struct config *cfg);
+/* Frees the strings of an auth that owns them (kumo.nats.connect's), wiping the secrets. */
+void nats_auth_free(struct nats_auth *auth);
+
+/* The rules every front end (the YAML nats: section, kumo.nats.connect) applies, in one
+ * place. The messages name the settings as the front end spells them. */
+struct nats_auth_names {
+    const char *section;         /* "nats": prefixes the credentials' messages */
+    const char *user, *password; /* "user", "password" */
+    const char *ways;            /* the ways to authenticate, listed */
+    const char *tls_section;     /* "nats.tls": prefixes the client certificate's */
+    const char *cert, *key;      /* "cert", "key" */
+};
+
+enum { NATS_AUTH_MAX_ERRORS = 3 };
+
+/* Settings that are fine alone and wrong together: a user without a password (or the
+ * reverse), more than one way to authenticate, a client certificate without its key (or
+ * the reverse). Stores a malloc'd message for each in errors, in that order; returns how
+ * many (0: fine). */
+size_t nats_auth_check(const struct nats_auth *auth, const struct nats_auth_names *names,
+                       char *errors[NATS_AUTH_MAX_ERRORS]);
+
+/* A file the settings name (a certificate, a key, creds, an nkey seed), checked before the
+ * first connect so that --check reports it: NULL when it can be read (and, for an nkey
+ * seed, holds one), else a malloc'd "<key>: cannot read <path>: <why>" or
+ * "<key>: <path>: <what is wrong with the seed>". */
+char *nats_auth_check_file(const char *key, const char *path, bool nkey_seed);
 
 /* True when the settings ask for TLS (tls_required, a CA or a client certificate). */
 bool nats_auth_wants_tls(const struct nats_auth *auth);

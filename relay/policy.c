@@ -14,12 +14,14 @@ struct policy {
     struct builtin *builtin;
     struct policy_lua *lua;
     struct hook_watchdog *watchdog;
+    struct poison *poison;
 };
 
 struct policy *policy_create(const struct config *cfg, const struct policy_env *env, char **err)
 {
     struct policy *policy = xcalloc(1, sizeof(*policy));
     policy->watchdog = env->watchdog;
+    policy->poison = env->poison;
     if (cfg->policy_script)
         policy->lua = policy_lua_create(cfg, env, err);
     else
@@ -47,13 +49,13 @@ static enum policy_verdict handle_guarded(struct policy *policy, struct inflight
                                           const struct segment_record *sr,
                                           struct policy_reason *reason)
 {
-    if (poison_before(rec)) {
+    if (poison_before(policy->poison, rec)) {
         reason->kind = DEADLETTER_POLICY;
         reason->text = xstrdup(POISON_REASON);
         return POLICY_DEADLETTER;
     }
     enum policy_verdict v = handle_lua(policy, rec, sr, reason);
-    poison_after(rec);
+    poison_after(policy->poison, rec);
     return v;
 }
 
@@ -62,7 +64,7 @@ enum policy_verdict policy_handle(struct policy *policy, struct inflight_record 
 {
     if (!policy->lua)
         return builtin_handle(policy->builtin, rec, sr, reason);
-    if (poison_armed)
+    if (poison_armed(policy->poison))
         return handle_guarded(policy, rec, sr, reason);
     return handle_lua(policy, rec, sr, reason);
 }

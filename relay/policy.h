@@ -16,6 +16,7 @@ struct publisher;
 struct publish_ack;
 struct stream_check;
 struct hook_watchdog;
+struct poison;
 struct segment_record;
 struct inflight_record;
 
@@ -62,6 +63,7 @@ struct policy_env {
     void (*publish_done)(void *ctx, void *cookie, const struct publish_ack *ack);
     struct stream_check *streams;   /* for those publishers too (publish.h) */
     struct hook_watchdog *watchdog; /* watches the hooks; NULL: not watched */
+    struct poison *poison;          /* records a hook died on (poison.h); NULL: none */
     bool check_only;                /* --check: load and run init, connect nothing */
 };
 

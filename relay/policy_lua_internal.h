@@ -1,5 +1,5 @@
-/* What policy_lua.c and policy_await.c share: the policy's state, and the calls each
- * makes into the other. Private to those two files. */
+/* What policy_lua.c, policy_lua_load.c and policy_await.c share: the policy's state, and
+ * the calls each makes into the others. Private to those files. */
 #ifndef RELAY_POLICY_LUA_INTERNAL_H
 #define RELAY_POLICY_LUA_INTERNAL_H
 
@@ -121,8 +121,13 @@ struct outcome {
     enum deadletter_reason why; /* PERMANENT: the dead letter's class (zero: the policy's) */
 };
 
-/* policy_lua.c */
+/* policy_lua_load.c */
 int policy_lua_call_hook(struct policy_lua *p, const char *event, int nargs, int nresults);
+/* Pushes the handler list of event and returns its length; pushes nothing when the event
+ * has no handler. */
+lua_Integer policy_lua_push_handlers(lua_State *L, const char *event);
+
+/* policy_lua.c */
 struct outcome policy_lua_error_outcome(struct policy_lua *p, const char *event);
 void policy_lua_drop_connection(struct policy_lua *p, struct queue_state *q);
 void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count);

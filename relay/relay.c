@@ -254,6 +254,7 @@ struct policy_env relay_policy_env(struct relay *r)
         .publish_done = on_publish_done,
         .streams = &r->streams,
         .watchdog = &r->watchdog,
+        .poison = &r->poison,
     };
 }
 

@@ -8,6 +8,7 @@
 #define RELAY_RELAY_INTERNAL_H
 
 #include "hook_watchdog.h"
+#include "poison.h"
 #include "offsets.h"
 #include "policy.h"
 #include "relay_inflight.h"
@@ -87,6 +88,7 @@ struct relay {
     bool ready_notified;
     struct relay_health health; /* relay_health.c */
     struct hook_watchdog watchdog;
+    struct poison poison; /* poison.c */
 };
 
 void relay_apply_policy(struct relay *r, struct inflight_record *rec,

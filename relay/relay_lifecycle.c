@@ -111,9 +111,9 @@ char *relay_lifecycle_start(struct relay *r)
         return xasprintf("cannot set up signal handling: %s", strerror(errno));
     if (!(r->deadletter = deadletter_open(r->cfg->state_dir, &err)))
         return err;
-    if ((err = poison_open(r->cfg->state_dir, r->inflight.record_count)) != NULL)
+    if ((err = poison_open(&r->poison, r->cfg->state_dir, r->inflight.record_count)) != NULL)
         return err;
-    hook_watchdog_start(&r->watchdog, (uint64_t)r->cfg->shutdown_timeout_ms);
+    hook_watchdog_start(&r->watchdog, (uint64_t)r->cfg->shutdown_timeout_ms, &r->poison);
     struct policy_env env = relay_policy_env(r);
     if (!(r->policy = policy_create(r->cfg, &env, &err))) {
         r->exit_status = RELAY_EXIT_CONFIG; /* the policy is wrong: a restart cannot help */
@@ -164,7 +164,7 @@ void relay_lifecycle_stop(struct relay *r)
     policy_destroy(r->policy); /* calls the connections' close, which may still publish */
     reload_release_all(r);
     hook_watchdog_stop(&r->watchdog); /* after the last hook: the connections' close */
-    poison_close();                   /* a clean stop: the next start need not guard */
+    poison_close(&r->poison);         /* a clean stop: the next start need not guard */
     publisher_destroy(r->pub);
     spool_close(r->spool);
     deadletter_close(r->deadletter);

@@ -349,10 +349,13 @@ class SecurityTest(h.RelayTestCase):
         # Keys this build cannot honour, and KeySource forms it does not know, are errors.
         for extra, client_keys, message in (
                 ("tls_first = true,", client, "tls_first = true is not supported"),
-                ("", f"client_cert = '{tls}/client.pem',", "client_cert and client_key go together"),
+                ("", f"client_cert = '{tls}/client.pem',",
+                 "kumo.nats.connect: client_cert and client_key go together; client_key is "
+                 "missing"),
                 ("", client + " nkey_seed = '/nonexistent/seed',", "nkey_seed: cannot read"),
                 ("", client + " creds = '/etc/hostname',",
-                 "authenticate one way only: auth, creds or nkey_seed"),
+                 "kumo.nats.connect: authenticate one way only: auth.username and "
+                 "auth.password, auth.token, nkey_seed or creds"),
                 ("", client.replace(f"'{tls}/client.key'", f"{{ path = '{tls}/client.key' }}"),
                  "client_key must be a file path")):
             write_policy(extra, client_keys)
