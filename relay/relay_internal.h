@@ -10,6 +10,7 @@
 #include "hook_watchdog.h"
 #include "offsets.h"
 #include "policy.h"
+#include "publish.h"
 #include "relay_inflight.h"
 #include "relay_reader.h"
 #include "stream.h"
@@ -68,6 +69,7 @@ struct relay {
     struct loop *loop;
     struct spool *spool;
     struct publisher *pub;
+    struct publisher_set publishers; /* pub and the Lua policy's connections */
     struct policy *policy;
     struct deadletter *deadletter;
     struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */
