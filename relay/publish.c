@@ -76,10 +76,19 @@ static void list_remove(struct slot_list *l, struct slot *s)
 
 static struct slot_list *list_of(struct publisher *p, struct slot *s)
 {
-    return s->state == SLOT_FREE ? &p->free_list : s->state == SLOT_SENT ? &p->sent : &p->retry;
+    switch (s->state) {
+    case SLOT_FREE:
+        return &p->free_list;
+    case SLOT_SENT:
+        return &p->sent;
+    case SLOT_BATCHED:
+        return &p->fast.batches[s->batch].slots;
+    default:
+        return &p->retry;
+    }
 }
 
-static void move_slot(struct publisher *p, struct slot *s, enum slot_state state, uint64_t due)
+void publisher_move_slot(struct publisher *p, struct slot *s, enum slot_state state, uint64_t due)
 {
     list_remove(list_of(p, s), s);
     s->state = state;
@@ -220,22 +229,22 @@ uint64_t publisher_backoff_ms(uint32_t attempts)
 }
 
 /* Sends (or re-sends) a slot's message. Returns the nats status. */
-static natsStatus send_slot(struct publisher *p, struct slot *s)
+natsStatus publisher_send_slot(struct publisher *p, struct slot *s)
 {
     s->attempts++;
     natsStatus st = natsConnection_PublishMsg(p->conn, s->msg);
     uint64_t now = loop_now_ms();
     if (st == NATS_OK) {
-        move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
+        publisher_move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
     } else if (st != NATS_MAX_PAYLOAD) {
         log_warn("publish failed, will retry subject=%s error=\"%s\"", natsMsg_GetSubject(s->msg),
                  natsStatus_GetText(st));
-        move_slot(p, s, SLOT_RETRY, now + publisher_backoff_ms(s->attempts));
+        publisher_move_slot(p, s, SLOT_RETRY, now + publisher_backoff_ms(s->attempts));
     }
     return st;
 }
 
-static void free_slot(struct publisher *p, struct slot *s)
+void publisher_free_slot(struct publisher *p, struct slot *s)
 {
     natsMsg_Destroy(s->msg);
     s->msg = NULL;
@@ -243,7 +252,7 @@ static void free_slot(struct publisher *p, struct slot *s)
     s->attempts = 0;
     s->await_id = 0;
     s->generation++;
-    move_slot(p, s, SLOT_FREE, 0);
+    publisher_move_slot(p, s, SLOT_FREE, 0);
 }
 
 /* The first ack from a stream: ask for its configuration (stream.h). The answer comes
@@ -266,6 +275,19 @@ static bool is_stream_info_reply(const struct publisher *p, const char *subject)
            strcmp(subject + p->inbox_len, STREAM_INFO_REPLY) == 0;
 }
 
+void publisher_acked(struct publisher *p, struct slot *s, const struct publish_ack *ack)
+{
+    void *cookie = s->cookie;
+    METRIC_ADD(publish_duplicates, ack->duplicate);
+    METRIC_ADD(publishes_acked, 1);
+    publisher_free_slot(p, s);
+    if (p->options.streams && stream_check_first_ack(p->options.streams, ack->stream))
+        request_stream_info(p, ack->stream);
+    if (p->fast.state == FAST_UNKNOWN)
+        publish_batch_learn(p, ack->stream);
+    p->done(p->ctx, cookie, ack);
+}
+
 static void handle_reply(struct publisher *p, const struct reply *ev)
 {
     struct slot *s = slot_at(p, ev->slot);
@@ -277,13 +299,7 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
                                   .await_id = s->await_id};
         memcpy(ack.stream, ev->detail, sizeof(ack.stream) - 1);
         memcpy(ack.domain, ev->domain, sizeof(ack.domain));
-        void *cookie = s->cookie;
-        METRIC_ADD(publish_duplicates, ack.duplicate);
-        METRIC_ADD(publishes_acked, 1);
-        free_slot(p, s);
-        if (p->options.streams && stream_check_first_ack(p->options.streams, ack.stream))
-            request_stream_info(p, ack.stream);
-        p->done(p->ctx, cookie, &ack);
+        publisher_acked(p, s, &ack);
         return;
     }
     if (ev->kind == REPLY_NO_RESPONDERS) {
@@ -300,7 +316,7 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
         else
             snprintf(ack.error, sizeof(ack.error), "%s", ev->detail);
         void *cookie = s->cookie;
-        free_slot(p, s);
+        publisher_free_slot(p, s);
         p->done(p->ctx, cookie, &ack);
         return;
     }
@@ -309,7 +325,7 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
         log_warn("jetstream refused a publish, retrying in %" PRIu64 "ms subject=%s attempts=%u "
                  "error=\"%s\"",
                  wait, natsMsg_GetSubject(s->msg), s->attempts, ev->detail);
-        move_slot(p, s, SLOT_RETRY, loop_now_ms() + wait);
+        publisher_move_slot(p, s, SLOT_RETRY, loop_now_ms() + wait);
     }
 }
 
@@ -318,21 +334,22 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
  * Publishes held back while disconnected go out too. */
 void publisher_resend_all(struct publisher *p)
 {
+    publish_batch_fail_all(p, "reconnected");
     for (size_t n = p->sent.count; n > 0 && p->sent.head; n--) {
         METRIC_ADD(publish_resends, 1);
-        send_slot(p, p->sent.head);
+        publisher_send_slot(p, p->sent.head);
     }
     struct slot *next;
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->attempts == 0)
-            send_slot(p, s);
+            publisher_send_slot(p, s);
     }
 }
 
 static size_t in_flight(const struct publisher *p)
 {
-    return p->sent.count + p->retry.count;
+    return p->sent.count + p->retry.count + publish_batch_in_flight(p);
 }
 
 static void process_events(struct publisher *p)
@@ -370,6 +387,7 @@ static void take_reply(struct publisher *p, natsMsg *msg)
     if (parse_reply(subject, p->inbox_len, &ev.slot, &ev.generation)) {
         classify_reply(msg, &ev);
         handle_reply(p, &ev);
+    } else if (publish_batch_reply(p, msg)) {
     } else if (is_stream_info_reply(p, subject)) {
         stream_check_reply(p->options.streams, natsMsg_GetData(msg),
                            (size_t)natsMsg_GetDataLength(msg));
@@ -402,9 +420,12 @@ static void take_acks(struct publisher *p, int64_t wait_ms)
 
 void publisher_set_take_acks(struct publisher_set *set)
 {
-    for (size_t i = 0; i < set->count; i++)
-        if (set->items[i]->sub)
+    for (size_t i = 0; i < set->count; i++) {
+        if (set->items[i]->sub) {
             take_acks(set->items[i], 0);
+            publish_batch_idle(set->items[i]);
+        }
+    }
 }
 
 size_t publisher_set_in_flight(const struct publisher_set *set)
@@ -420,6 +441,7 @@ void publisher_poll(struct publisher *p, int timeout_ms)
     process_events(p);
     if (p->sub)
         take_acks(p, timeout_ms);
+    publish_batch_idle(p);
 }
 
 void publisher_tick(struct publisher *p)
@@ -428,6 +450,7 @@ void publisher_tick(struct publisher *p)
     publish_connection_tick(p);
     if (!p->connected)
         return; /* nothing can be sent; the reconnect resends everything */
+    publish_batch_tick(p);
     /* The sent list is in send order and the timeout is fixed, so it is in due order. */
     while (p->sent.head && p->sent.head->due_ms <= now) {
         struct slot *s = p->sent.head;
@@ -435,14 +458,14 @@ void publisher_tick(struct publisher *p)
         METRIC_ADD(publish_resends, 1);
         log_debug("ack timeout, resending subject=%s attempts=%u", natsMsg_GetSubject(s->msg),
                   s->attempts);
-        send_slot(p, s);
+        publisher_send_slot(p, s);
     }
     struct slot *next;
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->due_ms <= now) {
             METRIC_ADD(publish_resends, s->attempts > 0);
-            send_slot(p, s);
+            publisher_send_slot(p, s);
         }
     }
 }
@@ -486,11 +509,12 @@ static void on_await_sub_complete(void *closure)
         publisher_final_callback(p, &p->queue.subscription_closed);
 }
 
-/* The ack inboxes of a new connection: <inbox>.<slot>.<generation>, drained by the loop,
- * and <inbox>A.<slot>.<generation> for awaited publishes (on_await_reply). */
+/* The ack inboxes of a new connection: <inbox>.>, drained by the loop, and
+ * <inbox>A.<slot>.<generation> for awaited publishes (on_await_reply). */
 natsStatus publisher_subscribe(struct publisher *p)
 {
-    char *wildcard = xasprintf("%s.*.*", p->inbox);
+    /* <inbox>.<slot>.<generation>, <inbox>.w.0 and the batches' <inbox>.<id>...$FI. */
+    char *wildcard = xasprintf("%s.>", p->inbox);
     natsStatus st = natsConnection_SubscribeSync(&p->sub, p->conn, wildcard);
     /* Acks are bounded by the window; never let nats.c drop one as a slow consumer. */
     if (st == NATS_OK)
@@ -525,6 +549,7 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
     struct publisher *p = xcalloc(1, sizeof(*p));
     copy_options(p, options);
     p->set = options->set;
+    publish_batch_init(p);
     set_add(p->set, p);
     p->loop = loop;
     p->done = done;
@@ -584,6 +609,7 @@ void publisher_destroy(struct publisher *p)
         free(p->chunks[c]);
     }
     free(p->chunks);
+    publish_batch_free(p);
     if (p->queue.eventfd >= 0) {
         loop_del_fd(p->loop, p->queue.eventfd);
         close(p->queue.eventfd);
@@ -609,16 +635,15 @@ size_t publisher_in_flight(const struct publisher *p)
     return in_flight(p);
 }
 
-static natsStatus build_message(struct publisher *p, struct slot *s,
-                                const struct publish_request *req, natsMsg **msg)
+void publisher_single_reply(const struct publisher *p, const struct slot *s, bool awaited,
+                            char *buf, size_t size)
 {
     /* <inbox>.<slot>.<generation>, by hand: this runs for every record. */
-    char reply[160];
-    if (p->inbox_len + 3 + 2 * DECIMAL_MAX < sizeof(reply)) {
-        char *at = reply;
+    if (p->inbox_len + 3 + 2 * DECIMAL_MAX < size) {
+        char *at = buf;
         memcpy(at, p->inbox, p->inbox_len);
         at += p->inbox_len;
-        if (req->await_id)
+        if (awaited)
             *at++ = 'A'; /* the awaited publishes' own subscription */
         *at++ = '.';
         at += decimal_put(at, s->index);
@@ -626,9 +651,14 @@ static natsStatus build_message(struct publisher *p, struct slot *s,
         at += decimal_put(at, s->generation);
         *at = '\0';
     } else {
-        snprintf(reply, sizeof(reply), "%s%s.%u.%u", p->inbox, req->await_id ? "A" : "", s->index,
-                 s->generation);
+        snprintf(buf, size, "%s%s.%u.%u", p->inbox, awaited ? "A" : "", s->index, s->generation);
     }
+}
+
+natsStatus publisher_build_message(struct publisher *p, struct slot *s,
+                                   const struct publish_request *req, const char *reply,
+                                   natsMsg **msg)
+{
     natsStatus st = natsMsg_Create(msg, req->subject, reply, req->data, (int)req->len);
     for (size_t i = 0; st == NATS_OK && i < req->header_count; i++)
         st = natsMsgHeader_Add(*msg, req->headers[2 * i], req->headers[2 * i + 1]);
@@ -641,24 +671,36 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
                       char **err)
 {
     struct slot *s = take_slot(p);
+    s->cookie = cookie;
+    s->await_id = req->await_id;
+    s->attempts = 0;
+    if (!req->await_id && publish_batch_on(p)) {
+        int taken = publish_batch_send(p, s, req, err);
+        if (taken <= 0) {
+            if (taken < 0)
+                s->cookie = NULL;
+            return taken;
+        }
+    }
+    char reply[160];
+    publisher_single_reply(p, s, req->await_id != 0, reply, sizeof(reply));
     natsMsg *msg = NULL;
-    natsStatus st = build_message(p, s, req, &msg);
+    natsStatus st = publisher_build_message(p, s, req, reply, &msg);
     if (st != NATS_OK) {
         natsMsg_Destroy(msg);
+        s->cookie = NULL;
+        s->await_id = 0;
         *err = xasprintf("cannot build the message: %s", natsStatus_GetText(st));
         return -1;
     }
     s->msg = msg;
-    s->cookie = cookie;
-    s->await_id = req->await_id;
-    s->attempts = 0;
     METRIC_ADD(publishes, 1);
     /* Held back while disconnected (attempts 0 in RETRY): the connect sends it. */
-    move_slot(p, s, SLOT_RETRY, 0);
+    publisher_move_slot(p, s, SLOT_RETRY, 0);
     if (!p->connected)
         return 0;
-    if (send_slot(p, s) == NATS_MAX_PAYLOAD) {
-        free_slot(p, s);
+    if (publisher_send_slot(p, s) == NATS_MAX_PAYLOAD) {
+        publisher_free_slot(p, s);
         *err = xasprintf("the message is larger than the server's max_payload");
         return -1;
     }

@@ -41,6 +41,9 @@ struct publisher_options {
     struct nats_auth auth;        /* credentials and TLS; used by publisher_create only */
     struct stream_check *streams; /* checks each stream's duplicate_window; NULL: none */
     struct publisher_set *set;    /* the owner's, which the publisher joins; NULL: none */
+    /* Not 0: publish in fast-ingest batches (publish_batch.c) once the stream of the first
+     * ack says it takes them; the caller's window, which the flow acks must keep open. */
+    size_t fast_batch_window;
 };
 
 /* What JetStream answered for one publish. */

@@ -241,6 +241,10 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
         .auth = nats_auth_from_config(cfg),
         .streams = &r->streams,
         .set = &r->publishers,
+        /* The built-in policy publishes into one stream; a Lua policy's publishes through
+         * this connection may go anywhere. */
+        .fast_batch_window =
+            cfg->jetstream_batch_off || cfg->policy_script ? 0 : cfg->max_in_flight,
     };
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }

@@ -11,13 +11,19 @@ id, and the server answers on the inbox with flow acks `{"type":"ack","seq":N,"m
 Found on 2.15.3 (each is a test below): a message id seen before is dropped inside a batch
 and across batches, after a kill -9 of the server too, without failing the batch; so
 exactly-once by message id holds for fast batches as for per-message acks.
+
+RelayFastBatchTest runs the relay's fast-batch path (relay/publish_batch.c) on it: every
+record exactly once through a kill -9 of the relay and of the server mid-batch, and the
+single-publish path where the stream or the server does not take batches.
 """
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
+import time
 import unittest
 
 import harness
@@ -183,6 +189,154 @@ class FastBatchDedupTest(RelayTestCase):
         ack = client.wait_committed("E", timeout=20)
         self.assertEqual(ack["count"], 14)
         self.assert_stored_once(resend)
+
+
+STREAM = "KUMO"
+BATCHING = "publishing in fast-ingest batches stream=KUMO"
+NO_BATCHES = ("one ack per message: the stream does not take fast-ingest batches "
+              "(allow_batched, nats-server 2.14 or later) stream=KUMO")
+
+
+def create_kumo_stream(url, allow_batched, storage="file"):
+    config = {"name": STREAM, "subjects": ["kumo.log.>"], "storage": storage,
+              "duplicate_window": 600 * 10**9}
+    if allow_batched:
+        config["allow_batched"] = True
+    reply = json.loads(harness.nats_request(url, f"$JS.API.STREAM.CREATE.{STREAM}",
+                                            json.dumps(config).encode()))
+    if "error" in reply:
+        raise AssertionError(f"cannot create the stream: {reply}")
+    return reply
+
+
+def wait_at_least(url, n, timeout, what):
+    """Poll the stream's count until it reaches n (through server restarts); returns it."""
+    return poll(lambda: (c := harness.stream_count(url, STREAM)) >= n and c, timeout,
+                f"{what}: {n} messages in the stream", interval=0.02, ignore=(AssertionError,))
+
+
+def batched(log):
+    """How many messages the relay's fast batches stored, by its debug log."""
+    return sum(int(n) for n in re.findall(r"fast-ingest batch stored stream=\S+ batch=\d+ "
+                                          r"messages=(\d+)", log))
+
+
+class RelayFastBatchTest(RelayTestCase):
+    """The relay publishing in fast batches on the newest server of the matrix."""
+
+    @classmethod
+    def setUpClass(cls):
+        FastBatchDedupTest.setUpClass.__func__(cls)
+
+    def write_spool(self, segments, per_segment, prefix):
+        """Done zstd segments; returns the messages they must become."""
+        names = harness.segment_names(segments)
+        expected = []
+        for i, name in enumerate(names):
+            lines = harness.many_records(per_segment, seed=i, prefix=f"{prefix}{i}-")
+            harness.write_segment(self.spool / name, lines)
+            expected += harness.expected_messages("test", name, lines)
+        return expected
+
+    def test_batches_carry_every_record_exactly_once(self):
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(4, 10000, "b")
+        relay = self.relay(self.relay_config(server.url))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn(BATCHING, log)
+        self.assertNotIn("fast-ingest batch failed", log)
+        self.assertNotIn("sent again one by one", log)
+        # Only the publishes before the stream's answer about batches are single ones.
+        self.assertGreater(batched(log), 0.9 * len(expected))
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_relay_killed_mid_batch_then_restarted(self):
+        """kill -9 of the relay three times while it publishes in batches: what a batch had
+        not had acknowledged goes out again after the restart, and the stream drops what
+        it already stored (its Nats-Msg-Id)."""
+        rng = random.Random(1)
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(4, 15000, "k")
+        relay = self.relay(self.relay_config(server.url))
+        for i, target in enumerate(sorted(rng.sample(range(5000, 50000), 3))):
+            wait_at_least(server.url, target, 120, f"kill {i + 1}")
+            self.assertEqual(-9, relay.kill())
+            self.assertIn(BATCHING, relay.log_text())
+            relay.start()
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        dump = harness.dump_stream(server.url, STREAM)
+        harness.assert_checkpoint_covered(harness.read_checkpoint(self.state / "checkpoint"),
+                                          dump)
+        harness.assert_exactly_once(dump, expected)
+
+    def test_server_killed_mid_batch_and_restarted_on_its_store(self):
+        """kill -9 of nats-server twice mid-run, restarted on the same port and store: the
+        relay rides through, its open batches go out again one by one, then batches go
+        on."""
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(4, 15000, "s")
+        relay = self.relay(self.relay_config(server.url))
+        pid = relay.pid
+        for i, target in enumerate((12000, 35000)):
+            wait_at_least(server.url, target, 120, f"server kill {i + 1}")
+            server.kill()
+            server.start()
+        harness.wait_count(server.url, STREAM, len(expected), timeout=180)
+        self.assertEqual(pid, relay.pid)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertEqual(2, len(re.findall(r" info reconnected to nats ", log)), log[-3000:])
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_stream_without_allow_batched_gets_single_publishes(self):
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=False)
+        expected = self.write_spool(2, 5000, "n")
+        relay = self.relay(self.relay_config(server.url))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn(NO_BATCHES, log)
+        self.assertNotIn("publishing in fast-ingest batches", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_batch_off_never_asks(self):
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(2, 5000, "o")
+        relay = self.relay(self.relay_config(server.url, jetstream={"batch": "off"}))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        self.assertNotIn("fast-ingest", relay.log_text())
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+
+class DebianServerTest(RelayTestCase):
+    """Debian's nats-server 2.9.10 knows no batches: the relay asks, learns so, and
+    publishes one ack per message."""
+
+    def test_single_publishes_on_debian_server(self):
+        server = self.nats()
+        harness.create_stream(server.url, STREAM, ["kumo.log.>"], dup_window=600)
+        names = harness.segment_names(2)
+        expected = []
+        for i, name in enumerate(names):
+            lines = harness.many_records(5000, seed=i, prefix=f"d{i}-")
+            harness.write_segment(self.spool / name, lines)
+            expected += harness.expected_messages("test", name, lines)
+        relay = self.relay(self.relay_config(server.url))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn(NO_BATCHES, log)
+        self.assertNotIn("publishing in fast-ingest batches", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
 
 
 if __name__ == "__main__":
