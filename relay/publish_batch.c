@@ -291,9 +291,14 @@ static void end_open_batch(struct publisher *p)
                   natsStatus_GetText(st));
 }
 
+/* Only a tail shorter than the flow waits for the batch's end to be acknowledged: a
+ * longer one (the window is full, the stream is the bottleneck) gets a flow ack anyway,
+ * and the batch goes on. */
 void publish_batch_idle(struct publisher *p)
 {
-    if (p->fast.open >= 0 && p->conn && loop_now_ms() - p->fast.last_publish_ms >= IDLE_MS)
+    if (p->fast.open < 0 || !p->conn || loop_now_ms() - p->fast.last_publish_ms < IDLE_MS)
+        return;
+    if (p->fast.batches[p->fast.open].slots.count < p->fast.flow)
         end_open_batch(p);
 }
 
