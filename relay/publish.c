@@ -256,7 +256,7 @@ void publisher_free_slot(struct publisher *p, struct slot *s)
 }
 
 /* The first ack from a stream: ask for its configuration (stream.h). The answer comes
- * on <inbox>.w.0, which the ack subscription (<inbox>.*.*) receives; no slot has that
+ * on <inbox>.w.0, which the ack subscription (<inbox>.>) receives; no slot has that
  * name, so it cannot be taken for an ack. */
 #define STREAM_INFO_REPLY ".w.0"
 

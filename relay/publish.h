@@ -9,6 +9,9 @@
  * entries for ack timeouts (no per-message timers), and after a reconnect we resend what
  * is unacknowledged ourselves (nats.c never reports acks lost in a server restart).
  *
+ * Where the stream allows it, the relay's own connection publishes in fast-ingest batches
+ * instead, one flow ack per many messages (publish_batch.c, fast_batch_window).
+ *
  * The window (how many publishes may be in flight) is the caller's to enforce: one relay
  * may publish through several connections (Lua policies), and the limit is for all. */
 #ifndef RELAY_PUBLISH_H

@@ -277,7 +277,6 @@ static void end_open_batch(struct publisher *p)
 {
     struct fast_batch *b = &p->fast.batches[p->fast.open];
     p->fast.open = -1;
-    b->ended = true;
     b->progress_ms = loop_now_ms();
     if (b->next_seq == 1) {
         release(p, b); /* nothing was sent in it */
@@ -368,7 +367,6 @@ static void batch_answer(struct publisher *p, struct fast_batch *b, json_t *doc)
                  p->fast.stream, b->number, seq, why ? why : type);
         if (p->fast.open >= 0 && &p->fast.batches[p->fast.open] == b)
             p->fast.open = -1;
-        b->ended = true;
     } else if (error) {
         const char *why = json_string_value(json_object_get(error, "description"));
         batch_failed(p, b, why ? why : "error", error_stops_batches(error));

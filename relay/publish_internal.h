@@ -74,7 +74,6 @@ enum { FAST_BATCHES = 4 };
 struct fast_batch {
     uint64_t number;      /* 0: this entry is unused */
     uint64_t next_seq;    /* of the next message */
-    bool ended;           /* nothing more is sent in it: its final ack is awaited */
     uint64_t progress_ms; /* when it last moved (started, acked, ended): for ack_timeout */
     char *subject;        /* its first message's: the end-of-batch marker goes there too */
     char reply[160];      /* <inbox>.<batch id>.<flow>.fail. : the sequence and op follow */

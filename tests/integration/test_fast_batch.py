@@ -294,6 +294,38 @@ class RelayFastBatchTest(RelayTestCase):
         self.assertEqual(2, len(re.findall(r" info reconnected to nats ", log)), log[-3000:])
         harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
 
+    def test_batches_disabled_mid_run_fall_back_to_single_publishes(self):
+        """The stream's allow_batched turned off while the relay runs: the server refuses
+        the batch ("batch publish is disabled"), whose messages go out again singly with
+        their ids, and the relay publishes one ack per message from then on."""
+        server = self.nats(binary=self.server_path)
+        config = create_kumo_stream(server.url, allow_batched=True)["config"]
+        names = harness.segment_names(1)
+        live = self.segment(names[0])
+        lines = harness.many_records(30000, seed=7, prefix="x-")
+        live.write(lines[:10000])
+        live.flush()
+        relay = self.relay(self.relay_config(server.url))
+        wait_at_least(server.url, 10000, 120, "the first part")
+        self.assertIn(BATCHING, relay.log_text())
+        live.write(lines[10000:20000])
+        live.flush()
+        wait_at_least(server.url, 12000, 120, "a batch under way")
+        config["allow_batched"] = False
+        reply = json.loads(harness.nats_request(server.url, f"$JS.API.STREAM.UPDATE.{STREAM}",
+                                                json.dumps(config).encode()))
+        self.assertFalse(reply["config"].get("allow_batched"), reply)
+        live.write(lines[20000:])
+        live.close()
+        expected = harness.expected_messages("test", names[0], lines)
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn('error="batch publish is disabled"', log)
+        self.assertIn("publishing with one ack per message from now on: fast-ingest batches "
+                      "do not work here stream=KUMO", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
     def test_stream_without_allow_batched_gets_single_publishes(self):
         server = self.nats(binary=self.server_path)
         create_kumo_stream(server.url, allow_batched=False)
