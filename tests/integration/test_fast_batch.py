@@ -349,26 +349,52 @@ class RelayFastBatchTest(RelayTestCase):
         harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
 
 
-class DebianServerTest(RelayTestCase):
-    """Debian's nats-server 2.9.10 knows no batches: the relay asks, learns so, and
-    publishes one ack per message."""
+def older_servers():
+    """(name, path) of every server of the matrix but the newest: Debian's 2.9.10 always,
+    2.10 and 2.12 where tests/tools/nats-servers.sh built them."""
+    proc = subprocess.run([REPO / "tests" / "tools" / "nats-servers.sh"], capture_output=True,
+                          text=True, timeout=1800)
+    found = [tuple(line.split(" ", 1)) for line in proc.stdout.splitlines() if " " in line]
+    return found[:-1] if proc.returncode == 0 and len(found) > 1 else [("debian", None)]
 
-    def test_single_publishes_on_debian_server(self):
-        server = self.nats()
-        harness.create_stream(server.url, STREAM, ["kumo.log.>"], dup_window=600)
+
+class OlderServerTest(RelayTestCase):
+    """Servers before 2.14 know no fast batches (2.9 and 2.10 drop allow_batched from a
+    stream's configuration, 2.12 refuses it): the relay learns from STREAM.INFO that the
+    stream has none and publishes one ack per message."""
+
+    def test_single_publishes_on_servers_without_batches(self):
+        for name, path in older_servers():
+            with self.subTest(server=name):
+                self.relay_on(name, path)
+
+    def relay_on(self, name, path):
+        server = self.nats(**({"binary": path} if path else {}), name=name.replace(".", "-"))
+        try:
+            reply = create_kumo_stream(server.url, allow_batched=True)
+            self.assertNotIn("allow_batched", reply["config"], name)  # 2.9, 2.10: dropped
+        except AssertionError as e:
+            self.assertIn('unknown field "allow_batched"', str(e))
+            create_kumo_stream(server.url, allow_batched=False)  # 2.12: refused
+        spool = self.spool / name
+        spool.mkdir(parents=True)
         names = harness.segment_names(2)
         expected = []
-        for i, name in enumerate(names):
-            lines = harness.many_records(5000, seed=i, prefix=f"d{i}-")
-            harness.write_segment(self.spool / name, lines)
-            expected += harness.expected_messages("test", name, lines)
-        relay = self.relay(self.relay_config(server.url))
+        for i, segment in enumerate(names):
+            lines = harness.many_records(3000, seed=i, prefix=f"{name}-{i}-")
+            harness.write_segment(spool / segment, lines)
+            expected += harness.expected_messages("test", segment, lines)
+        state = self.state / name
+        state.mkdir(parents=True)
+        relay = self.relay(harness.relay_config(spool, state, server.url),
+                           name=f"relay-{name}")
         harness.wait_count(server.url, STREAM, len(expected), timeout=120)
         self.assertEqual(0, relay.stop())
         log = relay.log_text()
         self.assertIn(NO_BATCHES, log)
         self.assertNotIn("publishing in fast-ingest batches", log)
         harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+        server.stop()
 
 
 if __name__ == "__main__":
