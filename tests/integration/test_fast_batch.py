@@ -21,9 +21,9 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
-import time
 import unittest
 
 import harness
@@ -324,6 +324,37 @@ class RelayFastBatchTest(RelayTestCase):
         self.assertIn('error="batch publish is disabled"', log)
         self.assertIn("publishing with one ack per message from now on: fast-ingest batches "
                       "do not work here stream=KUMO", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_server_paused_past_ack_timeout_mid_batch(self):
+        """nats-server stopped (SIGSTOP) for longer than ack_timeout while a batch is in
+        flight: the batch's unacknowledged messages go out again singly, and when the
+        server goes on it stores each record once and batches resume."""
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        names = harness.segment_names(1)
+        live = self.segment(names[0])
+        lines = harness.many_records(30000, seed=8, prefix="p-")
+        live.write(lines[:20000])
+        live.flush()
+        relay = self.relay(self.relay_config(server.url, jetstream={"ack_timeout": "1s"}))
+        wait_at_least(server.url, 5000, 120, "batches under way")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            poll(lambda: "no ack within ack_timeout" in relay.log_text(), 30,
+                 "the relay to give the batch up")
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        live.write(lines[20000:])
+        live.close()
+        expected = harness.expected_messages("test", names[0], lines)
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        failed = log.index("a fast-ingest batch failed")
+        self.assertRegex(log[failed:], r"fast-ingest batch stored stream=KUMO batch=\d+ "
+                                       r"messages=\d+")  # batches again after the pause
+        self.assertNotIn("publishing with one ack per message from now on", log)
         harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
 
     def test_stream_without_allow_batched_gets_single_publishes(self):
