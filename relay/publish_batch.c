@@ -205,6 +205,8 @@ static void fall_back_batch(struct publisher *p, struct fast_batch *b)
 
 void publish_batch_fail_all(struct publisher *p, const char *why)
 {
+    if (p->fast.state == FAST_ASKED)
+        p->fast.state = FAST_UNKNOWN; /* the answer may have been lost: ask again */
     for (int i = 0; i < FAST_BATCHES; i++) {
         struct fast_batch *b = &p->fast.batches[i];
         if (!b->number)
