@@ -91,6 +91,8 @@ static const struct key create_keys[] = {
     {.name = NULL},
 };
 
+static const char *const batch_words[] = {"auto", "off", NULL};
+
 static const struct key jetstream_keys[] = {
     {"stream", KEY_STRING, FIELD(jetstream_stream), .help = "stream checked at start, if set"},
     {"create", KEY_SECTION, .section = create_keys},
@@ -98,6 +100,8 @@ static const struct key jetstream_keys[] = {
      .help = "unacknowledged publishes at most"},
     {"ack_timeout", KEY_DURATION, FIELD(ack_timeout_ms), .min = 1, .max = HOUR, .value = 5 * SECOND,
      .help = "wait for an ack this long, then retry"},
+    {"batch", KEY_ENUM, FIELD(jetstream_batch_off), .words = batch_words, .value = 0,
+     .help = "auto: fast-ingest batches where the stream allows them; off: never"},
     {.name = NULL},
 };
 

@@ -36,6 +36,7 @@ struct config {
     char *nats_tls_key;
     int nats_tls_required;       /* refuse a server that does not speak TLS (KEY_ENUM: 0 or 1) */
     char *jetstream_stream;      /* optional: verified at start when set */
+    int jetstream_batch_off;     /* jetstream.batch: 0 auto (fast-ingest batches), 1 off */
     char **create_subjects;      /* jetstream.create: make the stream if it is missing */
     size_t create_subject_count; /* 0: do not create */
     int create_memory_storage;   /* 0 file, 1 memory */

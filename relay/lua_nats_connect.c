@@ -375,6 +375,7 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
             .ack_timeout_ms = nats->cfg->ack_timeout_ms,
             .auth = spec->auth,
             .streams = nats->env->streams,
+            .set = nats->env->publishers,
         };
         char *err = NULL;
         client->pub =

@@ -13,6 +13,7 @@
 struct config;
 struct loop;
 struct publisher;
+struct publisher_set;
 struct publish_ack;
 struct stream_check;
 struct hook_watchdog;
@@ -61,10 +62,11 @@ struct policy_env {
                     enum deadletter_reason kind, const char *reason, const char *data, size_t len);
     /* The callback the relay wants for publishers the policy opens itself. */
     void (*publish_done)(void *ctx, void *cookie, const struct publish_ack *ack);
-    struct stream_check *streams;   /* for those publishers too (publish.h) */
-    struct hook_watchdog *watchdog; /* watches the hooks; NULL: not watched */
-    struct poison *poison;          /* records a hook died on (poison.h); NULL: none */
-    bool check_only;                /* --check: load and run init, connect nothing */
+    struct stream_check *streams;     /* for those publishers too (publish.h) */
+    struct publisher_set *publishers; /* which those publishers join (publish.h) */
+    struct hook_watchdog *watchdog;   /* watches the hooks; NULL: not watched */
+    struct poison *poison;            /* records a hook died on (poison.h); NULL: none */
+    bool check_only;                  /* --check: load and run init, connect nothing */
 };
 
 struct policy;

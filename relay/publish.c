@@ -1,4 +1,4 @@
-#include "publish.h"
+#include "publish_internal.h"
 
 #include "decimal.h"
 #include "log.h"
@@ -23,144 +23,29 @@
 #include <time.h>
 #include <unistd.h>
 
-enum slot_state { SLOT_FREE, SLOT_SENT, SLOT_RETRY };
-
-/* One in-flight publish. The natsMsg holds subject, reply, headers and payload, and is
- * sent again as is on a retry, so the Nats-Msg-Id cannot change between attempts. */
-struct slot {
-    enum slot_state state;
-    uint32_t index;
-    uint32_t generation; /* bumped when freed: a late ack for an old use is ignored */
-    uint32_t attempts;
-    uint64_t due_ms; /* SENT: ack deadline; RETRY: when to send again */
-    natsMsg *msg;
-    void *cookie;
-    uint64_t await_id;
-    struct slot *prev, *next; /* in the free, sent or retry list */
-};
-
-struct slot_list {
-    struct slot *head, *tail;
-    size_t count;
-};
-
-/* A JetStream reply to one publish, read on the loop. */
-enum reply_kind {
-    REPLY_ACK,
-    REPLY_DUPLICATE,
-    REPLY_ERROR,
-    REPLY_NO_RESPONDERS,
-};
-
-struct reply {
-    enum reply_kind kind;
-    uint32_t slot, generation;
-    uint64_t sequence;
-    char detail[128]; /* the error, or the stream of an ack */
-    char domain[64];
-};
-
-/* What the nats.c threads hand to the loop: connection changes, and the replies to
- * awaited publishes (see on_await_reply). Other acks are taken from the subscription on
- * the loop itself, see take_acks. */
-enum event_kind {
-    EVENT_DISCONNECTED,
-    EVENT_RECONNECTED,
-    EVENT_CLOSED,
-    EVENT_CONNECTED,
-    EVENT_AWAITED_REPLY,
-};
-
-struct event {
-    enum event_kind kind;
-    struct reply reply; /* EVENT_AWAITED_REPLY */
-};
-
-struct event_queue {
-    pthread_mutex_t lock;
-    pthread_cond_t done; /* shutdown: nats.c's last callbacks have run */
-    struct event *items;
-    size_t count, cap;
-    int eventfd;
-    bool shutting_down; /* callbacks stop enqueueing */
-    bool connection_closed, subscription_closed;
-};
-
-enum { SLOTS_PER_CHUNK = 1024 };
-
-struct publisher {
-    struct publisher_options options; /* strings owned below */
-    char **servers;
-    char *name;
-    struct loop *loop;
-    publish_done_fn done;
-    void *ctx;
-    natsOptions *opts;
-    natsOptions *probe_opts; /* the same servers and credentials, one attempt, no retry */
-    natsConnection *conn;
-    natsSubscription *sub;
-    natsSubscription *await_sub; /* replies to publishes someone waits for: see on_await_reply */
-    natsInbox *inbox;
-    size_t inbox_len;
-    struct slot **chunks; /* slots never move: their index is in reply subjects */
-    size_t chunk_count;
-    struct slot_list free_list, sent, retry;
-    struct event_queue queue;
-    struct event *batch; /* events taken from the queue, processed without the lock */
-    size_t batch_cap;
-    bool connected;
-    char auth[160];           /* how it authenticates, for the log: never a secret */
-    uint32_t reopen_attempts; /* connections refused or closed in a row */
-    uint64_t reopen_due;      /* with conn NULL: when to try a new connection */
-    uint64_t down_since;      /* not connected since (loop ms); 0 while connected */
-    uint64_t down_warn_due;   /* when to say again that it still cannot connect */
-    char down_error[256];     /* why not, for the log, /healthz and STATUS */
-};
-
-/* Every publisher of the process (the relay's, the Lua policy's connections), for the
- * connection-state gauge and health. Loop thread only. */
-static struct publisher **registry;
-static size_t registry_count;
-
-static void registry_add(struct publisher *p)
+/* The owner's set of publishers (publish.h). Loop thread only. */
+static void set_add(struct publisher_set *set, struct publisher *p)
 {
-    registry = xrealloc(registry, (registry_count + 1) * sizeof(*registry));
-    registry[registry_count++] = p;
+    if (!set)
+        return;
+    set->items = xrealloc(set->items, (set->count + 1) * sizeof(*set->items));
+    set->items[set->count++] = p;
 }
 
-static void registry_remove(struct publisher *p)
+static void set_remove(struct publisher_set *set, struct publisher *p)
 {
-    for (size_t i = 0; i < registry_count; i++) {
-        if (registry[i] == p) {
-            registry[i] = registry[--registry_count];
+    if (!set)
+        return;
+    for (size_t i = 0; i < set->count; i++) {
+        if (set->items[i] == p) {
+            set->items[i] = set->items[--set->count];
             break;
         }
     }
-    if (registry_count == 0) {
-        free(registry);
-        registry = NULL;
+    if (set->count == 0) {
+        free(set->items);
+        set->items = NULL;
     }
-}
-
-const char *publisher_down_reason(uint64_t *since_ms)
-{
-    for (size_t i = 0; i < registry_count; i++) {
-        if (!registry[i]->connected) {
-            *since_ms = registry[i]->down_since;
-            return registry[i]->down_error[0] ? registry[i]->down_error : "connecting";
-        }
-    }
-    return NULL;
-}
-
-size_t publisher_disconnected_count(size_t *total)
-{
-    size_t down = 0;
-    for (size_t i = 0; i < registry_count; i++)
-        down += !registry[i]->connected;
-    if (total)
-        *total = registry_count;
-    return down;
 }
 
 static void list_push(struct slot_list *l, struct slot *s)
@@ -191,10 +76,19 @@ static void list_remove(struct slot_list *l, struct slot *s)
 
 static struct slot_list *list_of(struct publisher *p, struct slot *s)
 {
-    return s->state == SLOT_FREE ? &p->free_list : s->state == SLOT_SENT ? &p->sent : &p->retry;
+    switch (s->state) {
+    case SLOT_FREE:
+        return &p->free_list;
+    case SLOT_SENT:
+        return &p->sent;
+    case SLOT_BATCHED:
+        return &p->fast.batches[s->batch].slots;
+    default:
+        return &p->retry;
+    }
 }
 
-static void move_slot(struct publisher *p, struct slot *s, enum slot_state state, uint64_t due)
+void publisher_move_slot(struct publisher *p, struct slot *s, enum slot_state state, uint64_t due)
 {
     list_remove(list_of(p, s), s);
     s->state = state;
@@ -225,7 +119,7 @@ static struct slot *take_slot(struct publisher *p)
 
 /* ---- nats.c threads: only enqueue and wake the loop ---- */
 
-static void enqueue(struct publisher *p, const struct event *ev)
+void publisher_enqueue(struct publisher *p, const struct event *ev)
 {
     struct event_queue *q = &p->queue;
     pthread_mutex_lock(&q->lock);
@@ -321,57 +215,9 @@ static void classify_reply(natsMsg *msg, struct reply *ev)
         ev->sequence = strtoull(seq + 6, NULL, 10);
 }
 
-static void on_connection_event(struct publisher *p, enum event_kind kind)
-{
-    struct event ev = {.kind = kind};
-    enqueue(p, &ev);
-}
-
-static void on_connected(natsConnection *nc, void *closure)
-{
-    on_connection_event(closure, EVENT_CONNECTED);
-}
-
-static void on_disconnected(natsConnection *nc, void *closure)
-{
-    on_connection_event(closure, EVENT_DISCONNECTED);
-}
-
-static void on_reconnected(natsConnection *nc, void *closure)
-{
-    on_connection_event(closure, EVENT_RECONNECTED);
-}
-
-/* At shutdown these two are the last callbacks nats.c makes with our closure; the
- * publisher is freed only after both ran. */
-static void note_final_callback(struct publisher *p, bool *flag)
-{
-    pthread_mutex_lock(&p->queue.lock);
-    *flag = true;
-    pthread_cond_signal(&p->queue.done);
-    pthread_mutex_unlock(&p->queue.lock);
-}
-
-static void on_closed(natsConnection *nc, void *closure)
-{
-    struct publisher *p = closure;
-    pthread_mutex_lock(&p->queue.lock);
-    bool shutting_down = p->queue.shutting_down;
-    pthread_mutex_unlock(&p->queue.lock);
-    if (shutting_down)
-        note_final_callback(p, &p->queue.connection_closed);
-    else
-        on_connection_event(p, EVENT_CLOSED);
-}
-
-static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
-{
-    log_warn("nats asynchronous error: %s", natsStatus_GetText(err));
-}
-
 /* ---- the loop side ---- */
 
-static uint64_t backoff_ms(uint32_t attempts)
+uint64_t publisher_backoff_ms(uint32_t attempts)
 {
     /* 1 s doubling to 1 min, with up to 20 % jitter so a fleet does not retry in step. */
     uint64_t ms = 1000;
@@ -383,22 +229,22 @@ static uint64_t backoff_ms(uint32_t attempts)
 }
 
 /* Sends (or re-sends) a slot's message. Returns the nats status. */
-static natsStatus send_slot(struct publisher *p, struct slot *s)
+natsStatus publisher_send_slot(struct publisher *p, struct slot *s)
 {
     s->attempts++;
     natsStatus st = natsConnection_PublishMsg(p->conn, s->msg);
     uint64_t now = loop_now_ms();
     if (st == NATS_OK) {
-        move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
+        publisher_move_slot(p, s, SLOT_SENT, now + (uint64_t)p->options.ack_timeout_ms);
     } else if (st != NATS_MAX_PAYLOAD) {
         log_warn("publish failed, will retry subject=%s error=\"%s\"", natsMsg_GetSubject(s->msg),
                  natsStatus_GetText(st));
-        move_slot(p, s, SLOT_RETRY, now + backoff_ms(s->attempts));
+        publisher_move_slot(p, s, SLOT_RETRY, now + publisher_backoff_ms(s->attempts));
     }
     return st;
 }
 
-static void free_slot(struct publisher *p, struct slot *s)
+void publisher_free_slot(struct publisher *p, struct slot *s)
 {
     natsMsg_Destroy(s->msg);
     s->msg = NULL;
@@ -406,11 +252,11 @@ static void free_slot(struct publisher *p, struct slot *s)
     s->attempts = 0;
     s->await_id = 0;
     s->generation++;
-    move_slot(p, s, SLOT_FREE, 0);
+    publisher_move_slot(p, s, SLOT_FREE, 0);
 }
 
 /* The first ack from a stream: ask for its configuration (stream.h). The answer comes
- * on <inbox>.w.0, which the ack subscription (<inbox>.*.*) receives; no slot has that
+ * on <inbox>.w.0, which the ack subscription (<inbox>.>) receives; no slot has that
  * name, so it cannot be taken for an ack. */
 #define STREAM_INFO_REPLY ".w.0"
 
@@ -429,6 +275,19 @@ static bool is_stream_info_reply(const struct publisher *p, const char *subject)
            strcmp(subject + p->inbox_len, STREAM_INFO_REPLY) == 0;
 }
 
+void publisher_acked(struct publisher *p, struct slot *s, const struct publish_ack *ack)
+{
+    void *cookie = s->cookie;
+    METRIC_ADD(publish_duplicates, ack->duplicate);
+    METRIC_ADD(publishes_acked, 1);
+    publisher_free_slot(p, s);
+    if (p->options.streams && stream_check_first_ack(p->options.streams, ack->stream))
+        request_stream_info(p, ack->stream);
+    if (p->fast.state == FAST_UNKNOWN)
+        publish_batch_learn(p, ack->stream);
+    p->done(p->ctx, cookie, ack);
+}
+
 static void handle_reply(struct publisher *p, const struct reply *ev)
 {
     struct slot *s = slot_at(p, ev->slot);
@@ -440,13 +299,7 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
                                   .await_id = s->await_id};
         memcpy(ack.stream, ev->detail, sizeof(ack.stream) - 1);
         memcpy(ack.domain, ev->domain, sizeof(ack.domain));
-        void *cookie = s->cookie;
-        METRIC_ADD(publish_duplicates, ack.duplicate);
-        METRIC_ADD(publishes_acked, 1);
-        free_slot(p, s);
-        if (p->options.streams && stream_check_first_ack(p->options.streams, ack.stream))
-            request_stream_info(p, ack.stream);
-        p->done(p->ctx, cookie, &ack);
+        publisher_acked(p, s, &ack);
         return;
     }
     if (ev->kind == REPLY_NO_RESPONDERS) {
@@ -463,200 +316,40 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
         else
             snprintf(ack.error, sizeof(ack.error), "%s", ev->detail);
         void *cookie = s->cookie;
-        free_slot(p, s);
+        publisher_free_slot(p, s);
         p->done(p->ctx, cookie, &ack);
         return;
     }
     if (s->state == SLOT_SENT) {
-        uint64_t wait = backoff_ms(s->attempts);
+        uint64_t wait = publisher_backoff_ms(s->attempts);
         log_warn("jetstream refused a publish, retrying in %" PRIu64 "ms subject=%s attempts=%u "
                  "error=\"%s\"",
                  wait, natsMsg_GetSubject(s->msg), s->attempts, ev->detail);
-        move_slot(p, s, SLOT_RETRY, loop_now_ms() + wait);
+        publisher_move_slot(p, s, SLOT_RETRY, loop_now_ms() + wait);
     }
 }
 
 /* After a (re)connect every unacknowledged publish is sent again: acks lost with the old
  * connection are never reported, and the copies that did land come back as duplicates.
  * Publishes held back while disconnected go out too. */
-static void resend_all(struct publisher *p)
+void publisher_resend_all(struct publisher *p)
 {
+    publish_batch_fail_all(p, "reconnected");
     for (size_t n = p->sent.count; n > 0 && p->sent.head; n--) {
         METRIC_ADD(publish_resends, 1);
-        send_slot(p, p->sent.head);
+        publisher_send_slot(p, p->sent.head);
     }
     struct slot *next;
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->attempts == 0)
-            send_slot(p, s);
+            publisher_send_slot(p, s);
     }
 }
 
 static size_t in_flight(const struct publisher *p)
 {
-    return p->sent.count + p->retry.count;
-}
-
-static natsStatus open_connection(struct publisher *p);
-
-/* Why the connection failed, in nats.c's words ("Authorization Violation", a TLS
- * handshake error...): it names the problem, never the credentials. */
-static void connection_error(struct publisher *p, char *buf, size_t size)
-{
-    const char *text = NULL;
-    natsStatus st = p->conn ? natsConnection_GetLastError(p->conn, &text) : NATS_OK;
-    if (!text || !*text)
-        text = nats_GetLastError(&st);
-    snprintf(buf, size, "%s", text && *text ? text : natsStatus_GetText(st));
-}
-
-/* nats.c reports a connection it gave up on as "No server available for connection",
- * whatever the servers answered. One direct attempt without retries gets the real
- * reason (Authorization Violation, a TLS error) on this thread. It blocks the loop for
- * at most the connect timeout per server, once per backoff period, and only while
- * nothing can be published anyway. */
-static void probe_error(struct publisher *p, char *buf, size_t size)
-{
-    natsConnection *nc = NULL;
-    natsStatus st = natsConnection_Connect(&nc, p->probe_opts);
-    if (st == NATS_OK) {
-        natsConnection_Destroy(nc);
-        snprintf(buf, size, "closed (a new connection is accepted)");
-        return;
-    }
-    const char *text = nats_GetLastError(NULL);
-    snprintf(buf, size, "%s", text && *text ? text : natsStatus_GetText(st));
-}
-
-/* nats.c prefixes its texts with "(conn.c:1905): ": not for operators. */
-static const char *without_source(const char *text)
-{
-    const char *end = text[0] == '(' ? strstr(text, "): ") : NULL;
-    return end ? end + 3 : text;
-}
-
-/* The servers for the log: never the password or token a URL may carry. */
-static void servers_text(const struct publisher *p, char *buf, size_t size)
-{
-    url_redact_list((const char *const *)p->servers, p->options.server_count, buf, size);
-}
-
-/* Not connected from now on, if it was: the first warning is due at once. */
-static void mark_down(struct publisher *p)
-{
-    if (p->down_since)
-        return;
-    p->down_since = loop_now_ms();
-    p->down_warn_due = p->down_since;
-    snprintf(p->down_error, sizeof(p->down_error), "connecting");
-}
-
-/* Why nothing connects. nats.c only says "No server available for connection" while it
- * retries, so ask each server over TCP; when one accepts, a direct nats.c connect
- * (handshake) names what the server refuses: credentials, TLS. */
-static void diagnose(struct publisher *p, bool handshake)
-{
-    char why[256];
-    if (nats_probe_tcp((const char *const *)p->servers, p->options.server_count, why,
-                       sizeof(why))) {
-        if (handshake && p->probe_opts)
-            probe_error(p, why, sizeof(why));
-        else
-            snprintf(why, sizeof(why),
-                     "a server accepts TCP connections, the nats handshake "
-                     "is not done yet");
-    }
-    url_redact_text(without_source(why), p->down_error, sizeof(p->down_error));
-}
-
-/* While nats.c retries in the background: warn at once, then every
- * PUBLISHER_DOWN_WARN_INTERVAL_MS, so that a relay waiting for NATS says so in the log. */
-static void warn_if_down(struct publisher *p)
-{
-    uint64_t now = loop_now_ms();
-    if (p->connected || !p->conn || !p->down_since || now < p->down_warn_due)
-        return;
-    diagnose(p, true);
-    char servers[512];
-    servers_text(p, servers, sizeof(servers));
-    log_warn("cannot connect to nats, retrying servers=%s auth=\"%s\" error=\"%s\" "
-             "down_for=%" PRIu64 "s in_flight=%zu",
-             servers, p->auth, p->down_error, (now - p->down_since) / 1000, in_flight(p));
-    p->down_warn_due = now + PUBLISHER_DOWN_WARN_INTERVAL_MS;
-}
-
-/* The connection is gone for good (refused credentials or certificate, or closed by
- * nats.c): a new one is tried from publisher_tick after a backoff, forever. */
-static void connection_failed(struct publisher *p)
-{
-    char why[256], servers[512];
-    connection_error(p, why, sizeof(why));
-    if (p->probe_opts && (strstr(why, "No server available") || strstr(why, "Connection Closed")))
-        probe_error(p, why, sizeof(why));
-    servers_text(p, servers, sizeof(servers));
-    natsSubscription_Destroy(p->sub);
-    natsSubscription_Destroy(p->await_sub);
-    natsConnection_Destroy(p->conn);
-    p->sub = NULL;
-    p->await_sub = NULL;
-    p->conn = NULL;
-    p->connected = false;
-    mark_down(p);
-    uint64_t wait = backoff_ms(++p->reopen_attempts);
-    p->reopen_due = loop_now_ms() + wait;
-    bool refused = strcasestr(why, "authorization") || strcasestr(why, "authentication");
-    if (strstr(why, "Expected 'PONG', got ''"))
-        snprintf(why, sizeof(why),
-                 "the server closed the connection during the handshake (does "
-                 "it require a client certificate?)");
-    char error[sizeof(why)];
-    url_redact_text(without_source(why), error, sizeof(error));
-    log_warn("%s, retrying in %" PRIu64 "ms servers=%s auth=\"%s\" error=\"%s\" in_flight=%zu",
-             refused ? "nats refused the relay's credentials" : "cannot connect to nats", wait,
-             servers, p->auth, error, in_flight(p));
-    snprintf(p->down_error, sizeof(p->down_error), "%s", error);
-    p->down_warn_due = loop_now_ms() + PUBLISHER_DOWN_WARN_INTERVAL_MS; /* just said */
-}
-
-static void reopen_if_due(struct publisher *p)
-{
-    if (p->conn || loop_now_ms() < p->reopen_due)
-        return;
-    if (open_connection(p) != NATS_OK)
-        connection_failed(p);
-}
-
-static void handle_connection_event(struct publisher *p, enum event_kind kind)
-{
-    if (kind == EVENT_CONNECTED || kind == EVENT_RECONNECTED) {
-        char full[256] = "", shown[256];
-        natsConnection_GetConnectedUrl(p->conn, full, sizeof(full));
-        url_redact(full, shown, sizeof(shown));
-        explicit_bzero(full, sizeof(full));
-        METRIC_ADD(nats_reconnects, kind == EVENT_RECONNECTED);
-        log_info("%s to nats server=%s auth=\"%s\" in_flight=%zu",
-                 kind == EVENT_CONNECTED ? "connected" : "reconnected", shown, p->auth,
-                 in_flight(p));
-        p->connected = true;
-        p->reopen_attempts = 0;
-        p->down_since = 0;
-        p->down_error[0] = '\0';
-        resend_all(p);
-    } else if (kind == EVENT_DISCONNECTED) {
-        if (p->connected) {
-            METRIC_ADD(nats_disconnects, 1);
-            p->connected = false;
-            mark_down(p);
-            diagnose(p, false); /* for /healthz; a TCP connect each, no handshake */
-            log_warn("disconnected from nats, reconnecting in_flight=%zu error=\"%s\"",
-                     in_flight(p), p->down_error);
-            p->down_warn_due = loop_now_ms() + PUBLISHER_DOWN_WARN_INTERVAL_MS;
-        }
-        p->connected = false;
-    } else if (kind == EVENT_CLOSED && p->conn) {
-        connection_failed(p);
-    }
+    return p->sent.count + p->retry.count + publish_batch_in_flight(p);
 }
 
 static void process_events(struct publisher *p)
@@ -674,7 +367,7 @@ static void process_events(struct publisher *p)
         if (p->batch[i].kind == EVENT_AWAITED_REPLY)
             handle_reply(p, &p->batch[i].reply);
         else
-            handle_connection_event(p, p->batch[i].kind);
+            publish_connection_event(p, p->batch[i].kind);
     }
 }
 
@@ -694,6 +387,7 @@ static void take_reply(struct publisher *p, natsMsg *msg)
     if (parse_reply(subject, p->inbox_len, &ev.slot, &ev.generation)) {
         classify_reply(msg, &ev);
         handle_reply(p, &ev);
+    } else if (publish_batch_reply(p, msg)) {
     } else if (is_stream_info_reply(p, subject)) {
         stream_check_reply(p->options.streams, natsMsg_GetData(msg),
                            (size_t)natsMsg_GetDataLength(msg));
@@ -724,18 +418,21 @@ static void take_acks(struct publisher *p, int64_t wait_ms)
     }
 }
 
-void publisher_take_acks_all(void)
+void publisher_set_take_acks(struct publisher_set *set)
 {
-    for (size_t i = 0; i < registry_count; i++)
-        if (registry[i]->sub)
-            take_acks(registry[i], 0);
+    for (size_t i = 0; i < set->count; i++) {
+        if (set->items[i]->sub) {
+            take_acks(set->items[i], 0);
+            publish_batch_idle(set->items[i]);
+        }
+    }
 }
 
-size_t publisher_in_flight_all(void)
+size_t publisher_set_in_flight(const struct publisher_set *set)
 {
     size_t n = 0;
-    for (size_t i = 0; i < registry_count; i++)
-        n += in_flight(registry[i]);
+    for (size_t i = 0; i < set->count; i++)
+        n += in_flight(set->items[i]);
     return n;
 }
 
@@ -744,15 +441,16 @@ void publisher_poll(struct publisher *p, int timeout_ms)
     process_events(p);
     if (p->sub)
         take_acks(p, timeout_ms);
+    publish_batch_idle(p);
 }
 
 void publisher_tick(struct publisher *p)
 {
     uint64_t now = loop_now_ms();
-    reopen_if_due(p);
-    warn_if_down(p);
+    publish_connection_tick(p);
     if (!p->connected)
         return; /* nothing can be sent; the reconnect resends everything */
+    publish_batch_tick(p);
     /* The sent list is in send order and the timeout is fixed, so it is in due order. */
     while (p->sent.head && p->sent.head->due_ms <= now) {
         struct slot *s = p->sent.head;
@@ -760,39 +458,16 @@ void publisher_tick(struct publisher *p)
         METRIC_ADD(publish_resends, 1);
         log_debug("ack timeout, resending subject=%s attempts=%u", natsMsg_GetSubject(s->msg),
                   s->attempts);
-        send_slot(p, s);
+        publisher_send_slot(p, s);
     }
     struct slot *next;
     for (struct slot *s = p->retry.head; s; s = next) {
         next = s->next;
         if (s->due_ms <= now) {
             METRIC_ADD(publish_resends, s->attempts > 0);
-            send_slot(p, s);
+            publisher_send_slot(p, s);
         }
     }
-}
-
-static natsStatus connect_options(struct publisher *p, const struct nats_auth *auth, char **err)
-{
-    struct nats_options_spec spec = {.servers = (const char *const *)p->servers,
-                                     .server_count = p->options.server_count,
-                                     .name = p->name,
-                                     .auth = auth};
-    natsStatus st = nats_options_create(&p->opts, &spec, err);
-    if (st == NATS_OK)
-        st = natsOptions_SetRetryOnFailedConnect(p->opts, true, on_connected, p);
-    if (st == NATS_OK)
-        st = natsOptions_SetDisconnectedCB(p->opts, on_disconnected, p);
-    if (st == NATS_OK)
-        st = natsOptions_SetReconnectedCB(p->opts, on_reconnected, p);
-    if (st == NATS_OK)
-        st = natsOptions_SetClosedCB(p->opts, on_closed, p);
-    if (st == NATS_OK)
-        st = natsOptions_SetErrorHandler(p->opts, on_async_error, p);
-    spec.once = true; /* the probe: the same servers and credentials, one attempt */
-    if (st == NATS_OK)
-        st = nats_options_create(&p->probe_opts, &spec, err);
-    return st;
 }
 
 /* Replies to publishes someone waits for (await_id) come on <inbox>A.<slot>.<generation>
@@ -808,9 +483,19 @@ static void on_await_reply(natsConnection *nc, natsSubscription *sub, natsMsg *m
     if (parse_reply(natsMsg_GetSubject(msg), p->inbox_len + 1, &ev.reply.slot,
                     &ev.reply.generation)) {
         classify_reply(msg, &ev.reply);
-        enqueue(p, &ev);
+        publisher_enqueue(p, &ev);
     }
     natsMsg_Destroy(msg);
+}
+
+/* At shutdown these two are the last callbacks nats.c makes with our closure; the
+ * publisher is freed only after both ran. */
+void publisher_final_callback(struct publisher *p, bool *flag)
+{
+    pthread_mutex_lock(&p->queue.lock);
+    *flag = true;
+    pthread_cond_signal(&p->queue.done);
+    pthread_mutex_unlock(&p->queue.lock);
 }
 
 /* nats.c's last call of on_await_reply has returned. */
@@ -821,21 +506,16 @@ static void on_await_sub_complete(void *closure)
     bool shutting_down = p->queue.shutting_down;
     pthread_mutex_unlock(&p->queue.lock);
     if (shutting_down)
-        note_final_callback(p, &p->queue.subscription_closed);
+        publisher_final_callback(p, &p->queue.subscription_closed);
 }
 
-/* Connects (or starts connecting in the background) and subscribes to the ack inbox. */
-static natsStatus open_connection(struct publisher *p)
+/* The ack inboxes of a new connection: <inbox>.>, drained by the loop, and
+ * <inbox>A.<slot>.<generation> for awaited publishes (on_await_reply). */
+natsStatus publisher_subscribe(struct publisher *p)
 {
-    natsStatus st = natsConnection_Connect(&p->conn, p->opts);
-    bool pending = st == NATS_NOT_YET_CONNECTED; /* the first attempt failed: retrying */
-    if (pending) {
-        st = NATS_OK;
-        mark_down(p);
-    }
-    char *wildcard = xasprintf("%s.*.*", p->inbox);
-    if (st == NATS_OK)
-        st = natsConnection_SubscribeSync(&p->sub, p->conn, wildcard);
+    /* <inbox>.<slot>.<generation>, <inbox>.w.0 and the batches' <inbox>.<id>...$FI. */
+    char *wildcard = xasprintf("%s.>", p->inbox);
+    natsStatus st = natsConnection_SubscribeSync(&p->sub, p->conn, wildcard);
     /* Acks are bounded by the window; never let nats.c drop one as a slow consumer. */
     if (st == NATS_OK)
         st = natsSubscription_SetPendingLimits(p->sub, -1, -1);
@@ -848,8 +528,6 @@ static natsStatus open_connection(struct publisher *p)
     if (st == NATS_OK)
         st = natsSubscription_SetOnCompleteCB(p->await_sub, on_await_sub_complete, p);
     free(wildcard);
-    if (st == NATS_OK && !pending)
-        on_connection_event(p, EVENT_CONNECTED);
     return st;
 }
 
@@ -863,28 +541,16 @@ static void copy_options(struct publisher *p, const struct publisher_options *o)
     p->name = xstrdup(o->name ? o->name : "kumo-nats-relay");
 }
 
-/* nats.c ignores the password of nats://:password@host, and prints that URL without its
- * '@' (nats://:passwordhost:4222), where no redaction can find the password: refuse it. */
-static char *check_servers(const struct publisher_options *o)
-{
-    char user[8], shown[256];
-    for (size_t i = 0; i < o->server_count; i++) {
-        if (url_auth(o->servers[i], user, sizeof(user)) == URL_AUTH_PASSWORD_ONLY) {
-            url_redact(o->servers[i], shown, sizeof(shown));
-            return xasprintf("server %s has a password and no user name", shown);
-        }
-    }
-    return NULL;
-}
-
 struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
                                    publish_done_fn done, void *ctx, char **err)
 {
-    if ((*err = check_servers(options)))
+    if ((*err = publish_connection_check_servers(options)))
         return NULL;
     struct publisher *p = xcalloc(1, sizeof(*p));
     copy_options(p, options);
-    registry_add(p);
+    p->set = options->set;
+    publish_batch_init(p);
+    set_add(p->set, p);
     p->loop = loop;
     p->done = done;
     p->ctx = ctx;
@@ -900,16 +566,17 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
     natsStatus st = natsInbox_Create(&p->inbox);
     if (st == NATS_OK) {
         p->inbox_len = strlen(p->inbox);
-        st = connect_options(p, &options->auth, &why);
+        st = publish_connection_options(p, &options->auth, &why);
     }
     nats_auth_describe_servers(&options->auth, options->servers, options->server_count, p->auth,
                                sizeof(p->auth));
     /* Refused credentials or certificates are the server's answer, not a setup error:
      * say so and keep trying, as for a server that is down. */
-    if (st == NATS_OK && open_connection(p) != NATS_OK)
-        connection_failed(p);
+    if (st == NATS_OK && publish_connection_open(p) != NATS_OK)
+        publish_connection_failed(p);
     if (st == NATS_OK)
-        warn_if_down(p); /* at once: whoever starts the relay should see why it waits */
+        publish_connection_warn_if_down(
+            p); /* at once: whoever starts the relay should see why it waits */
     if (st != NATS_OK) {
         *err =
             xasprintf("cannot set up the nats connection: %s", why ? why : natsStatus_GetText(st));
@@ -920,39 +587,12 @@ struct publisher *publisher_create(const struct publisher_options *options, stru
     return p;
 }
 
-/* Closes the connection and waits until nats.c has made its last callback with p as the
- * closure: its threads must never touch a freed publisher. Returns false on timeout. */
-static bool close_and_wait(struct publisher *p)
-{
-    struct event_queue *q = &p->queue;
-    pthread_mutex_lock(&q->lock);
-    q->shutting_down = true;
-    /* The ack subscription is synchronous: no thread of nats.c holds p for it. */
-    q->subscription_closed = p->await_sub == NULL;
-    q->connection_closed = p->conn == NULL;
-    pthread_mutex_unlock(&q->lock);
-    if (p->conn && p->connected)
-        natsConnection_FlushTimeout(p->conn, 2000);
-    if (p->conn)
-        natsConnection_Close(p->conn);
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 10;
-    bool done = true;
-    pthread_mutex_lock(&q->lock);
-    while (!(q->connection_closed && q->subscription_closed) && done)
-        done = pthread_cond_timedwait(&q->done, &q->lock, &deadline) == 0;
-    done = q->connection_closed && q->subscription_closed;
-    pthread_mutex_unlock(&q->lock);
-    return done;
-}
-
 void publisher_destroy(struct publisher *p)
 {
     if (!p)
         return;
-    registry_remove(p);
-    if (!close_and_wait(p)) {
+    set_remove(p->set, p);
+    if (!publish_connection_close(p)) {
         /* Freeing now could crash a nats.c thread still holding p; exiting is near. */
         log_warn("nats connection did not close in time, leaving it to the exit");
         return;
@@ -969,6 +609,7 @@ void publisher_destroy(struct publisher *p)
         free(p->chunks[c]);
     }
     free(p->chunks);
+    publish_batch_free(p);
     if (p->queue.eventfd >= 0) {
         loop_del_fd(p->loop, p->queue.eventfd);
         close(p->queue.eventfd);
@@ -994,16 +635,15 @@ size_t publisher_in_flight(const struct publisher *p)
     return in_flight(p);
 }
 
-static natsStatus build_message(struct publisher *p, struct slot *s,
-                                const struct publish_request *req, natsMsg **msg)
+void publisher_single_reply(const struct publisher *p, const struct slot *s, bool awaited,
+                            char *buf, size_t size)
 {
     /* <inbox>.<slot>.<generation>, by hand: this runs for every record. */
-    char reply[160];
-    if (p->inbox_len + 3 + 2 * DECIMAL_MAX < sizeof(reply)) {
-        char *at = reply;
+    if (p->inbox_len + 3 + 2 * DECIMAL_MAX < size) {
+        char *at = buf;
         memcpy(at, p->inbox, p->inbox_len);
         at += p->inbox_len;
-        if (req->await_id)
+        if (awaited)
             *at++ = 'A'; /* the awaited publishes' own subscription */
         *at++ = '.';
         at += decimal_put(at, s->index);
@@ -1011,9 +651,14 @@ static natsStatus build_message(struct publisher *p, struct slot *s,
         at += decimal_put(at, s->generation);
         *at = '\0';
     } else {
-        snprintf(reply, sizeof(reply), "%s%s.%u.%u", p->inbox, req->await_id ? "A" : "", s->index,
-                 s->generation);
+        snprintf(buf, size, "%s%s.%u.%u", p->inbox, awaited ? "A" : "", s->index, s->generation);
     }
+}
+
+natsStatus publisher_build_message(struct publisher *p, struct slot *s,
+                                   const struct publish_request *req, const char *reply,
+                                   natsMsg **msg)
+{
     natsStatus st = natsMsg_Create(msg, req->subject, reply, req->data, (int)req->len);
     for (size_t i = 0; st == NATS_OK && i < req->header_count; i++)
         st = natsMsgHeader_Add(*msg, req->headers[2 * i], req->headers[2 * i + 1]);
@@ -1026,24 +671,36 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
                       char **err)
 {
     struct slot *s = take_slot(p);
+    s->cookie = cookie;
+    s->await_id = req->await_id;
+    s->attempts = 0;
+    if (!req->await_id && publish_batch_on(p)) {
+        int taken = publish_batch_send(p, s, req, err);
+        if (taken <= 0) {
+            if (taken < 0)
+                s->cookie = NULL;
+            return taken;
+        }
+    }
+    char reply[160];
+    publisher_single_reply(p, s, req->await_id != 0, reply, sizeof(reply));
     natsMsg *msg = NULL;
-    natsStatus st = build_message(p, s, req, &msg);
+    natsStatus st = publisher_build_message(p, s, req, reply, &msg);
     if (st != NATS_OK) {
         natsMsg_Destroy(msg);
+        s->cookie = NULL;
+        s->await_id = 0;
         *err = xasprintf("cannot build the message: %s", natsStatus_GetText(st));
         return -1;
     }
     s->msg = msg;
-    s->cookie = cookie;
-    s->await_id = req->await_id;
-    s->attempts = 0;
     METRIC_ADD(publishes, 1);
     /* Held back while disconnected (attempts 0 in RETRY): the connect sends it. */
-    move_slot(p, s, SLOT_RETRY, 0);
+    publisher_move_slot(p, s, SLOT_RETRY, 0);
     if (!p->connected)
         return 0;
-    if (send_slot(p, s) == NATS_MAX_PAYLOAD) {
-        free_slot(p, s);
+    if (publisher_send_slot(p, s) == NATS_MAX_PAYLOAD) {
+        publisher_free_slot(p, s);
         *err = xasprintf("the message is larger than the server's max_payload");
         return -1;
     }

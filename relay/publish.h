@@ -9,6 +9,9 @@
  * entries for ack timeouts (no per-message timers), and after a reconnect we resend what
  * is unacknowledged ourselves (nats.c never reports acks lost in a server restart).
  *
+ * Where the stream allows it, the relay's own connection publishes in fast-ingest batches
+ * instead, one flow ack per many messages (publish_batch.c, fast_batch_window).
+ *
  * The window (how many publishes may be in flight) is the caller's to enforce: one relay
  * may publish through several connections (Lua policies), and the limit is for all. */
 #ifndef RELAY_PUBLISH_H
@@ -21,7 +24,17 @@
 #include <stdint.h>
 
 struct loop;
+struct publisher;
 struct stream_check;
+
+/* The publishers one owner (the relay) has open: its own connection and those of its Lua
+ * policy. Health reads their connection state from it, and the loop takes their acks
+ * through it. Publishers add and remove themselves (publisher_options.set); the array
+ * is freed when the last one goes. Loop thread only. */
+struct publisher_set {
+    struct publisher **items;
+    size_t count;
+};
 
 struct publisher_options {
     const char *const *servers;
@@ -30,6 +43,10 @@ struct publisher_options {
     int64_t ack_timeout_ms;       /* then the same message is sent again */
     struct nats_auth auth;        /* credentials and TLS; used by publisher_create only */
     struct stream_check *streams; /* checks each stream's duplicate_window; NULL: none */
+    struct publisher_set *set;    /* the owner's, which the publisher joins; NULL: none */
+    /* Not 0: publish in fast-ingest batches (publish_batch.c) once the stream of the first
+     * ack says it takes them; the caller's window, which the flow acks must keep open. */
+    size_t fast_batch_window;
 };
 
 /* What JetStream answered for one publish. */
@@ -57,8 +74,6 @@ struct publish_request {
     uint64_t await_id;          /* handed back in the ack; 0 if nobody waits */
 };
 
-struct publisher;
-
 struct publisher *publisher_create(const struct publisher_options *options, struct loop *loop,
                                    publish_done_fn done, void *ctx, char **err);
 void publisher_destroy(struct publisher *p);
@@ -71,12 +86,12 @@ size_t publisher_in_flight(const struct publisher *p);
 int publisher_publish(struct publisher *p, void *cookie, const struct publish_request *req,
                       char **err);
 
-/* How many publishers of the process are not connected now (and how many exist). */
-size_t publisher_disconnected_count(size_t *total);
-/* Why the first connection that is down is down ("127.0.0.1:4222: Connection refused",
- * "connecting" before the first attempt is over),
- * and since when (loop ms; 0 if unknown); NULL while every connection is up. */
-const char *publisher_down_reason(uint64_t *since_ms);
+/* How many publishers of the set are not connected now (and how many there are). */
+size_t publisher_set_disconnected(const struct publisher_set *set, size_t *total);
+/* Why the set's first connection that is down is down ("127.0.0.1:4222: Connection
+ * refused", "connecting" before the first attempt is over), and since when (loop ms; 0 if
+ * unknown); NULL while every connection is up. */
+const char *publisher_set_down_reason(const struct publisher_set *set, uint64_t *since_ms);
 
 /* While a connection is down its warning repeats this often (the first comes at once). */
 #define PUBLISHER_DOWN_WARN_INTERVAL_MS 30000
@@ -86,9 +101,9 @@ void publisher_tick(struct publisher *p);
 /* Take the acks that arrived, waiting up to timeout_ms for one (for a policy that must see
  * one ack before it goes on). */
 void publisher_poll(struct publisher *p, int timeout_ms);
-/* Take the acks of every publisher without waiting: call whenever the loop runs, and
- * come back within a millisecond while publisher_in_flight_all() is not 0. */
-void publisher_take_acks_all(void);
-size_t publisher_in_flight_all(void);
+/* Take the acks of every publisher of the set without waiting: call whenever the loop
+ * runs, and come back within a millisecond while publisher_set_in_flight() is not 0. */
+void publisher_set_take_acks(struct publisher_set *set);
+size_t publisher_set_in_flight(const struct publisher_set *set);
 
 #endif

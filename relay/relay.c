@@ -165,10 +165,10 @@ static bool all_relayed(const struct relay *r)
 static void before_sleep(struct loop *loop, void *arg)
 {
     struct relay *r = arg;
-    publisher_take_acks_all();
+    publisher_set_take_acks(&r->publishers);
     if (!r->draining)
         relay_reader_pump(r);
-    if (publisher_in_flight_all() > 0)
+    if (publisher_set_in_flight(&r->publishers) > 0)
         loop_wake_within(r->loop, 1); /* acks are taken, not pushed: see publish.c */
     /* A duplicate_window check still on its way is worth a moment (stream.h bounds
      * it): a backfill warns about a short window as the daemon does. */
@@ -240,6 +240,11 @@ struct publisher *relay_open_default_publisher(struct relay *r, const struct con
         .ack_timeout_ms = cfg->ack_timeout_ms,
         .auth = nats_auth_from_config(cfg),
         .streams = &r->streams,
+        .set = &r->publishers,
+        /* The built-in policy publishes into one stream; a Lua policy's publishes through
+         * this connection may go anywhere. */
+        .fast_batch_window =
+            cfg->jetstream_batch_off || cfg->policy_script ? 0 : cfg->max_in_flight,
     };
     return publisher_create(&po, r->loop, on_publish_done, r, err);
 }
@@ -253,6 +258,7 @@ struct policy_env relay_policy_env(struct relay *r)
         .resolve = env_resolve,
         .publish_done = on_publish_done,
         .streams = &r->streams,
+        .publishers = &r->publishers,
         .watchdog = &r->watchdog,
         .poison = &r->poison,
     };

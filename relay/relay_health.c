@@ -63,10 +63,10 @@ static enum health_state judge_health(struct relay *r, size_t disconnected, size
 
 /* "not connected to nats for 12s: 127.0.0.1:4222: Connection refused; " for STATUS=, or
  * "" while every connection is up. */
-static void nats_status(char *buf, size_t size)
+static void nats_status(const struct relay *r, char *buf, size_t size)
 {
     uint64_t since = 0;
-    const char *why = publisher_down_reason(&since);
+    const char *why = publisher_set_down_reason(&r->publishers, &since);
     buf[0] = '\0';
     if (why && since)
         snprintf(buf, size, "not connected to nats for %llus: %s; ",
@@ -123,11 +123,11 @@ void health_update(struct relay *r)
     METRIC_SET(oldest_unacked_ms, read_age_ms);
     /* Read and unacknowledged, or not read at all (nothing is read while disconnected). */
     METRIC_SET(lag_ms, read_age_ms > st.unread_age_ms ? read_age_ms : st.unread_age_ms);
-    size_t total = 0, disconnected = publisher_disconnected_count(&total);
+    size_t total = 0, disconnected = publisher_set_disconnected(&r->publishers, &total);
     METRIC_SET(nats_connected, disconnected == 0 && total > 0);
     METRIC_SET(deadletter_file_bytes, deadletter_file_bytes(r->deadletter));
     uint64_t since = 0;
-    metrics_set_health_detail(publisher_down_reason(&since));
+    metrics_set_health_detail(publisher_set_down_reason(&r->publishers, &since));
     maybe_ready(r);
     atomic_store(&metrics.health, judge_health(r, disconnected, total));
 }
@@ -183,7 +183,7 @@ void health_report(struct relay *r)
     h->report_ms = now;
     unsigned long long lag = LOADM(lag_bytes);
     char nats[320];
-    nats_status(nats, sizeof(nats));
+    nats_status(r, nats, sizeof(nats));
     notify_status("%s%.0f records/s, %llu records relayed, %llu in flight, %llu bytes behind in "
                   "%llu segments",
                   nats, rate, LOADM(records_committed), LOADM(in_flight), lag, LOADM(lag_segments));

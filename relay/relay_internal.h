@@ -11,6 +11,7 @@
 #include "poison.h"
 #include "offsets.h"
 #include "policy.h"
+#include "publish.h"
 #include "relay_inflight.h"
 #include "relay_reader.h"
 #include "stream.h"
@@ -69,6 +70,7 @@ struct relay {
     struct loop *loop;
     struct spool *spool;
     struct publisher *pub;
+    struct publisher_set publishers; /* pub and the Lua policy's connections */
     struct policy *policy;
     struct deadletter *deadletter;
     struct checkpoint checkpoint; /* as loaded at start; entries applied when segments appear */

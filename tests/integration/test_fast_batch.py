@@ -11,11 +11,17 @@ id, and the server answers on the inbox with flow acks `{"type":"ack","seq":N,"m
 Found on 2.15.3 (each is a test below): a message id seen before is dropped inside a batch
 and across batches, after a kill -9 of the server too, without failing the batch; so
 exactly-once by message id holds for fast batches as for per-message acks.
+
+RelayFastBatchTest runs the relay's fast-batch path (relay/publish_batch.c) on it: every
+record exactly once through a kill -9 of the relay and of the server mid-batch, and the
+single-publish path where the stream or the server does not take batches.
 """
 
 import json
 import os
+import random
 import re
+import signal
 import socket
 import subprocess
 import unittest
@@ -183,6 +189,243 @@ class FastBatchDedupTest(RelayTestCase):
         ack = client.wait_committed("E", timeout=20)
         self.assertEqual(ack["count"], 14)
         self.assert_stored_once(resend)
+
+
+STREAM = "KUMO"
+BATCHING = "publishing in fast-ingest batches stream=KUMO"
+NO_BATCHES = ("one ack per message: the stream does not take fast-ingest batches "
+              "(allow_batched, nats-server 2.14 or later) stream=KUMO")
+
+
+def create_kumo_stream(url, allow_batched, storage="file"):
+    config = {"name": STREAM, "subjects": ["kumo.log.>"], "storage": storage,
+              "duplicate_window": 600 * 10**9}
+    if allow_batched:
+        config["allow_batched"] = True
+    reply = json.loads(harness.nats_request(url, f"$JS.API.STREAM.CREATE.{STREAM}",
+                                            json.dumps(config).encode()))
+    if "error" in reply:
+        raise AssertionError(f"cannot create the stream: {reply}")
+    return reply
+
+
+def wait_at_least(url, n, timeout, what):
+    """Poll the stream's count until it reaches n (through server restarts); returns it."""
+    return poll(lambda: (c := harness.stream_count(url, STREAM)) >= n and c, timeout,
+                f"{what}: {n} messages in the stream", interval=0.02, ignore=(AssertionError,))
+
+
+def batched(log):
+    """How many messages the relay's fast batches stored, by its debug log."""
+    return sum(int(n) for n in re.findall(r"fast-ingest batch stored stream=\S+ batch=\d+ "
+                                          r"messages=(\d+)", log))
+
+
+class RelayFastBatchTest(RelayTestCase):
+    """The relay publishing in fast batches on the newest server of the matrix."""
+
+    @classmethod
+    def setUpClass(cls):
+        FastBatchDedupTest.setUpClass.__func__(cls)
+
+    def write_spool(self, segments, per_segment, prefix):
+        """Done zstd segments; returns the messages they must become."""
+        names = harness.segment_names(segments)
+        expected = []
+        for i, name in enumerate(names):
+            lines = harness.many_records(per_segment, seed=i, prefix=f"{prefix}{i}-")
+            harness.write_segment(self.spool / name, lines)
+            expected += harness.expected_messages("test", name, lines)
+        return expected
+
+    def test_batches_carry_every_record_exactly_once(self):
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(4, 10000, "b")
+        relay = self.relay(self.relay_config(server.url))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn(BATCHING, log)
+        self.assertNotIn("fast-ingest batch failed", log)
+        self.assertNotIn("sent again one by one", log)
+        # Only the publishes before the stream's answer about batches are single ones.
+        self.assertGreater(batched(log), 0.9 * len(expected))
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_relay_killed_mid_batch_then_restarted(self):
+        """kill -9 of the relay three times while it publishes in batches: what a batch had
+        not had acknowledged goes out again after the restart, and the stream drops what
+        it already stored (its Nats-Msg-Id)."""
+        rng = random.Random(1)
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(4, 15000, "k")
+        relay = self.relay(self.relay_config(server.url))
+        for i, target in enumerate(sorted(rng.sample(range(5000, 50000), 3))):
+            wait_at_least(server.url, target, 120, f"kill {i + 1}")
+            self.assertEqual(-9, relay.kill())
+            self.assertIn(BATCHING, relay.log_text())
+            relay.start()
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        dump = harness.dump_stream(server.url, STREAM)
+        harness.assert_checkpoint_covered(harness.read_checkpoint(self.state / "checkpoint"),
+                                          dump)
+        harness.assert_exactly_once(dump, expected)
+
+    def test_server_killed_mid_batch_and_restarted_on_its_store(self):
+        """kill -9 of nats-server twice mid-run, restarted on the same port and store: the
+        relay rides through, its open batches go out again one by one, then batches go
+        on."""
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(4, 15000, "s")
+        relay = self.relay(self.relay_config(server.url))
+        pid = relay.pid
+        for i, target in enumerate((12000, 35000)):
+            wait_at_least(server.url, target, 120, f"server kill {i + 1}")
+            server.kill()
+            server.start()
+        harness.wait_count(server.url, STREAM, len(expected), timeout=180)
+        self.assertEqual(pid, relay.pid)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertEqual(2, len(re.findall(r" info reconnected to nats ", log)), log[-3000:])
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_batches_disabled_mid_run_fall_back_to_single_publishes(self):
+        """The stream's allow_batched turned off while the relay runs: the server refuses
+        the batch ("batch publish is disabled"), whose messages go out again singly with
+        their ids, and the relay publishes one ack per message from then on."""
+        server = self.nats(binary=self.server_path)
+        config = create_kumo_stream(server.url, allow_batched=True)["config"]
+        names = harness.segment_names(1)
+        live = self.segment(names[0])
+        lines = harness.many_records(30000, seed=7, prefix="x-")
+        live.write(lines[:10000])
+        live.flush()
+        relay = self.relay(self.relay_config(server.url))
+        wait_at_least(server.url, 10000, 120, "the first part")
+        self.assertIn(BATCHING, relay.log_text())
+        live.write(lines[10000:20000])
+        live.flush()
+        wait_at_least(server.url, 12000, 120, "a batch under way")
+        config["allow_batched"] = False
+        reply = json.loads(harness.nats_request(server.url, f"$JS.API.STREAM.UPDATE.{STREAM}",
+                                                json.dumps(config).encode()))
+        self.assertFalse(reply["config"].get("allow_batched"), reply)
+        live.write(lines[20000:])
+        live.close()
+        expected = harness.expected_messages("test", names[0], lines)
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn('error="batch publish is disabled"', log)
+        self.assertIn("publishing with one ack per message from now on: fast-ingest batches "
+                      "do not work here stream=KUMO", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_server_paused_past_ack_timeout_mid_batch(self):
+        """nats-server stopped (SIGSTOP) for longer than ack_timeout while a batch is in
+        flight: the batch's unacknowledged messages go out again singly, and when the
+        server goes on it stores each record once and batches resume."""
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        names = harness.segment_names(1)
+        live = self.segment(names[0])
+        lines = harness.many_records(30000, seed=8, prefix="p-")
+        live.write(lines[:20000])
+        live.flush()
+        relay = self.relay(self.relay_config(server.url, jetstream={"ack_timeout": "1s"}))
+        wait_at_least(server.url, 5000, 120, "batches under way")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            poll(lambda: "no ack within ack_timeout" in relay.log_text(), 30,
+                 "the relay to give the batch up")
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        live.write(lines[20000:])
+        live.close()
+        expected = harness.expected_messages("test", names[0], lines)
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        failed = log.index("a fast-ingest batch failed")
+        self.assertRegex(log[failed:], r"fast-ingest batch stored stream=KUMO batch=\d+ "
+                                       r"messages=\d+")  # batches again after the pause
+        self.assertNotIn("publishing with one ack per message from now on", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_stream_without_allow_batched_gets_single_publishes(self):
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=False)
+        expected = self.write_spool(2, 5000, "n")
+        relay = self.relay(self.relay_config(server.url))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn(NO_BATCHES, log)
+        self.assertNotIn("publishing in fast-ingest batches", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+    def test_batch_off_never_asks(self):
+        server = self.nats(binary=self.server_path)
+        create_kumo_stream(server.url, allow_batched=True)
+        expected = self.write_spool(2, 5000, "o")
+        relay = self.relay(self.relay_config(server.url, jetstream={"batch": "off"}))
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        self.assertNotIn("fast-ingest", relay.log_text())
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+
+
+def older_servers():
+    """(name, path) of every server of the matrix but the newest: Debian's 2.9.10 always,
+    2.10 and 2.12 where tests/tools/nats-servers.sh built them."""
+    proc = subprocess.run([REPO / "tests" / "tools" / "nats-servers.sh"], capture_output=True,
+                          text=True, timeout=1800)
+    found = [tuple(line.split(" ", 1)) for line in proc.stdout.splitlines() if " " in line]
+    return found[:-1] if proc.returncode == 0 and len(found) > 1 else [("debian", None)]
+
+
+class OlderServerTest(RelayTestCase):
+    """Servers before 2.14 know no fast batches (2.9 and 2.10 drop allow_batched from a
+    stream's configuration, 2.12 refuses it): the relay learns from STREAM.INFO that the
+    stream has none and publishes one ack per message."""
+
+    def test_single_publishes_on_servers_without_batches(self):
+        for name, path in older_servers():
+            with self.subTest(server=name):
+                self.relay_on(name, path)
+
+    def relay_on(self, name, path):
+        server = self.nats(**({"binary": path} if path else {}), name=name.replace(".", "-"))
+        try:
+            reply = create_kumo_stream(server.url, allow_batched=True)
+            self.assertNotIn("allow_batched", reply["config"], name)  # 2.9, 2.10: dropped
+        except AssertionError as e:
+            self.assertIn('unknown field "allow_batched"', str(e))
+            create_kumo_stream(server.url, allow_batched=False)  # 2.12: refused
+        spool = self.spool / name
+        spool.mkdir(parents=True)
+        names = harness.segment_names(2)
+        expected = []
+        for i, segment in enumerate(names):
+            lines = harness.many_records(3000, seed=i, prefix=f"{name}-{i}-")
+            harness.write_segment(spool / segment, lines)
+            expected += harness.expected_messages("test", segment, lines)
+        state = self.state / name
+        state.mkdir(parents=True)
+        relay = self.relay(harness.relay_config(spool, state, server.url),
+                           name=f"relay-{name}")
+        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        self.assertEqual(0, relay.stop())
+        log = relay.log_text()
+        self.assertIn(NO_BATCHES, log)
+        self.assertNotIn("publishing in fast-ingest batches", log)
+        harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
+        server.stop()
 
 
 if __name__ == "__main__":

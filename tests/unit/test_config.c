@@ -91,6 +91,7 @@ Test(config, every_key)
                                 "  stream: KUMO_LOGS\n"
                                 "  max_in_flight: 1000\n"
                                 "  ack_timeout: 2s\n"
+                                "  batch: off\n"
                                 "policy:\n"
                                 "  script: /etc/kumo-nats-relay/policy.lua\n"
                                 "  subject: \"mail.{type}\"\n"
@@ -114,6 +115,7 @@ Test(config, every_key)
     cr_expect_str_eq(cfg.jetstream_stream, "KUMO_LOGS");
     cr_expect_eq(cfg.max_in_flight, 1000);
     cr_expect_eq(cfg.ack_timeout_ms, 2000);
+    cr_expect_eq(cfg.jetstream_batch_off, 1);
     cr_expect_str_eq(cfg.policy_script, "/etc/kumo-nats-relay/policy.lua");
     cr_expect_str_eq(cfg.policy_subject, "mail.{type}");
     cr_expect_str_eq(cfg.policy_queue, "relay");
@@ -141,6 +143,7 @@ Test(config, defaults_for_a_minimal_file)
     cr_expect_null(cfg.jetstream_stream);
     cr_expect_eq(cfg.max_in_flight, 4096);
     cr_expect_eq(cfg.ack_timeout_ms, 5000);
+    cr_expect_eq(cfg.jetstream_batch_off, 0); /* auto */
     cr_expect_null(cfg.policy_script);
     cr_expect_str_eq(cfg.policy_subject, "kumo.log.{type}");
     cr_expect_str_eq(cfg.policy_queue, "nats");
@@ -551,7 +554,7 @@ Test(config, several_errors_in_document_order)
                   "9:16: jetstream.ack_timeout: expected a duration like 200ms, 5s, 10m, got "
                   "\"soon\"\n"
                   "10:3: unknown key \"acks\" in jetstream (expected one of: stream, create, "
-                  "max_in_flight, ack_timeout)\n"
+                  "max_in_flight, ack_timeout, batch)\n"
                   "11:19: max_record_bytes: expected a size from 1KiB to 1GiB, got \"0\"\n"
                   "13:10: log.level: expected one of debug, info, warn, error, got \"loud\"\n");
 }

@@ -174,11 +174,13 @@ struct until {
     bool met;
 };
 
+static struct publisher_set publishers; /* the relay's, which every publisher joins */
+
 /* What relay.c's before_sleep and tick do for the publisher, and the condition. */
 static void check_until(struct loop *loop, void *arg)
 {
     struct until *u = arg;
-    publisher_take_acks_all();
+    publisher_set_take_acks(&publishers);
     publisher_tick(u->p);
     if (u->cond(u->p, u->arg)) {
         u->met = true;
@@ -240,7 +242,8 @@ static struct fixture connect_publisher(int64_t ack_timeout_ms)
                                    .server_count = 1,
                                    .name = "test",
                                    .ack_timeout_ms = ack_timeout_ms,
-                                   .streams = &streams};
+                                   .streams = &streams,
+                                   .set = &publishers};
     char *err = NULL;
     f.p = publisher_create(&po, f.loop, on_done, NULL, &err);
     cr_assert_not_null(f.p, "publisher_create: %s", err);
@@ -289,10 +292,10 @@ Test(publish, acks_come_in_order_with_their_sequences)
     struct fixture f = connect_publisher(5000);
     cr_assert(run_until(f.loop, f.p, is_connected, NULL, 5000), "never connected");
     size_t down_total = 0;
-    cr_expect_eq(publisher_disconnected_count(&down_total), 0);
+    cr_expect_eq(publisher_set_disconnected(&publishers, &down_total), 0);
     cr_expect_eq(down_total, 1);
     uint64_t since = 7;
-    cr_expect_null(publisher_down_reason(&since));
+    cr_expect_null(publisher_set_down_reason(&publishers, &since));
 
     enum { N = 200 };
     for (uintptr_t i = 1; i <= N; i++) {
@@ -301,7 +304,7 @@ Test(publish, acks_come_in_order_with_their_sequences)
         publish(f.p, i, "t.delivery", id);
     }
     cr_expect_eq(publisher_in_flight(f.p), N);
-    cr_expect_eq(publisher_in_flight_all(), N);
+    cr_expect_eq(publisher_set_in_flight(&publishers), N);
     size_t want = N;
     cr_assert(run_until(f.loop, f.p, acks_at_least, &want, 5000), "acked %zu of %d", ack_count, N);
     cr_assert_eq(ack_count, N);
@@ -483,10 +486,10 @@ Test(publish, publishes_wait_for_a_server_that_comes_later)
     struct fixture f = connect_publisher(5000);
     cr_expect_not(publisher_connected(f.p));
     size_t total = 0;
-    cr_expect_eq(publisher_disconnected_count(&total), 1);
+    cr_expect_eq(publisher_set_disconnected(&publishers, &total), 1);
     cr_expect_eq(total, 1);
     uint64_t since = 0;
-    const char *why = publisher_down_reason(&since);
+    const char *why = publisher_set_down_reason(&publishers, &since);
     cr_assert_not_null(why);
     cr_expect_not_null(strstr(why, "Connection refused"), "why: %s", why);
     cr_expect_gt(since, 0);
@@ -504,7 +507,7 @@ Test(publish, publishes_wait_for_a_server_that_comes_later)
     cr_expect_eq(acks[0].cookie, 1);
     cr_expect_eq(acks[1].cookie, 2);
     cr_expect_eq(acks[1].ack.sequence, 2);
-    cr_expect_null(publisher_down_reason(&since));
+    cr_expect_null(publisher_set_down_reason(&publishers, &since));
     close_publisher(&f);
 }
 
