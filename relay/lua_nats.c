@@ -3,6 +3,7 @@
 #include "config.h"
 #include "log.h"
 #include "lua_kumo.h"
+#include "lua_record.h"
 #include "loop.h"
 #include "nkey.h"
 #include "policy.h"
@@ -159,6 +160,7 @@ static bool in_list(const char *const *list, const char *key)
 
 static void check_keys(lua_State *L, int idx, const char *const *allowed, const char *what)
 {
+    lua_record_fill(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         lua_pop(L, 1);
@@ -467,6 +469,7 @@ struct publish_args {
 static void read_headers(lua_State *L, int idx, struct publish_args *a)
 {
     size_t cap = 0;
+    lua_record_fill(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
