@@ -261,10 +261,18 @@ static bool fast_string(struct fast_parser *f, bool key)
     const char *s = ++f->p;
     const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
     while (p < end) {
-        uint64_t word;
-        if (end - p >= 8 && (memcpy(&word, p, 8), !word_needs_look(word))) {
-            p += 8;
-            continue;
+        if (end - p >= 8) {
+            uint64_t word;
+            memcpy(&word, p, 8);
+            uint64_t look = word_needs_look(word);
+            if (!look) {
+                p += 8;
+                continue;
+            }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* The lowest flag is always a real one (a false one only sits above it). */
+            p += __builtin_ctzll(look) / 8;
+#endif
         }
         if (*p == '"') {
             if (f->L)
