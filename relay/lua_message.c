@@ -26,17 +26,24 @@
  * inside the userdata, so they cost no allocation until used. */
 enum { UV_META = 1, UV_DATA = 2, UV_RECORD = 3, UV_QUEUE = 4, UV_COUNT = 4 };
 
+/* Segment names the message copies when pinned (kumod's are 25 bytes); a longer one has
+ * the id computed at the pin instead. */
+enum { SEGMENT_COPY = 48 };
+
 struct message {
     const char *record; /* the line with its '\n': borrowed, or UV_RECORD's once pinned */
     size_t record_len;
-    const char *segment;       /* borrowed; only read by message_id, which pin runs first */
-    const char *relay_id;      /* likewise */
+    const char *segment; /* the segment's own name, or segment_copy once pinned */
+    /* The configuration's: it outlives the Lua state (relay_reload.c frees the old
+     * configuration after the old policy). */
+    const char *relay_id;
     const char *default_queue; /* borrowed, or UV_QUEUE's once pinned */
     uint64_t end;
     uint64_t id[2];
     int attempts;
     bool has_id, pinned, dead;
     bool log_record_done; /* log_record parsed (or set) once; never parse again */
+    char segment_copy[SEGMENT_COPY];
 };
 
 /* The metatable, by address: luaL_checkudata finds it by name, which cost a string lookup
@@ -404,16 +411,24 @@ void lua_message_push(lua_State *L, const struct message_source *src)
     lua_setmetatable(L, -2);
 }
 
-/* The id is computed first: it is the only reader of segment and relay_id. The record's
- * bytes are the Lua string get_data or log_record made already, when one did: a held
- * record is not copied again. */
+/* A held message may outlive its segment (the policy may keep it after the record is
+ * done): the segment's name is copied, or the id, which is all that reads it, computed
+ * now. The record's bytes are the Lua string get_data or log_record made already, when
+ * one did: a held record is not copied again. */
 void lua_message_pin(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
     struct message *m = message_get(L, idx);
     if (m->pinned || m->dead)
         return;
-    message_id(m);
+    size_t segment_len = m->segment ? strlen(m->segment) : 0;
+    if (segment_len < SEGMENT_COPY) {
+        if (m->segment)
+            m->segment = memcpy(m->segment_copy, m->segment, segment_len + 1);
+    } else {
+        message_id(m);
+        m->segment = NULL;
+    }
     m->record = push_record(L, idx, m);
     lua_pop(L, 1);
     if (m->default_queue) {
@@ -421,7 +436,6 @@ void lua_message_pin(lua_State *L, int idx)
         m->default_queue = lua_tostring(L, -1);
         lua_setiuservalue(L, idx, UV_QUEUE);
     }
-    m->segment = m->relay_id = NULL;
     m->pinned = true;
 }
 
