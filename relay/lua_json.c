@@ -180,8 +180,10 @@ static long escape_u16(const char *p)
 }
 
 /* Decodes the escapes of a string whose body starts at s into f->scratch; f->p is at the
- * first backslash. Pushes the string and leaves f->p past the closing quote. */
-static bool fast_string_escaped(struct fast_parser *f, const char *s, bool key)
+ * first backslash. Pushes the string and leaves f->p past the closing quote. Kept out of
+ * line (escapes are rare), so that fast_string is small enough to be inlined. */
+__attribute__((noinline)) static bool fast_string_escaped(struct fast_parser *f, const char *s,
+                                                          bool key)
 {
     /* Decoding never lengthens: the body so far, then at most as many bytes as remain. */
     size_t need = (size_t)(f->end - s);
@@ -256,7 +258,7 @@ static uint64_t word_needs_look(uint64_t x)
 }
 
 /* f->p is at the opening quote. A string without escapes is pushed from the text itself. */
-static bool fast_string(struct fast_parser *f, bool key)
+static inline bool fast_string(struct fast_parser *f, bool key)
 {
     const char *s = ++f->p;
     const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
