@@ -147,11 +147,13 @@ _Static_assert(JSCAN_MAX_DEPTH == JSON_PARSER_MAX_DEPTH,
                "jscan, this parser and jansson must refuse the same nesting");
 
 struct fast_parser {
-    lua_State *L;
-    const char *p, *end;
+    lua_State *L; /* NULL: check the text only (lua_json_scan_object), push nothing */
+    const char *text, *p, *end;
     int depth;
     char *scratch; /* unescaped strings */
     size_t scratch_cap;
+    struct lua_json_member *members; /* the top-level object's, when checking */
+    size_t member_count, member_cap;
 };
 
 static bool fast_value(struct fast_parser *f);
@@ -178,8 +180,10 @@ static long escape_u16(const char *p)
 }
 
 /* Decodes the escapes of a string whose body starts at s into f->scratch; f->p is at the
- * first backslash. Pushes the string and leaves f->p past the closing quote. */
-static bool fast_string_escaped(struct fast_parser *f, const char *s, bool key)
+ * first backslash. Pushes the string and leaves f->p past the closing quote. Kept out of
+ * line (escapes are rare), so that fast_string is small enough to be inlined. */
+__attribute__((noinline)) static bool fast_string_escaped(struct fast_parser *f, const char *s,
+                                                          bool key)
 {
     /* Decoding never lengthens: the body so far, then at most as many bytes as remain. */
     size_t need = (size_t)(f->end - s);
@@ -193,7 +197,8 @@ static bool fast_string_escaped(struct fast_parser *f, const char *s, bool key)
     while (p < f->end) {
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
-            lua_pushlstring(f->L, f->scratch, n);
+            if (f->L)
+                lua_pushlstring(f->L, f->scratch, n);
             f->p = p + 1;
             return true;
         }
@@ -238,14 +243,42 @@ static bool fast_string_escaped(struct fast_parser *f, const char *s, bool key)
     return false;
 }
 
+#define BYTES(b) (0x0101010101010101ULL * (b))
+
+/* Nonzero when one of the 8 bytes in x is one fast_string must look at: the quote, the
+ * backslash, a control byte or a byte of a multi-byte UTF-8 sequence (the word tricks of
+ * jscan.c, which never miss one). Strings are most of a record's bytes. */
+static uint64_t word_needs_look(uint64_t x)
+{
+    uint64_t quote = x ^ BYTES('"'), backslash = x ^ BYTES('\\');
+    uint64_t control = (x - BYTES(0x20)) & ~x;
+    quote = (quote - BYTES(1)) & ~quote;
+    backslash = (backslash - BYTES(1)) & ~backslash;
+    return (control | quote | backslash | x) & BYTES(0x80);
+}
+
 /* f->p is at the opening quote. A string without escapes is pushed from the text itself. */
-static bool fast_string(struct fast_parser *f, bool key)
+static inline bool fast_string(struct fast_parser *f, bool key)
 {
     const char *s = ++f->p;
     const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
     while (p < end) {
+        if (end - p >= 8) {
+            uint64_t word;
+            memcpy(&word, p, 8);
+            uint64_t look = word_needs_look(word);
+            if (!look) {
+                p += 8;
+                continue;
+            }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* The lowest flag is always a real one (a false one only sits above it). */
+            p += __builtin_ctzll(look) / 8;
+#endif
+        }
         if (*p == '"') {
-            lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
+            if (f->L)
+                lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
             f->p = (const char *)p + 1;
             return true;
         }
@@ -311,7 +344,8 @@ static bool fast_number(struct fast_parser *f)
         }
         if (v > (uint64_t)INT64_MAX + negative)
             return false;
-        lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
+        if (f->L)
+            lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
     } else {
         char buf[64];
         size_t n = (size_t)(p - s);
@@ -322,7 +356,8 @@ static bool fast_number(struct fast_parser *f)
         double d = strtod(buf, NULL);
         if (isinf(d))
             return false;
-        lua_pushnumber(f->L, d);
+        if (f->L)
+            lua_pushnumber(f->L, d);
     }
     f->p = p;
     return true;
@@ -336,9 +371,26 @@ static bool fast_literal(struct fast_parser *f, const char *word, size_t len)
     return true;
 }
 
+/* Checking the top-level object: note where a member's key and value are. */
+static void note_member(struct fast_parser *f, const char *key, const char *value)
+{
+    if (f->member_count == f->member_cap) {
+        f->member_cap = f->member_cap ? f->member_cap * 2 : 32;
+        f->members = xrealloc(f->members, f->member_cap * sizeof(*f->members));
+    }
+    uint32_t key_len = (uint32_t)(f->p - key); /* f->p is still past the key's quote */
+    f->members[f->member_count++] = (struct lua_json_member){
+        .key = (uint32_t)(key - f->text),
+        .key_len = key_len - 2,
+        .value = (uint32_t)(value - f->text),
+        .escaped = memchr(key, '\\', key_len) != NULL,
+    };
+}
+
 static bool fast_object(struct fast_parser *f)
 {
-    lua_createtable(f->L, 0, 4);
+    if (f->L)
+        lua_createtable(f->L, 0, 4);
     f->p++;
     fast_skip_space(f);
     if (f->p < f->end && *f->p == '}') {
@@ -346,16 +398,25 @@ static bool fast_object(struct fast_parser *f)
         return true;
     }
     for (;;) {
+        const char *key = f->p, *after_key;
         if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
             return false;
+        after_key = f->p;
         fast_skip_space(f);
         if (f->p >= f->end || *f->p != ':')
             return false;
         f->p++;
         fast_skip_space(f);
+        if (!f->L && f->depth == 1) {
+            const char *value = f->p;
+            f->p = after_key;
+            note_member(f, key, value);
+            f->p = value;
+        }
         if (!fast_value(f))
             return false;
-        lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as in jansson */
+        if (f->L)
+            lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as jansson */
         fast_skip_space(f);
         if (f->p < f->end && *f->p == ',') {
             f->p++;
@@ -372,8 +433,10 @@ static bool fast_object(struct fast_parser *f)
 
 static bool fast_array(struct fast_parser *f)
 {
-    lua_createtable(f->L, 4, 0);
-    lua_json_mark_array(f->L, -1);
+    if (f->L) {
+        lua_createtable(f->L, 4, 0);
+        lua_json_mark_array(f->L, -1);
+    }
     f->p++;
     fast_skip_space(f);
     if (f->p < f->end && *f->p == ']') {
@@ -383,7 +446,9 @@ static bool fast_array(struct fast_parser *f)
     for (lua_Integer i = 1;; i++) {
         if (!fast_value(f))
             return false;
-        if (lua_isnil(f->L, -1))
+        if (!f->L)
+            ;
+        else if (lua_isnil(f->L, -1))
             lua_pop(f->L, 1);
         else
             lua_rawseti(f->L, -2, i);
@@ -404,7 +469,7 @@ static bool fast_array(struct fast_parser *f)
 /* Pushes one value (nil for null); f->p is at its first byte. */
 static bool fast_value(struct fast_parser *f)
 {
-    if (f->p >= f->end || !lua_checkstack(f->L, 4))
+    if (f->p >= f->end || (f->L && !lua_checkstack(f->L, 4)))
         return false;
     bool ok;
     switch (*f->p) {
@@ -419,17 +484,17 @@ static bool fast_value(struct fast_parser *f)
         return fast_string(f, false);
     case 't':
         ok = fast_literal(f, "true", 4);
-        if (ok)
+        if (ok && f->L)
             lua_pushboolean(f->L, 1);
         return ok;
     case 'f':
         ok = fast_literal(f, "false", 5);
-        if (ok)
+        if (ok && f->L)
             lua_pushboolean(f->L, 0);
         return ok;
     case 'n':
         ok = fast_literal(f, "null", 4);
-        if (ok)
+        if (ok && f->L)
             lua_pushnil(f->L);
         return ok;
     default:
@@ -440,13 +505,45 @@ static bool fast_value(struct fast_parser *f)
 bool lua_json_push_direct(lua_State *L, const char *text, size_t len)
 {
     int top = lua_gettop(L);
-    struct fast_parser f = {.L = L, .p = text, .end = text + len};
+    struct fast_parser f = {.L = L, .text = text, .p = text, .end = text + len};
     fast_skip_space(&f);
     bool ok = fast_value(&f);
     if (ok) {
         fast_skip_space(&f);
         ok = f.p == f.end;
     }
+    free(f.scratch);
+    if (!ok)
+        lua_settop(L, top);
+    return ok;
+}
+
+bool lua_json_scan_object(const char *text, size_t len, struct lua_json_member **members,
+                          size_t *cap, size_t *count)
+{
+    struct fast_parser f = {
+        .text = text, .p = text, .end = text + len, .members = *members, .member_cap = *cap};
+    *count = 0;
+    if (len > UINT32_MAX)
+        return false;
+    fast_skip_space(&f);
+    bool ok = f.p < f.end && *f.p == '{' && fast_value(&f);
+    if (ok) {
+        fast_skip_space(&f);
+        ok = f.p == f.end;
+    }
+    free(f.scratch);
+    *members = f.members;
+    *cap = f.member_cap;
+    *count = ok ? f.member_count : 0;
+    return ok;
+}
+
+bool lua_json_push_at(lua_State *L, const char *text, size_t len, size_t offset)
+{
+    int top = lua_gettop(L);
+    struct fast_parser f = {.L = L, .text = text, .p = text + offset, .end = text + len};
+    bool ok = fast_value(&f);
     free(f.scratch);
     if (!ok)
         lua_settop(L, top);

@@ -8,6 +8,7 @@
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Push the Lua value of a JSON text (see lua_kumo_push_json). Returns 0, or -1 with *err
  * (malloc'd, "<reason> at line L column C") and nothing pushed. */
@@ -18,6 +19,23 @@ int lua_json_push(lua_State *L, const char *text, size_t len, char **err);
  * direct parser with). */
 bool lua_json_push_direct(lua_State *L, const char *text, size_t len);
 int lua_json_push_reference(lua_State *L, const char *text, size_t len, char **err);
+
+/* A member of a top-level JSON object, by offsets into its text. */
+struct lua_json_member {
+    uint32_t key;     /* the key's opening quote */
+    uint32_t key_len; /* raw bytes between its quotes */
+    uint32_t value;   /* the value's first byte */
+    bool escaped;     /* the key has escapes: compare it decoded */
+};
+/* Is text one JSON object that lua_json_push_direct parses? Pushes nothing; the first
+ * *count of *members (an array of *cap, grown with realloc and kept for the next call) say
+ * where each member is, in text order, duplicates included. The log record is read this
+ * way, a member at a time (lua_record.c). */
+bool lua_json_scan_object(const char *text, size_t len, struct lua_json_member **members,
+                          size_t *cap, size_t *count);
+/* Push the value starting at text[offset] (of a text lua_json_scan_object accepted) as
+ * lua_json_push_direct does; false (nothing pushed) if it cannot. */
+bool lua_json_push_at(lua_State *L, const char *text, size_t len, size_t offset);
 
 /* kumo.serde.json_encode(value), json_encode_pretty(value) and json_parse(text), as
  * lua_CFunctions. json_parse accepts //, # and block comments, as kumod's does

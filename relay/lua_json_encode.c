@@ -4,6 +4,7 @@
  * a Lua table is deterministic; tables that came from JSON arrays stay arrays. */
 #include "lua_json.h"
 #include "lua_nats.h"
+#include "lua_record.h"
 
 #include "utf8.h"
 #include "xalloc.h"
@@ -267,6 +268,7 @@ static int encode_table(lua_State *L, int idx, struct json_out *o)
         return fail(o, "Lua stack exhausted");
     o->path[o->depth++] = self;
     lua_nats_resolve(L, idx); /* a publish's result: kumod's fields, not the pending ones */
+    lua_record_fill(L, idx);  /* a log_record read a member at a time so far */
     struct json_keys keys = {0};
     int rc = collect_keys(L, idx, &keys, o);
     bool array = keys.all_positive_int &&

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "lua_helpers.h"
 #include "lua_json.h"
+#include "lua_record.h"
 #include "xalloc.h"
 
 #include <lauxlib.h>
@@ -341,6 +342,7 @@ static char *qc_fields(lua_State *L, int idx, const struct qc_key *keys, const c
     int top = lua_gettop(L);
     char *err = NULL;
     luaL_checkstack(L, 6, "queue config");
+    lua_record_fill(L, idx);
     lua_pushnil(L);
     while (!err && lua_next(L, idx)) {
         const struct qc_key *key = qc_key_find(L, -2, keys);

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "lua_json.h"
 #include "lua_kumo.h"
+#include "lua_record.h"
 #include "xalloc.h"
 
 #include <lauxlib.h>
@@ -173,6 +174,7 @@ static int kumo_configure_log_hook(lua_State *L)
     static const char *const keys[] = {"name",    "back_pressure", "meta",
                                        "headers", "per_record",    "deferred_spool"};
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_record_fill(L, 1);
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         lua_pop(L, 1);

@@ -1,12 +1,14 @@
 /* The Message userdata. It runs once per record (~100k/s), so pushing one allocates nothing
  * but the userdata itself: the record line is borrowed, the meta table is created only when
- * a policy sets meta or asks for log_record, and the id is computed only when asked. */
+ * a policy sets meta or asks for log_record, and the id is computed only when asked. The
+ * line becomes a Lua string once, when first needed (get_data, log_record, or a hold), and
+ * that one copy serves all three. */
 #include "lua_message.h"
 
 #include "jscan.h"
 #include "lua_kumo.h"
+#include "lua_record.h"
 #include "msgid.h"
-#include "xalloc.h"
 
 #include <lauxlib.h>
 
@@ -19,27 +21,46 @@
 #define MESSAGE_METATABLE "kumo.Message"
 #define ADDRESS_METATABLE "kumo.Address"
 
-/* The userdata's user values: the meta table and the data a policy set with set_data.
- * Both live inside the userdata, so they cost no allocation until used. */
-enum { UV_META = 1, UV_DATA = 2, UV_COUNT = 2 };
+/* The userdata's user values: the meta table, the data a policy set with set_data, the
+ * record line as a Lua string, and (once pinned) the default queue's name. They live
+ * inside the userdata, so they cost no allocation until used. */
+enum { UV_META = 1, UV_DATA = 2, UV_RECORD = 3, UV_QUEUE = 4, UV_COUNT = 4 };
+
+/* Segment names the message copies when pinned (kumod's are 25 bytes); a longer one has
+ * the id computed at the pin instead. */
+enum { SEGMENT_COPY = 48 };
 
 struct message {
-    const char *record; /* the line with its '\n': borrowed, or `owned` once pinned */
+    const char *record; /* the line with its '\n': borrowed, or UV_RECORD's once pinned */
     size_t record_len;
-    const char *segment;  /* borrowed; only read by message_id, which pin runs first */
-    const char *relay_id; /* likewise */
-    const char *default_queue;
+    const char *segment; /* the segment's own name, or segment_copy once pinned */
+    /* The configuration's: it outlives the Lua state (relay_reload.c frees the old
+     * configuration after the old policy). */
+    const char *relay_id;
+    const char *default_queue; /* borrowed, or UV_QUEUE's once pinned */
     uint64_t end;
     uint64_t id[2];
-    char *owned; /* record and default_queue, copied by lua_message_pin */
     int attempts;
     bool has_id, pinned, dead;
     bool log_record_done; /* log_record parsed (or set) once; never parse again */
+    char segment_copy[SEGMENT_COPY];
 };
+
+/* The metatable, by address: luaL_checkudata finds it by name, which cost a string lookup
+ * on every method call. */
+static char message_meta_key;
 
 static struct message *message_get(lua_State *L, int idx)
 {
-    return luaL_checkudata(L, idx, MESSAGE_METATABLE);
+    struct message *m = lua_touserdata(L, idx);
+    if (m && lua_getmetatable(L, idx)) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &message_meta_key);
+        bool is_message = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (is_message)
+            return m;
+    }
+    return luaL_checkudata(L, idx, MESSAGE_METATABLE); /* raises its usual error */
 }
 
 /* Every method starts here: a detached message's record buffer may already be reused. */
@@ -60,6 +81,19 @@ static void message_id(struct message *m)
         return;
     msgid_hash128(m->relay_id ? m->relay_id : "", m->segment ? m->segment : "", m->end, m->id);
     m->has_id = true;
+}
+
+/* Push the record line as a Lua string, made once. The string is anchored in the
+ * userdata, so its bytes can stand for the borrowed ones once the message is pinned. */
+static const char *push_record(lua_State *L, int idx, const struct message *m)
+{
+    if (lua_getiuservalue(L, idx, UV_RECORD) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        lua_pushlstring(L, m->record, m->record_len);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, idx, UV_RECORD);
+    }
+    return lua_tostring(L, -1);
 }
 
 /* ---- meta --------------------------------------------------------------------------- */
@@ -97,16 +131,12 @@ static bool meta_get(lua_State *L, int idx, int key)
  * policy gives when its subject needs a field (policy_builtin.c), so both policies agree. */
 static int push_log_record(lua_State *L, struct message *m)
 {
-    char *err;
     m->log_record_done = true;
-    if (lua_kumo_push_json(L, m->record, m->record_len, &err) != 0) {
-        bool too_deep = strncmp(err, JSCAN_TOO_DEEP, strlen(JSCAN_TOO_DEEP)) == 0;
-        free(err);
-        if (too_deep)
-            return lua_kumo_record_unusable(L, JSCAN_TOO_DEEP);
-        lua_pushnil(L);
+    push_record(L, 1, m);
+    lua_record_push(L, -1);
+    lua_remove(L, -2);
+    if (lua_isnil(L, -1))
         return 1;
-    }
     meta_table(L, 1);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "log_record");
@@ -170,7 +200,8 @@ static int message_get_data(lua_State *L)
     struct message *m = message_live(L);
     if (lua_getiuservalue(L, 1, UV_DATA) == LUA_TSTRING)
         return 1;
-    lua_pushlstring(L, m->record, m->record_len);
+    lua_pop(L, 1);
+    push_record(L, 1, m);
     return 1;
 }
 
@@ -332,14 +363,6 @@ static int message_num_attempts(lua_State *L)
     return 1;
 }
 
-static int message_gc(lua_State *L)
-{
-    struct message *m = message_get(L, 1);
-    free(m->owned);
-    m->owned = NULL;
-    return 0;
-}
-
 /* ---- C API -------------------------------------------------------------------------- */
 
 void lua_message_register(lua_State *L)
@@ -360,18 +383,17 @@ void lua_message_register(lua_State *L)
     if (luaL_newmetatable(L, MESSAGE_METATABLE)) {
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, message_gc);
-        lua_setfield(L, -2, "__gc");
         /* One metatable serves every message: keep policies from editing it. */
         lua_pushboolean(L, 0);
         lua_setfield(L, -2, "__metatable");
     }
-    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &message_meta_key);
     if (luaL_newmetatable(L, ADDRESS_METATABLE)) {
         lua_pushcfunction(L, address_tostring);
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
+    lua_record_register(L);
 }
 
 void lua_message_push(lua_State *L, const struct message_source *src)
@@ -385,24 +407,35 @@ void lua_message_push(lua_State *L, const struct message_source *src)
         .default_queue = src->default_queue,
         .end = src->end,
     };
-    luaL_setmetatable(L, MESSAGE_METATABLE);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &message_meta_key);
+    lua_setmetatable(L, -2);
 }
 
-/* The id is computed first: it is the only reader of segment and relay_id. */
+/* A held message may outlive its segment (the policy may keep it after the record is
+ * done): the segment's name is copied, or the id, which is all that reads it, computed
+ * now. The record's bytes are the Lua string get_data or log_record made already, when
+ * one did: a held record is not copied again. */
 void lua_message_pin(lua_State *L, int idx)
 {
+    idx = lua_absindex(L, idx);
     struct message *m = message_get(L, idx);
     if (m->pinned || m->dead)
         return;
-    message_id(m);
-    size_t queue_len = m->default_queue ? strlen(m->default_queue) + 1 : 0;
-    m->owned = xmalloc(m->record_len + 1 + queue_len);
-    memcpy(m->owned, m->record, m->record_len);
-    m->owned[m->record_len] = '\0';
-    if (m->default_queue)
-        m->default_queue = memcpy(m->owned + m->record_len + 1, m->default_queue, queue_len);
-    m->record = m->owned;
-    m->segment = m->relay_id = NULL;
+    size_t segment_len = m->segment ? strlen(m->segment) : 0;
+    if (segment_len < SEGMENT_COPY) {
+        if (m->segment)
+            m->segment = memcpy(m->segment_copy, m->segment, segment_len + 1);
+    } else {
+        message_id(m);
+        m->segment = NULL;
+    }
+    m->record = push_record(L, idx, m);
+    lua_pop(L, 1);
+    if (m->default_queue) {
+        lua_pushstring(L, m->default_queue);
+        m->default_queue = lua_tostring(L, -1);
+        lua_setiuservalue(L, idx, UV_QUEUE);
+    }
     m->pinned = true;
 }
 

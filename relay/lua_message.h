@@ -21,7 +21,9 @@ struct message_source {
 void lua_message_register(lua_State *L);
 /* Push a new Message for a record; its data is borrowed (not copied). */
 void lua_message_push(lua_State *L, const struct message_source *src);
-/* Copy borrowed data into the message so it outlives the record buffer (retry, batch). */
+/* Make the message outlive the record buffer and its segment (retry, batch, await): the
+ * line is the Lua string the message makes once, the segment's name and the default queue
+ * are copied. relay_id stays borrowed: the configuration outlives the Lua state. */
 void lua_message_pin(lua_State *L, int idx);
 /* The data was borrowed and is about to go away: any later use raises an error. */
 void lua_message_detach(lua_State *L, int idx);

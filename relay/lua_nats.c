@@ -3,6 +3,7 @@
 #include "lua_nats_internal.h"
 
 #include "loop.h"
+#include "lua_record.h"
 #include "policy.h"
 #include "publish.h"
 #include "xalloc.h"
@@ -30,6 +31,7 @@ struct publish_args {
 static void read_headers(lua_State *L, int idx, struct publish_args *a)
 {
     size_t cap = 0;
+    lua_record_fill(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)

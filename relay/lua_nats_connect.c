@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "lua_kumo.h"
+#include "lua_record.h"
 #include "nats_auth.h"
 #include "policy.h"
 #include "publish.h"
@@ -142,6 +143,7 @@ static bool in_list(const char *const *list, const char *key)
 
 void lua_nats_check_keys(lua_State *L, int idx, const char *const *allowed, const char *what)
 {
+    lua_record_fill(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         lua_pop(L, 1);

@@ -9,6 +9,7 @@
 #include "lua_json.h"
 #include "lua_kumo.h"
 #include "lua_nats.h"
+#include "lua_record.h"
 #include "xalloc.h"
 
 #include <lauxlib.h>
@@ -255,6 +256,7 @@ static int emit_table(lua_State *L, int idx, struct yaml_out *o)
         return -1;
     }
     lua_nats_resolve(L, idx); /* a publish's result: kumod's fields, not the pending ones */
+    lua_record_fill(L, idx);  /* a log_record read a member at a time so far */
     lua_pushnil(L);
     lua_Integer count = 0, max = 0;
     bool positive = true;

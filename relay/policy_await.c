@@ -95,13 +95,38 @@ static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
     return (uint64_t)(ms * (0.9 + 0.2 * rng_unit())); /* jitter ±10 % */
 }
 
+/* Every record a hook leaves waiting for an ack gets a retry, freed when the ack comes:
+ * freed ones are kept for the next (the policies run on the loop thread only). */
+enum { SPARE_RETRIES = 1024 };
+static struct {
+    struct retry *head;
+    size_t count;
+} spare_retries;
+
+static struct retry *retry_new(void)
+{
+    struct retry *r = spare_retries.head;
+    if (!r)
+        return xcalloc(1, sizeof(*r));
+    spare_retries.head = r->next;
+    spare_retries.count--;
+    *r = (struct retry){0};
+    return r;
+}
+
 void policy_await_retry_free(struct retry *r)
 {
     free(r->ack);
     free(r->members);
     free(r->last_error);
     free(r->lazy_error);
-    free(r);
+    if (spare_retries.count >= SPARE_RETRIES) {
+        free(r);
+        return;
+    }
+    r->next = spare_retries.head;
+    spare_retries.head = r;
+    spare_retries.count++;
 }
 
 static void schedule_retry(struct policy_lua *p, struct retry *r, const char *reason)
@@ -120,7 +145,7 @@ static void schedule_retry(struct policy_lua *p, struct retry *r, const char *re
 
 static struct retry *retry_alloc(struct queue_state *q, struct held_record *members, size_t count)
 {
-    struct retry *r = xcalloc(1, sizeof(*r));
+    struct retry *r = retry_new();
     r->co_ref = LUA_NOREF;
     r->queue = q;
     r->members = members;
@@ -331,7 +356,7 @@ void policy_await_settle(struct policy_lua *p, struct retry *r, struct outcome *
 static void resume_parked(struct policy_lua *p, struct retry *r, const struct publish_ack *ack)
 {
     lua_State *L = p->L, *co = r->co;
-    struct inflight_record **recs = xcalloc(r->count, sizeof(*recs));
+    struct inflight_record *one, **recs = r->count == 1 ? &one : xcalloc(r->count, sizeof(*recs));
     for (size_t i = 0; i < r->count; i++)
         recs[i] = r->members[i].rec;
     policy_lua_bind_records(p, recs, r->count);
@@ -376,7 +401,8 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
         r->co_ref = LUA_NOREF;
     }
     policy_lua_bind_records(p, NULL, 0);
-    free(recs);
+    if (recs != &one)
+        free(recs);
     policy_await_settle(p, r, &o);
 }
 
@@ -504,4 +530,10 @@ void policy_await_free(struct policy_lua *p)
             policy_await_retry_free(r);
         }
     }
+    while (spare_retries.head) {
+        struct retry *r = spare_retries.head;
+        spare_retries.head = r->next;
+        free(r);
+    }
+    spare_retries.count = 0;
 }

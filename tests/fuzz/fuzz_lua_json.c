@@ -1,8 +1,11 @@
 /* JSON → Lua (a record's log_record, kumo.serde.json_parse), then Lua → JSON and back:
  * the second parse must accept what the encoder wrote. The direct parser must agree with
- * jansson's (lua_json_push_reference) on every input: the same values, or both refuse. */
+ * jansson's (lua_json_push_reference) on every input: the same values, or both refuse.
+ * log_record read a member at a time (lua_record.c) must be the direct parse's object
+ * once filled, and taken exactly when the direct parser reads an object. */
 #include "lua_json.h"
 #include "lua_kumo.h"
+#include "lua_record.h"
 
 #include "../lua_same.h"
 
@@ -18,12 +21,36 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     L = luaL_newstate();
     luaL_openlibs(L);
+    lua_record_register(L);
     return 0;
+}
+
+/* The direct parse is at -1 (nil when it refused). */
+static void check_lazy_record(const uint8_t *data, size_t size)
+{
+    static struct lua_json_member *members;
+    static size_t cap;
+    size_t count;
+    bool object = lua_istable(L, -1) && !lua_json_is_array(L, -1);
+    if (lua_json_scan_object((const char *)data, size, &members, &cap, &count) != object)
+        abort(); /* the check and the direct parser disagree on what is an object */
+    if (!object)
+        return;
+    lua_pushlstring(L, (const char *)data, size);
+    lua_record_push(L, -1);
+    lua_record_fill(L, -1);
+    if (!lua_same(L, -1, -3))
+        abort(); /* the filled record is not the direct parse */
+    lua_pop(L, 2);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *err = NULL, *ref_err = NULL;
+    if (!lua_json_push_direct(L, (const char *)data, size))
+        lua_pushnil(L);
+    check_lazy_record(data, size);
+    lua_settop(L, 0);
     int ref = lua_json_push_reference(L, (const char *)data, size, &ref_err);
     free(ref_err);
     if (lua_kumo_push_json(L, (const char *)data, size, &err) != 0) {

@@ -1,0 +1,279 @@
+/* The lazy log_record (see lua_record.h). A record table not yet filled is an empty table
+ * with the shared metatable below and one private key (a light userdata no policy can
+ * forge) holding its state: a userdata with where each top-level member is, and the record
+ * line as its user value. A write always reaches __newindex (the table has no member to
+ * assign in place), so nothing a policy does goes unseen before the table is filled. */
+#include "lua_record.h"
+
+#include "jscan.h"
+#include "lua_json.h"
+#include "lua_kumo.h"
+
+#include <lauxlib.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+static char meta_key, state_key;
+
+struct record_state {
+    size_t count;
+    struct lua_json_member members[];
+};
+
+/* lua_json_scan_object's member array, kept between records: the policy runs on the loop
+ * thread only. */
+static struct {
+    struct lua_json_member *members;
+    size_t cap;
+} scan;
+
+static bool is_unfilled(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return false;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &meta_key);
+    bool unfilled = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return unfilled;
+}
+
+/* Pushes the state userdata and the record line of the unfilled table at idx. */
+static struct record_state *push_state(lua_State *L, int idx, const char **text, size_t *len)
+{
+    lua_rawgetp(L, idx, &state_key);
+    struct record_state *s = lua_touserdata(L, -1);
+    lua_getiuservalue(L, -1, 1);
+    *text = lua_tolstring(L, -1, len);
+    return s;
+}
+
+static void push_key(lua_State *L, const char *text, size_t len, const struct lua_json_member *m)
+{
+    if (!m->escaped)
+        lua_pushlstring(L, text + m->key + 1, m->key_len);
+    else if (!lua_json_push_at(L, text, len, m->key)) /* the scan read it: cannot fail */
+        luaL_error(L, "log_record: cannot read a key");
+}
+
+/* As fast_object fills a table: in text order, a later duplicate (or null) replacing. */
+static void fill(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checkstack(L, 8, "log_record");
+    const char *text;
+    size_t len;
+    struct record_state *s = push_state(L, idx, &text, &len);
+    lua_pushnil(L);
+    lua_rawsetp(L, idx, &state_key);
+    lua_pushnil(L);
+    lua_setmetatable(L, idx);
+    for (size_t i = 0; i < s->count; i++) {
+        push_key(L, text, len, &s->members[i]);
+        if (!lua_json_push_at(L, text, len, s->members[i].value))
+            luaL_error(L, "log_record: cannot read a member");
+        lua_rawset(L, idx);
+    }
+    lua_pop(L, 2);
+}
+
+void lua_record_fill(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TTABLE && is_unfilled(L, idx))
+        fill(L, idx);
+}
+
+/* Is member m's key the string at key_idx? */
+static bool key_is(lua_State *L, const char *text, size_t len, const struct lua_json_member *m,
+                   int key_idx, const char *key, size_t key_len)
+{
+    if (!m->escaped)
+        return m->key_len == key_len && memcmp(text + m->key + 1, key, key_len) == 0;
+    if (key_len > m->key_len) /* decoding never lengthens */
+        return false;
+    push_key(L, text, len, m);
+    bool same = lua_rawequal(L, -1, key_idx);
+    lua_pop(L, 1);
+    return same;
+}
+
+/* __index: one member, scanned from the text. The last of duplicate keys wins, as in the
+ * table. An object or array is a table the policy may change or compare: the record is
+ * filled, so that it is the same table every time. */
+static int record_index(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (lua_type(L, 2) != LUA_TSTRING) { /* JSON keys are strings */
+        lua_pushnil(L);
+        return 1;
+    }
+    size_t key_len, len;
+    const char *key = lua_tolstring(L, 2, &key_len), *text;
+    struct record_state *s = push_state(L, 1, &text, &len);
+    for (size_t i = s->count; i-- > 0;) {
+        const struct lua_json_member *m = &s->members[i];
+        if (!key_is(L, text, len, m, 2, key, key_len))
+            continue;
+        if (text[m->value] == '{' || text[m->value] == '[') {
+            fill(L, 1);
+            lua_pushvalue(L, 2);
+            lua_rawget(L, 1);
+        } else if (!lua_json_push_at(L, text, len, m->value)) {
+            return luaL_error(L, "log_record: cannot read a member");
+        }
+        return 1;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+static int record_newindex(lua_State *L)
+{
+    lua_settop(L, 3);
+    fill(L, 1);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+static int record_len(lua_State *L)
+{
+    fill(L, 1);
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+    return 1;
+}
+
+/* The base library's functions, as lbaselib.c has them, but a record table is filled
+ * before anything sees it raw. */
+static int base_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_record_fill(L, 1);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int record_pairs(lua_State *L)
+{
+    fill(L, 1);
+    lua_pushcfunction(L, base_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int base_rawget(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    lua_settop(L, 2);
+    lua_record_fill(L, 1);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+static int base_rawset(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    luaL_checkany(L, 3);
+    lua_settop(L, 3);
+    lua_record_fill(L, 1);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+static int base_rawlen(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    luaL_argexpected(L, t == LUA_TTABLE || t == LUA_TSTRING, 1, "table or string");
+    lua_record_fill(L, 1);
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+    return 1;
+}
+
+static int base_getmetatable(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_record_fill(L, 1);
+    if (!lua_getmetatable(L, 1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    luaL_getmetafield(L, 1, "__metatable");
+    return 1;
+}
+
+static int base_setmetatable(lua_State *L)
+{
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    lua_record_fill(L, 1);
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+void lua_record_register(lua_State *L)
+{
+    static const luaL_Reg meta[] = {
+        {"__index", record_index},
+        {"__newindex", record_newindex},
+        {"__len", record_len},
+        {"__pairs", record_pairs},
+        {NULL, NULL},
+    };
+    static const luaL_Reg base[] = {
+        {"next", base_next},
+        {"rawget", base_rawget},
+        {"rawset", base_rawset},
+        {"rawlen", base_rawlen},
+        {"getmetatable", base_getmetatable},
+        {"setmetatable", base_setmetatable},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, meta);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &meta_key);
+    lua_pushglobaltable(L);
+    luaL_setfuncs(L, base, 0);
+    lua_pop(L, 1);
+}
+
+static void push_eager(lua_State *L, const char *text, size_t len)
+{
+    char *err;
+    if (lua_kumo_push_json(L, text, len, &err) == 0)
+        return;
+    bool too_deep = strncmp(err, JSCAN_TOO_DEEP, strlen(JSCAN_TOO_DEEP)) == 0;
+    free(err);
+    if (too_deep)
+        lua_kumo_record_unusable(L, JSCAN_TOO_DEEP);
+    lua_pushnil(L);
+}
+
+void lua_record_push(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    size_t len, count;
+    const char *text = lua_tolstring(L, idx, &len);
+    if (!lua_json_scan_object(text, len, &scan.members, &scan.cap, &count)) {
+        push_eager(L, text, len);
+        return;
+    }
+    size_t size = sizeof(struct record_state) + count * sizeof(scan.members[0]);
+    lua_createtable(L, 0, 1);
+    struct record_state *s = lua_newuserdatauv(L, size, 1);
+    s->count = count;
+    if (count > 0)
+        memcpy(s->members, scan.members, count * sizeof(scan.members[0]));
+    lua_pushvalue(L, idx);
+    lua_setiuservalue(L, -2, 1);
+    lua_rawsetp(L, -2, &state_key);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &meta_key);
+    lua_setmetatable(L, -2);
+}
