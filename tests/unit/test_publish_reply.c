@@ -1,6 +1,7 @@
 /* publish_reply: JetStream's answers to publishes (PubAcks, errors, fast-ingest batches'
  * flow and final acks) read from the top level of their JSON only, and
  * publish_reply_classify: what a single publish's reply means to the publisher. */
+#include "jscan.h"
 #include "publish_internal.h"
 #include "publish_reply.h"
 
@@ -227,4 +228,77 @@ Test(publish_reply, classify_replies_that_are_not_json_as_before)
     ev = classify("\"error\" without a description");
     cr_expect_eq(ev.kind, REPLY_ERROR);
     cr_expect_str_eq(ev.detail, "\"error\" without a description");
+}
+
+/* Acks are read by a scanner of flat objects, anything nested by jscan: both must take
+ * the same texts and find the same members. Mutations of real answers (bytes replaced,
+ * dropped, doubled) probe the edges: escapes, numbers, literals, whitespace, ends. */
+static void expect_same_as_jscan(const char *text, size_t len)
+{
+    static const char *const keys[] = {"stream", "seq", "duplicate", "domain", "type", "count"};
+    struct jscan_value v[6];
+    bool want = jscan_object(text, len, keys, 6, v);
+    struct publish_reply r;
+    bool got = publish_reply_parse(text, len, &r);
+    cr_assert_eq(got, want, "read %d, jscan %d: %.*s", got, want, (int)len, text);
+    if (!got)
+        return;
+    char stream[128] = "";
+    if (v[0].raw && v[0].raw[0] == '"')
+        jscan_string(&v[0], stream, sizeof(stream));
+    cr_assert_str_eq(r.stream, stream, "%.*s", (int)len, text);
+    cr_assert_eq(r.duplicate, v[2].raw && v[2].len == 4 && memcmp(v[2].raw, "true", 4) == 0, "%.*s",
+                 (int)len, text);
+}
+
+Test(publish_reply, flat_replies_read_as_jscan_reads_them)
+{
+    static const char *const seeds[] = {
+        "{\"stream\":\"KUMO\",\"seq\":42}",
+        "{\"stream\":\"KUMO\",\"domain\":\"hub\",\"seq\":7,\"duplicate\":true}",
+        "{\"stream\":\"KUMO\", \"seq\":1,\"duplicate\": true}",
+        "{\"type\":\"ack\",\"seq\":500,\"msgs\":500}",
+        "{\"stream\":\"K\\u00e9\\n\",\"seq\":-1.5e+3,\"batch\":\"aF1\",\"count\":100,\"x\":null,"
+        "\"y\":false}",
+        " {\r\n\t\"seq\" : 9 , \"stream\" : \"\\\"S\\\\\" }\n",
+        "{}",
+        "{\"error\":{\"code\":503,\"err_code\":10077,\"description\":\"x\"},\"seq\":[1,{}]}",
+    };
+    static const char bytes[] = "{}[]\":,\\ \n\t-+.eE0123456789tfnulrsu\x01";
+    unsigned rng = 1;
+    char buf[256];
+    for (size_t s = 0; s < sizeof(seeds) / sizeof(*seeds); s++) {
+        size_t n = strlen(seeds[s]);
+        expect_same_as_jscan(seeds[s], n);
+        for (size_t i = 0; i < n; i++) { /* every prefix */
+            expect_same_as_jscan(seeds[s], i);
+        }
+        for (int round = 0; round < 20000; round++) {
+            memcpy(buf, seeds[s], n);
+            size_t len = n;
+            for (int m = 0; m < 1 + round % 3; m++) {
+                rng = rng * 1103515245u + 12345u;
+                size_t at = (rng >> 8) % len;
+                char ch = bytes[(rng >> 20) % (sizeof(bytes) - 1)];
+                switch ((rng >> 16) % 3) {
+                case 0:
+                    buf[at] = ch;
+                    break;
+                case 1:
+                    memmove(buf + at, buf + at + 1, len - at - 1);
+                    len--;
+                    break;
+                default:
+                    if (len + 1 < sizeof(buf)) {
+                        memmove(buf + at + 1, buf + at, len - at);
+                        buf[at] = ch;
+                        len++;
+                    }
+                }
+                if (len == 0)
+                    break;
+            }
+            expect_same_as_jscan(buf, len);
+        }
+    }
 }
