@@ -242,6 +242,7 @@ static void complete(struct publisher *p, struct slot *s, uint64_t sequence)
 {
     struct publish_ack ack = {.sequence = sequence};
     snprintf(ack.stream, sizeof(ack.stream), "%s", p->fast.stream);
+    METRIC_ADD(publishes_batched, 1);
     publisher_acked(p, s, &ack);
 }
 
