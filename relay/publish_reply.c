@@ -36,8 +36,15 @@ static bool is_literal(const struct jscan_value *v, const char *word)
 static void string_value(const struct jscan_value *v, char *out, size_t cap)
 {
     out[0] = '\0';
-    if (v->raw && v->raw[0] == '"')
-        jscan_string(v, out, cap);
+    if (!v->raw || v->raw[0] != '"')
+        return;
+    size_t n = v->len - 2;
+    if (n < cap && !memchr(v->raw + 1, '\\', n)) { /* no escape: most often */
+        memcpy(out, v->raw + 1, n);
+        out[n] = '\0';
+        return;
+    }
+    jscan_string(v, out, cap);
 }
 
 /* The error object's description and code; only refusals get here. */
