@@ -146,6 +146,10 @@ static void put_counters(FILE *f)
                LOAD(publishes));
     put_metric(f, "publishes_acked_total", "counter", "Publishes acknowledged by JetStream.",
                LOAD(publishes_acked));
+    put_metric(f, "publishes_batched_total", "counter",
+               "Publishes stored through fast-ingest batches (counted in publishes_acked_total "
+               "too).",
+               LOAD(publishes_batched));
     put_metric(f, "publish_duplicates_total", "counter",
                "Acks with duplicate set: JetStream already had the Nats-Msg-Id.",
                LOAD(publish_duplicates));

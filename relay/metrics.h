@@ -29,6 +29,7 @@ struct metrics {
     atomic_uint_fast64_t deadlettered[DEADLETTER_REASON_COUNT];
     atomic_uint_fast64_t publishes, publishes_acked, publish_duplicates, publish_resends;
     atomic_uint_fast64_t publishes_skipped; /* found stored at the stream's tail at start */
+    atomic_uint_fast64_t publishes_batched; /* acked by a fast-ingest batch's flow or final ack */
     atomic_uint_fast64_t publish_timeouts, publish_errors, publish_no_responders;
     atomic_uint_fast64_t nats_reconnects, nats_disconnects;
     atomic_uint_fast64_t policy_errors;

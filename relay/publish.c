@@ -141,78 +141,35 @@ void publisher_enqueue(struct publisher *p, const struct event *ev)
     }
 }
 
-/* Reply subjects are <inbox>.<slot>.<generation>. */
+/* Reply subjects are <inbox>.<slot>.<generation>: read by hand, as they were written
+ * (publisher_single_reply), since this runs for every ack. */
 static bool parse_reply(const char *subject, size_t inbox_len, uint32_t *slot, uint32_t *gen)
 {
-    if (strlen(subject) <= inbox_len + 1)
+    if (strnlen(subject, inbox_len + 2) <= inbox_len + 1)
         return false;
-    char *end;
-    unsigned long s = strtoul(subject + inbox_len + 1, &end, 10);
-    if (*end != '.')
+    uint64_t s, g;
+    const char *end = decimal_get(subject + inbox_len + 1, &s);
+    if (!end || *end != '.' || s > UINT32_MAX)
         return false;
-    unsigned long g = strtoul(end + 1, &end, 10);
-    if (*end != '\0')
+    end = decimal_get(end + 1, &g);
+    if (!end || *end != '\0' || g > UINT32_MAX)
         return false;
     *slot = (uint32_t)s;
     *gen = (uint32_t)g;
     return true;
 }
 
-/* Copies the JSON string value of "key": from a small reply into out. */
-static void reply_string(const char *data, size_t len, const char *key, char *out, size_t cap)
-{
-    out[0] = '\0';
-    const char *at = memmem(data, len, key, strlen(key));
-    if (!at)
-        return;
-    const char *v = at + strlen(key);
-    const char *q = memchr(v, '"', (size_t)(data + len - v));
-    size_t n = q ? (size_t)(q - v) : 0;
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(out, v, n);
-    out[n] = '\0';
-}
-
-/* True when the reply has "key": true. nats-server writes a duplicate's ack by hand as
- * {"stream":"S", "seq":1,"duplicate": true} (a space after the colon) and a marshalled
- * one without: accept any JSON whitespace there. */
-static bool reply_true(const char *data, size_t len, const char *key)
-{
-    size_t klen = strlen(key);
-    const char *at = memmem(data, len, key, klen);
-    if (!at)
-        return false;
-    const char *v = at + klen, *end = data + len;
-    while (v < end && (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r'))
-        v++;
-    return (size_t)(end - v) >= 4 && memcmp(v, "true", 4) == 0;
-}
-
-/* Classifies a JetStream reply. A success is small and fixed in shape, so substring tests
- * are enough; errors keep their description for the log. */
+/* Classifies a JetStream reply (publish_reply.c); errors keep their description for the
+ * log. */
 static void classify_reply(natsMsg *msg, struct reply *ev)
 {
-    const char *data = natsMsg_GetData(msg);
-    size_t len = data ? (size_t)natsMsg_GetDataLength(msg) : 0;
     if (natsMsg_IsNoResponders(msg)) {
         ev->kind = REPLY_NO_RESPONDERS;
         snprintf(ev->detail, sizeof(ev->detail), "no stream listens on the subject");
         return;
     }
-    if (len > 0 && memmem(data, len, "\"error\"", 7)) {
-        ev->kind = REPLY_ERROR;
-        reply_string(data, len, "\"description\":\"", ev->detail, sizeof(ev->detail));
-        if (!ev->detail[0])
-            snprintf(ev->detail, sizeof(ev->detail), "%.*s", len > 100 ? 100 : (int)len, data);
-        return;
-    }
-    ev->kind = len > 0 && reply_true(data, len, "\"duplicate\":") ? REPLY_DUPLICATE : REPLY_ACK;
-    reply_string(data, len, "\"stream\":\"", ev->detail, sizeof(ev->detail));
-    reply_string(data, len, "\"domain\":\"", ev->domain, sizeof(ev->domain));
-    const char *seq = len > 0 ? memmem(data, len, "\"seq\":", 6) : NULL;
-    if (seq)
-        ev->sequence = strtoull(seq + 6, NULL, 10);
+    const char *data = natsMsg_GetData(msg);
+    publish_reply_classify(data, data ? (size_t)natsMsg_GetDataLength(msg) : 0, ev);
 }
 
 /* ---- the loop side ---- */

@@ -27,6 +27,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "publish_reply.h"
 #include "stream.h"
 #include "xalloc.h"
 
@@ -241,6 +242,7 @@ static void complete(struct publisher *p, struct slot *s, uint64_t sequence)
 {
     struct publish_ack ack = {.sequence = sequence};
     snprintf(ack.stream, sizeof(ack.stream), "%s", p->fast.stream);
+    METRIC_ADD(publishes_batched, 1);
     publisher_acked(p, s, &ack);
 }
 
@@ -348,61 +350,66 @@ static void info_reply(struct publisher *p, json_t *info)
 }
 
 /* Batch ids the server says can never work: batches are off, or ours are malformed. */
-static bool error_stops_batches(json_t *error)
+static bool error_stops_batches(int64_t code)
 {
-    json_int_t code = json_integer_value(json_object_get(error, "err_code"));
     return code == 10205 || code == 10206 || code == 10207;
 }
 
-static void batch_answer(struct publisher *p, struct fast_batch *b, json_t *doc)
+static void batch_answer(struct publisher *p, struct fast_batch *b, const struct publish_reply *r)
 {
-    const char *type = json_string_value(json_object_get(doc, "type"));
-    json_t *error = json_object_get(doc, "error");
-    uint64_t seq = (uint64_t)json_integer_value(json_object_get(doc, "seq"));
-    if (type && strcmp(type, "ack") == 0) {
-        flow_ack(p, b, seq);
-    } else if (type && (strcmp(type, "gap") == 0 || strcmp(type, "err") == 0)) {
+    if (strcmp(r->type, "ack") == 0) {
+        flow_ack(p, b, r->seq);
+    } else if (strcmp(r->type, "gap") == 0 || strcmp(r->type, "err") == 0) {
         /* With "fail" the server ends the batch; its final ack says what it stored. */
-        const char *why = json_string_value(json_object_get(error, "description"));
         log_warn("jetstream ended a fast-ingest batch stream=%s batch=%" PRIu64 " seq=%" PRIu64
                  " error=\"%s\"",
-                 p->fast.stream, b->number, seq, why ? why : type);
+                 p->fast.stream, b->number, r->seq, r->description[0] ? r->description : r->type);
         if (p->fast.open >= 0 && &p->fast.batches[p->fast.open] == b)
             p->fast.open = -1;
-    } else if (error) {
-        const char *why = json_string_value(json_object_get(error, "description"));
-        batch_failed(p, b, why ? why : "error", error_stops_batches(error));
-    } else if (json_object_get(doc, "batch")) {
-        final_ack(p, b, (uint64_t)json_integer_value(json_object_get(doc, "count")), seq);
+    } else if (r->error) {
+        batch_failed(p, b, r->description[0] ? r->description : "error",
+                     error_stops_batches(r->err_code));
+    } else if (r->batch) {
+        final_ack(p, b, r->count, r->seq);
     }
+}
+
+/* The batch a reply subject <inbox>.<inbox token>F<number>.<flow>... names, or NULL (a
+ * batch given up already: its messages went out singly). */
+static struct fast_batch *batch_named(struct publisher *p, const char *subject, size_t len)
+{
+    const char *token = inbox_token(p);
+    size_t token_len = strlen(token);
+    const char *at = subject + p->inbox_len + 1;
+    uint64_t number = 0;
+    if (len <= p->inbox_len + 1 + token_len + 1 || strncmp(at, token, token_len) != 0 ||
+        at[token_len] != 'F' || !decimal_get(at + token_len + 1, &number))
+        return NULL;
+    for (int i = 0; number && i < FAST_BATCHES; i++)
+        if (p->fast.batches[i].number == number)
+            return &p->fast.batches[i];
+    return NULL;
 }
 
 bool publish_batch_reply(struct publisher *p, natsMsg *msg)
 {
     const char *subject = natsMsg_GetSubject(msg);
     size_t len = strlen(subject);
-    bool info =
-        len == p->inbox_len + strlen(INFO_REPLY) && strcmp(subject + p->inbox_len, INFO_REPLY) == 0;
-    bool batch = len > strlen(SUFFIX) && strcmp(subject + len - strlen(SUFFIX), SUFFIX) == 0;
-    if (!info && !batch)
-        return false;
-    json_t *doc = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
-    if (info && doc) {
-        info_reply(p, doc);
-    } else if (doc) {
-        /* <inbox>.<inbox token>F<number>.<flow>... */
-        const char *token = inbox_token(p);
-        size_t token_len = strlen(token);
-        const char *at = subject + p->inbox_len + 1;
-        uint64_t number = 0;
-        if (len > p->inbox_len + 1 + token_len + 1 && strncmp(at, token, token_len) == 0 &&
-            at[token_len] == 'F')
-            number = strtoull(at + token_len + 1, NULL, 10);
-        for (int i = 0; number && i < FAST_BATCHES; i++)
-            if (p->fast.batches[i].number == number)
-                batch_answer(p, &p->fast.batches[i], doc);
-        /* Else a batch given up already: its messages went out singly. */
+    const char *data = natsMsg_GetData(msg);
+    size_t data_len = data ? (size_t)natsMsg_GetDataLength(msg) : 0;
+    if (len == p->inbox_len + strlen(INFO_REPLY) &&
+        strcmp(subject + p->inbox_len, INFO_REPLY) == 0) {
+        json_t *doc = json_loadb(data, data_len, 0, NULL);
+        if (doc)
+            info_reply(p, doc);
+        json_decref(doc);
+        return true;
     }
-    json_decref(doc);
+    if (len <= strlen(SUFFIX) || strcmp(subject + len - strlen(SUFFIX), SUFFIX) != 0)
+        return false;
+    struct publish_reply r;
+    struct fast_batch *b = batch_named(p, subject, len);
+    if (b && publish_reply_parse(data, data_len, &r))
+        batch_answer(p, b, &r);
     return true;
 }

@@ -48,6 +48,11 @@ struct reply {
     char domain[64];
 };
 
+/* publish_reply.c: what the reply data[0..len) to a single publish says, into ev's kind,
+ * detail (the stream, or the error's description), domain and sequence. A reply that is
+ * not a JSON object is read by substrings, as all were before. */
+void publish_reply_classify(const char *data, size_t len, struct reply *ev);
+
 /* What the nats.c threads hand to the loop: connection changes, and the replies to
  * awaited publishes (see on_await_reply). Other acks are taken from the subscription on
  * the loop itself, see take_acks. */

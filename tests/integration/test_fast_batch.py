@@ -238,19 +238,32 @@ class RelayFastBatchTest(RelayTestCase):
             expected += harness.expected_messages("test", name, lines)
         return expected
 
+    def acked_metrics(self, port, n):
+        """/metrics once the relay has had n publishes acknowledged."""
+        def acked():
+            status, text = harness.http_get(f"http://127.0.0.1:{port}/metrics")
+            return status == 200 and harness.metric(text, "publishes_acked_total") >= n and text
+        return poll(acked, 60, f"{n} publishes acknowledged", ignore=(OSError,))
+
     def test_batches_carry_every_record_exactly_once(self):
         server = self.nats(binary=self.server_path)
         create_kumo_stream(server.url, allow_batched=True)
         expected = self.write_spool(4, 10000, "b")
-        relay = self.relay(self.relay_config(server.url))
+        port = harness.free_port()
+        relay = self.relay(self.relay_config(server.url,
+                                             metrics={"listen": f"127.0.0.1:{port}"}))
         harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        text = self.acked_metrics(port, len(expected))
         self.assertEqual(0, relay.stop())
         log = relay.log_text()
         self.assertIn(BATCHING, log)
         self.assertNotIn("fast-ingest batch failed", log)
         self.assertNotIn("sent again one by one", log)
-        # Only the publishes before the stream's answer about batches are single ones.
-        self.assertGreater(batched(log), 0.9 * len(expected))
+        self.assertEqual(len(expected), harness.metric(text, "publishes_acked_total"))
+        # Only the publishes before the stream's answer about batches are single ones; the
+        # counter and the batches' own log lines agree on the others.
+        self.assertGreater(harness.metric(text, "publishes_batched_total"), 0.9 * len(expected))
+        self.assertEqual(batched(log), harness.metric(text, "publishes_batched_total"))
         harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
 
     def test_relay_killed_mid_batch_then_restarted(self):
@@ -361,8 +374,12 @@ class RelayFastBatchTest(RelayTestCase):
         server = self.nats(binary=self.server_path)
         create_kumo_stream(server.url, allow_batched=False)
         expected = self.write_spool(2, 5000, "n")
-        relay = self.relay(self.relay_config(server.url))
+        port = harness.free_port()
+        relay = self.relay(self.relay_config(server.url,
+                                             metrics={"listen": f"127.0.0.1:{port}"}))
         harness.wait_count(server.url, STREAM, len(expected), timeout=120)
+        text = self.acked_metrics(port, len(expected))
+        self.assertEqual(0, harness.metric(text, "publishes_batched_total"))
         self.assertEqual(0, relay.stop())
         log = relay.log_text()
         self.assertIn(NO_BATCHES, log)
