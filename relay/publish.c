@@ -413,12 +413,16 @@ static natsStatus send_probe(struct publisher *p, struct slot *s)
  * not yet probed are those after the last one that was. Returns how many were probed. */
 static size_t probe_awaited(struct publisher *p)
 {
-    size_t n = 0;
+    struct slot *first = NULL; /* probed in send order, as their originals went */
     for (struct slot *s = p->sent.tail; s; s = s->prev) {
+        if (s->await_id && s->probed == s->attempts)
+            break;
+        first = s;
+    }
+    size_t n = 0;
+    for (struct slot *s = first; s; s = s->next) {
         if (!s->await_id)
             continue;
-        if (s->probed == s->attempts)
-            break;
         s->probed = s->attempts;
         if (p->conn && send_probe(p, s) == NATS_OK)
             n++;
