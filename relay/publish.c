@@ -207,6 +207,7 @@ void publisher_free_slot(struct publisher *p, struct slot *s)
     s->msg = NULL;
     s->cookie = NULL;
     s->attempts = 0;
+    s->probed = 0;
     s->await_id = 0;
     s->generation++;
     publisher_move_slot(p, s, SLOT_FREE, 0);
@@ -245,6 +246,8 @@ void publisher_acked(struct publisher *p, struct slot *s, const struct publish_a
     p->done(p->ctx, cookie, ack);
 }
 
+static void refused(struct publisher *p, struct slot *s, const struct reply *ev);
+
 static void handle_reply(struct publisher *p, const struct reply *ev)
 {
     struct slot *s = slot_at(p, ev->slot);
@@ -264,6 +267,25 @@ static void handle_reply(struct publisher *p, const struct reply *ev)
     } else {
         METRIC_ADD(publish_errors, 1);
     }
+    refused(p, s, ev);
+}
+
+/* A probe's reply (probe_awaited): only its "no responders" says something about the
+ * original, which got the same and lost it in NextMsg (counted there). Any other answer
+ * is to a copy; the original's own comes on the polled inbox, or its ack timeout. */
+static void handle_probe_reply(struct publisher *p, const struct reply *ev)
+{
+    struct slot *s = slot_at(p, ev->slot);
+    if (!s || s->state != SLOT_SENT || s->generation != ev->generation || !s->await_id ||
+        ev->kind != REPLY_NO_RESPONDERS)
+        return;
+    refused(p, s, ev);
+}
+
+/* JetStream refused the slot's publish (ev): the waiting policy hears of it, others are
+ * sent again after a backoff. */
+static void refused(struct publisher *p, struct slot *s, const struct reply *ev)
+{
     if (s->await_id) {
         /* A Lua policy waits for this one: kumod raises the error in publish, so the
          * policy decides (pcall, reject, or a retry of the record). */
@@ -322,7 +344,7 @@ static void process_events(struct publisher *p)
     pthread_mutex_unlock(&p->queue.lock);
     for (size_t i = 0; i < count; i++) {
         if (p->batch[i].kind == EVENT_AWAITED_REPLY)
-            handle_reply(p, &p->batch[i].reply);
+            handle_probe_reply(p, &p->batch[i].reply);
         else
             publish_connection_event(p, p->batch[i].kind);
     }
@@ -352,27 +374,89 @@ static void take_reply(struct publisher *p, natsMsg *msg)
     natsMsg_Destroy(msg);
 }
 
+/* A copy of the slot's message (same subject, headers, Nats-Msg-Id, data) with its reply
+ * on the probes' subscription, <inbox>A.<slot>.<generation>. */
+static natsStatus send_probe(struct publisher *p, struct slot *s)
+{
+    char reply[160];
+    publisher_single_reply(p, s, true, reply, sizeof(reply));
+    natsMsg *probe = NULL;
+    const char **keys = NULL;
+    int count = 0;
+    natsStatus st = natsMsg_Create(&probe, natsMsg_GetSubject(s->msg), reply,
+                                   natsMsg_GetData(s->msg), natsMsg_GetDataLength(s->msg));
+    if (st == NATS_OK)
+        st = natsMsgHeader_Keys(s->msg, &keys, &count);
+    if (st == NATS_NOT_FOUND)
+        st = NATS_OK;
+    for (int i = 0; st == NATS_OK && i < count; i++) {
+        const char **values = NULL;
+        int n = 0;
+        st = natsMsgHeader_Values(s->msg, keys[i], &values, &n);
+        for (int j = 0; st == NATS_OK && j < n; j++)
+            st = natsMsgHeader_Add(probe, keys[i], values[j]);
+        free((void *)values);
+    }
+    free((void *)keys);
+    if (st == NATS_OK)
+        st = natsConnection_PublishMsg(p->conn, probe);
+    natsMsg_Destroy(probe);
+    return st;
+}
+
+/* nats.c's NextMsg destroys a "no responders" reply, subject and all, so which publish it
+ * answered is unknown. A Lua policy waiting for one must see that error as kumod raises
+ * it, so every awaited publish in flight is sent again once per attempt, its reply on an
+ * asynchronous subscription where a "no responders" keeps its subject (on_await_reply).
+ * A copy that reaches a stream is a duplicate of its original (the same Nats-Msg-Id), and
+ * only a probe's "no responders" is acted on. The sent list is in send order, so the slots
+ * not yet probed are those after the last one that was. Returns how many were probed. */
+static size_t probe_awaited(struct publisher *p)
+{
+    struct slot *first = NULL; /* probed in send order, as their originals went */
+    for (struct slot *s = p->sent.tail; s; s = s->prev) {
+        if (s->await_id && s->probed == s->attempts)
+            break;
+        first = s;
+    }
+    size_t n = 0;
+    for (struct slot *s = first; s; s = s->next) {
+        if (!s->await_id)
+            continue;
+        s->probed = s->attempts;
+        if (p->conn && send_probe(p, s) == NATS_OK)
+            n++;
+    }
+    if (n > 0)
+        log_debug("no responders for a publish: probing %zu awaited publishes", n);
+    return n;
+}
+
 /* The ack subscription is synchronous and drained here, from the loop, without waiting:
  * an asynchronous one wakes a nats.c delivery thread for every ack, and those wake-ups
  * cost more than the publishes themselves. The loop calls this whenever it runs and
  * comes back within a millisecond while publishes are in flight. */
 static void take_acks(struct publisher *p, int64_t wait_ms)
 {
+    size_t no_responders = 0;
     for (;;) {
         natsMsg *msg = NULL;
         natsStatus st = natsSubscription_NextMsg(&msg, p->sub, wait_ms);
         wait_ms = 0;
         if (st == NATS_NO_RESPONDERS) {
-            /* nats.c drops the reply subject of these: the slot times out and is resent. */
             METRIC_ADD(publish_no_responders, 1);
-            log_warn("jetstream refused a publish: no stream listens on its subject; it is "
-                     "sent again after ack_timeout");
+            no_responders++;
             continue;
         }
         if (st != NATS_OK)
-            return;
+            break;
         take_reply(p, msg);
     }
+    /* nats.c dropped the reply subject of these: an awaited publish learns of it from its
+     * probe; any other times out and is sent again. */
+    if (no_responders > 0 && probe_awaited(p) == 0)
+        log_warn("jetstream refused a publish: no stream listens on its subject; it is "
+                 "sent again after ack_timeout");
 }
 
 void publisher_set_take_acks(struct publisher_set *set)
@@ -427,10 +511,10 @@ void publisher_tick(struct publisher *p)
     }
 }
 
-/* Replies to publishes someone waits for (await_id) come on <inbox>A.<slot>.<generation>
- * to an asynchronous subscription: nats.c's NextMsg destroys a "no responders" reply
- * before its subject can name the slot, and a Lua policy waiting in publish must see
- * that error as kumod raises it. Few publishes wait, so its thread's wake-ups are few. */
+/* Replies to the probes of awaited publishes (probe_awaited) come on
+ * <inbox>A.<slot>.<generation> to an asynchronous subscription: there, unlike in
+ * NextMsg, a "no responders" reply keeps the subject that names its slot. Only the
+ * probes come here, so its thread's wake-ups are few. */
 static void on_await_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void)nc;
@@ -467,7 +551,7 @@ static void on_await_sub_complete(void *closure)
 }
 
 /* The ack inboxes of a new connection: <inbox>.>, drained by the loop, and
- * <inbox>A.<slot>.<generation> for awaited publishes (on_await_reply). */
+ * <inbox>A.<slot>.<generation> for the probes of awaited publishes (on_await_reply). */
 natsStatus publisher_subscribe(struct publisher *p)
 {
     /* <inbox>.<slot>.<generation>, <inbox>.w.0 and the batches' <inbox>.<id>...$FI. */
@@ -640,7 +724,7 @@ int publisher_publish(struct publisher *p, void *cookie, const struct publish_re
         }
     }
     char reply[160];
-    publisher_single_reply(p, s, req->await_id != 0, reply, sizeof(reply));
+    publisher_single_reply(p, s, false, reply, sizeof(reply));
     natsMsg *msg = NULL;
     natsStatus st = publisher_build_message(p, s, req, reply, &msg);
     if (st != NATS_OK) {

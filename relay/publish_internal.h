@@ -18,6 +18,7 @@ struct slot {
     uint32_t index;
     uint32_t generation; /* bumped when freed: a late ack for an old use is ignored */
     uint32_t attempts;
+    uint32_t probed; /* the attempt last probed for "no responders" (probe_awaited) */
     uint64_t due_ms; /* SENT: ack deadline; RETRY: when to send again */
     natsMsg *msg;
     void *cookie;
@@ -53,9 +54,9 @@ struct reply {
  * not a JSON object is read by substrings, as all were before. */
 void publish_reply_classify(const char *data, size_t len, struct reply *ev);
 
-/* What the nats.c threads hand to the loop: connection changes, and the replies to
- * awaited publishes (see on_await_reply). Other acks are taken from the subscription on
- * the loop itself, see take_acks. */
+/* What the nats.c threads hand to the loop: connection changes, and the replies to the
+ * probes of awaited publishes (see probe_awaited). Acks are taken from the subscription
+ * on the loop itself, see take_acks. */
 enum event_kind {
     EVENT_DISCONNECTED,
     EVENT_RECONNECTED,
@@ -125,7 +126,7 @@ struct publisher {
     natsOptions *probe_opts; /* the same servers and credentials, one attempt, no retry */
     natsConnection *conn;
     natsSubscription *sub;
-    natsSubscription *await_sub; /* replies to publishes someone waits for: see on_await_reply */
+    natsSubscription *await_sub; /* replies to the probes of awaited publishes: on_await_reply */
     natsInbox *inbox;
     size_t inbox_len;
     struct slot **chunks; /* slots never move: their index is in reply subjects */

@@ -213,6 +213,7 @@ class Measured:
         # wait4 reports /usr/bin/time plus the child it waited for; time itself is ~1 ms.
         self.cpu = ru.ru_utime + ru.ru_stime
         self.user, self.sys = ru.ru_utime, ru.ru_stime
+        self.csw = ru.ru_nvcsw + ru.ru_nivcsw  # voluntary + involuntary, all threads
         try:
             self.rss_mb = int(Path(self.rss_file).read_text().split()[-1]) / 1024
         except (OSError, ValueError, IndexError):
@@ -424,7 +425,7 @@ class Bench:
             "label": label, "records": n, "bytes": nbytes, "seconds": m.wall, "cpu": m.cpu,
             "user": m.user, "sys": m.sys, "rss_mb": m.rss_mb, "server_cpu": m.server_cpu,
             "others_cpu": m.others_cpu, "stored": count, "published": published,
-            "totals": totals, "others_pct": others_pct(m),
+            "csw": m.csw, "totals": totals, "others_pct": others_pct(m),
         }
 
 
@@ -448,7 +449,8 @@ def describe(run):
             f"{rate:>9,.0f} rec/s {run['bytes'] / run['seconds'] / 1e6:6.1f} MB/s  "
             f"cpu {run['cpu']:6.2f} s (u {run['user']:.2f} s {run['sys']:.2f})  "
             f"server {run['server_cpu']:5.2f} s  others {run['others_pct']:3.0f} %  "
-            f"rss {run['rss_mb']:6.1f} MB  stored {run['stored']}")
+            f"rss {run['rss_mb']:6.1f} MB  stored {run['stored']}"
+            + (f"  csw/100k {run['csw'] * 100000 / run['records']:,.0f}" if "csw" in run else ""))
 
 
 # ---------------------------------------------------------------------------------------

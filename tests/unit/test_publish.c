@@ -391,6 +391,47 @@ Test(publish, no_responders_reach_an_awaited_publish_at_once)
     close_publisher(&f);
 }
 
+/* Awaited replies come on the polled inbox, where nats.c drops a "no responders" reply's
+ * subject: the probes of the awaited publishes in flight name the refused one, long
+ * before its ack timeout, with kumod's text; the others are acked once, not as
+ * duplicates of their probes, and stored once. */
+Test(publish, no_responders_among_awaited_publishes_name_the_refused_one)
+{
+    start_server();
+    add_stream("TEST", "t");
+    struct fixture f = connect_publisher(60000);
+    cr_assert(run_until(f.loop, f.p, is_connected, NULL, 5000));
+    enum { N = 50 };
+    for (uintptr_t i = 1; i <= N; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "relay:seg:%zu", (size_t)i);
+        publish(f.p, i, i == N / 2 ? "nobody.x" : "t.x", id);
+    }
+    size_t want = N;
+    cr_assert(run_until(f.loop, f.p, acks_at_least, &want, 5000), "acked %zu of %d", ack_count, N);
+    size_t refused = 0;
+    uint64_t max_sequence = 0;
+    for (size_t i = 0; i < ack_count; i++) {
+        if (acks[i].ack.sequence > max_sequence)
+            max_sequence = acks[i].ack.sequence;
+        if (acks[i].cookie == N / 2) {
+            refused++;
+            cr_expect_eq(acks[i].ack.await_id, (N / 2) * 10);
+            cr_expect_str_eq(acks[i].ack.error, "no responders (no stream listens on the subject)");
+        } else {
+            cr_expect_str_eq(acks[i].ack.error, "", "cookie %zu", acks[i].cookie);
+            cr_expect_not(acks[i].ack.duplicate, "cookie %zu", acks[i].cookie);
+            cr_expect_str_eq(acks[i].ack.stream, "TEST");
+        }
+    }
+    cr_expect_eq(refused, 1);
+    cr_expect_eq(max_sequence, N - 1, "each stored once: the probes were duplicates");
+    cr_expect_eq(COUNT(publish_no_responders), 1);
+    cr_expect_eq(COUNT(publish_timeouts), 0, "named by its probe, not by its ack timeout");
+    cr_expect_eq(publisher_in_flight(f.p), 0);
+    close_publisher(&f);
+}
+
 /* The server stops answering (SIGSTOP): after ack_timeout the publish goes out again
  * with the same id. When the server wakes both copies are answered; the callback runs
  * once, and JetStream stored the record once. */
