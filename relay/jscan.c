@@ -480,9 +480,6 @@ __attribute__((target("avx2"))) static bool map_stops_avx2(const char *line, siz
 }
 #endif
 
-/* Fills stops[] for line[0..len) (len at most STOP_MAP_WORDS * 64) and a zero word after
- * them. Returns false when the line holds a control byte: a string may not, so only the
- * byte-by-byte read tells where such a line goes wrong (or that it is whitespace). */
 static bool avx2_allowed = true;
 
 void jscan_allow_avx2(bool allowed)
@@ -490,6 +487,9 @@ void jscan_allow_avx2(bool allowed)
     avx2_allowed = allowed;
 }
 
+/* Fills stops[] for line[0..len) (len at most STOP_MAP_WORDS * 64) and a zero word after
+ * them. Returns false when the line holds a control byte: a string may not, so only the
+ * byte-by-byte read tells where such a line goes wrong (or that it is whitespace). */
 static bool map_stops(const char *line, size_t len, uint64_t *stops)
 {
 #ifdef JSCAN_AVX2
