@@ -34,10 +34,15 @@ bool jscan_object_depth(const char *line, size_t len, const char *const *keys, s
                         struct jscan_value *values, bool *too_deep);
 
 /* jscan_object_depth without its map of quotes and backslashes: every string read byte
- * by byte, as it does for a line with a control byte or longer than 16 KiB. The fuzz target checks that both read
- * every line alike. */
-bool jscan_object_bytewise(const char *line, size_t len, const char *const *keys,
-                           size_t key_count, struct jscan_value *values, bool *too_deep);
+ * by byte, as it does for a line with a control byte or longer than 16 KiB. The fuzz target checks
+ * that both read every line alike. */
+bool jscan_object_bytewise(const char *line, size_t len, const char *const *keys, size_t key_count,
+                           struct jscan_value *values, bool *too_deep);
+
+/* Whether jscan may draw its map 32 bytes at a time when the CPU has AVX2 (it may unless
+ * told otherwise); false: 16 at a time with SSE2. The fuzz target and the unit tests check
+ * both ways against jscan_object_bytewise. */
+void jscan_allow_avx2(bool allowed);
 
 /* Decode a raw JSON string value (with quotes) into out (NUL-terminated, truncated to
  * cap-1 bytes). Returns the decoded length, or -1 if value is not a string. */

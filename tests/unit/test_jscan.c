@@ -391,14 +391,21 @@ Test(jscan, deep_nesting_bounded)
  * the 16 KiB the map covers, and control bytes (which send a line to the bytewise read). */
 static void expect_same(const char *line, size_t len, bool ok)
 {
-    struct jscan_value fast[K_COUNT], slow[K_COUNT];
-    bool fast_deep, slow_deep;
-    bool got = jscan_object_depth(line, len, record_keys, K_COUNT, fast, &fast_deep);
-    cr_assert_eq(got, ok, "verdict %d, want %d: %.*s", got, ok, (int)(len < 200 ? len : 200), line);
-    cr_assert_eq(jscan_object_bytewise(line, len, record_keys, K_COUNT, slow, &slow_deep), got);
-    cr_assert_eq(fast_deep, slow_deep);
-    for (int i = 0; ok && i < K_COUNT; i++)
-        cr_assert(fast[i].raw == slow[i].raw && fast[i].len == slow[i].len, "key %d differs", i);
+    /* The map drawn 32 bytes at a time (AVX2, when this CPU has it), then 16. */
+    for (int avx2 = 1; avx2 >= 0; avx2--) {
+        jscan_allow_avx2(avx2);
+        struct jscan_value fast[K_COUNT], slow[K_COUNT];
+        bool fast_deep, slow_deep;
+        bool got = jscan_object_depth(line, len, record_keys, K_COUNT, fast, &fast_deep);
+        cr_assert_eq(got, ok, "verdict %d, want %d (avx2 %d): %.*s", got, ok, avx2,
+                     (int)(len < 200 ? len : 200), line);
+        cr_assert_eq(jscan_object_bytewise(line, len, record_keys, K_COUNT, slow, &slow_deep), got);
+        cr_assert_eq(fast_deep, slow_deep);
+        for (int i = 0; ok && i < K_COUNT; i++)
+            cr_assert(fast[i].raw == slow[i].raw && fast[i].len == slow[i].len,
+                      "key %d differs (avx2 %d)", i, avx2);
+    }
+    jscan_allow_avx2(true);
 }
 
 Test(jscan, stop_map_edges)
@@ -435,4 +442,41 @@ Test(jscan, stop_map_edges)
     expect_same("{\"type\":\"t\\", 11, false);
     expect_same("{\"type\":\"\\u00e9\\uD83D\\uDE00\"}\n", 30, true);
     expect_same("{\"type\":\"\\u00g9\"}\n", 18, false);
+}
+
+/* The map's last word is read from the line's last 64 bytes and shifted (no copy), and
+ * digits are read 16 at a time: lines of every length around a word's end, with an
+ * escape, a number and a control byte at every position near it. */
+Test(jscan, map_tail_and_digit_runs)
+{
+    char line[400];
+    for (int pad = 0; pad < 140; pad++) {
+        int n = snprintf(line, sizeof(line), "{\"x\":\"%*s\",\"type\":\"a\\\"b\"}\n", pad, "");
+        expect_same(line, (size_t)n, true);
+        expect_same(line, (size_t)n - 1, true);
+        line[n - 4] = '\\'; /* "a\"\b": the last string never ends */
+        expect_same(line, (size_t)n, false);
+    }
+    for (int pad = 0; pad < 100; pad++)
+        for (int digits = 1; digits <= 40; digits += 3) {
+            int n = snprintf(line, sizeof(line), "{\"x\":\"%*s\",\"type\":", pad, "");
+            memset(line + n, '7', (size_t)digits);
+            n += digits;
+            n += snprintf(line + n, sizeof(line) - (size_t)n, ".5e-3}\n");
+            expect_same(line, (size_t)n, true);
+            line[n - 8] = 'x'; /* the number's last digit */
+            expect_same(line, (size_t)n, false);
+        }
+    int accepted = 0;
+    int n = snprintf(line, sizeof(line), "{\"x\":\"%140s\",\"type\":1}\n", "");
+    for (int at = 0; at <= n; at++) {
+        snprintf(line, sizeof(line), "{\"x\":\"%140s\",\"type\":1}\n", "");
+        memmove(line + at + 1, line + at, (size_t)(n - at));
+        line[at] = '\t'; /* fine between tokens, not inside a string */
+        struct jscan_value v[K_COUNT];
+        bool deep, ok = jscan_object_bytewise(line, (size_t)n + 1, record_keys, K_COUNT, v, &deep);
+        accepted += ok;
+        expect_same(line, (size_t)n + 1, ok);
+    }
+    cr_assert_eq(accepted, 11, "a tab fits in %d places", accepted);
 }
