@@ -186,6 +186,16 @@ static const char *literal_end(const char *p, const char *end, const char *word,
     return (size_t)(end - p) >= n && memcmp(p, word, n) == 0 ? p + n : NULL;
 }
 
+const char *jscan_number_end(const char *p, const char *end)
+{
+    return number_end(p, end);
+}
+
+const char *jscan_literal_end(const char *p, const char *end, const char *word, size_t n)
+{
+    return literal_end(p, end, word, n);
+}
+
 /* The keys the caller wants, and which of them are still to be found. */
 struct wanted {
     const char *const *keys;

@@ -48,4 +48,10 @@ void jscan_allow_avx2(bool allowed);
  * cap-1 bytes). Returns the decoded length, or -1 if value is not a string. */
 long jscan_string(const struct jscan_value *value, char *out, size_t cap);
 
+/* The end of the JSON number, or of the literal word[0..n) ("true", "false", "null"), that
+ * starts at p, or NULL if none starts there: the grammar jscan_object reads, for readers
+ * of other small JSON texts (publish_reply.c). */
+const char *jscan_number_end(const char *p, const char *end);
+const char *jscan_literal_end(const char *p, const char *end, const char *word, size_t n);
+
 #endif

@@ -105,43 +105,6 @@ static const char *string_end(const char *p, const char *end)
     return NULL;
 }
 
-static const char *digits_end(const char *p, const char *end)
-{
-    while (p < end && (unsigned)(*p - '0') < 10)
-        p++;
-    return p;
-}
-
-/* The end of the number at p, or NULL: as jscan reads them. */
-static const char *number_end(const char *p, const char *end)
-{
-    if (p < end && *p == '-')
-        p++;
-    const char *q = digits_end(p, end);
-    if (q == p)
-        return NULL;
-    p = q;
-    if (p < end && *p == '.') {
-        if ((q = digits_end(p + 1, end)) == p + 1)
-            return NULL;
-        p = q;
-    }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            p++;
-        if ((q = digits_end(p, end)) == p)
-            return NULL;
-        p = q;
-    }
-    return p;
-}
-
-static const char *literal_end(const char *p, const char *end, const char *word, size_t n)
-{
-    return (size_t)(end - p) >= n && memcmp(p, word, n) == 0 ? p + n : NULL;
-}
-
 /* Which of reply_keys the raw key (quotes included) is, or K_KEYS. */
 static int key_index(const char *key, size_t len)
 {
@@ -195,16 +158,16 @@ static enum flat scan_flat(const char *p, const char *end, struct jscan_value *v
         case '[':
             return FLAT_NESTED;
         case 't':
-            p = literal_end(p, end, "true", 4);
+            p = jscan_literal_end(p, end, "true", 4);
             break;
         case 'f':
-            p = literal_end(p, end, "false", 5);
+            p = jscan_literal_end(p, end, "false", 5);
             break;
         case 'n':
-            p = literal_end(p, end, "null", 4);
+            p = jscan_literal_end(p, end, "null", 4);
             break;
         default:
-            p = number_end(p, end);
+            p = jscan_number_end(p, end);
             break;
         }
         if (!p)
