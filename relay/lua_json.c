@@ -21,6 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 /* ---- the array marker --------------------------------------------------------------- */
 
 /* The registry key of the array metatable: its address. */
@@ -154,13 +158,20 @@ struct fast_parser {
     size_t scratch_cap;
     struct lua_json_member *members; /* the top-level object's, when checking */
     size_t member_count, member_cap;
+    bool escaped; /* set by a string with escapes: tells whether a key had any */
 };
 
 static bool fast_value(struct fast_parser *f);
 
-static void fast_skip_space(struct fast_parser *f)
+static inline bool is_space(char c)
 {
-    while (f->p < f->end && (*f->p == ' ' || *f->p == '\n' || *f->p == '\r' || *f->p == '\t'))
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+/* Records are compact: one compare sees that there is no space to skip, most times. */
+static inline void fast_skip_space(struct fast_parser *f)
+{
+    while (f->p < f->end && (unsigned char)*f->p <= ' ' && is_space(*f->p))
         f->p++;
 }
 
@@ -257,25 +268,60 @@ static uint64_t word_needs_look(uint64_t x)
     return (control | quote | backslash | x) & BYTES(0x80);
 }
 
+#ifdef __SSE2__
+/* One bit for each of the 16 bytes at p that fast_string must look at, as
+ * word_needs_look's: a signed compare below 0x20 catches the control bytes and every byte
+ * of 0x80 and above at once. */
+static inline unsigned block_needs_look(const unsigned char *p)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i quote = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+    __m128i backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+    __m128i low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), low));
+}
+#endif
+
+/* The first byte at or after p that fast_string must look at (p itself when fewer than 8
+ * bytes are left). Most of a record's bytes are in strings: 16 at a time with SSE2, else
+ * 8. */
+static inline const unsigned char *string_skip(const unsigned char *p, const unsigned char *end)
+{
+#ifdef __SSE2__
+    while (end - p >= 16) {
+        unsigned look = block_needs_look(p);
+        if (look)
+            return p + __builtin_ctz(look);
+        p += 16;
+    }
+#endif
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        uint64_t look = word_needs_look(word);
+        if (!look)
+            p += 8;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        /* The lowest flag is always a real one (a false one only sits above it). */
+        else
+            return p + __builtin_ctzll(look) / 8;
+#else
+        else
+            return p;
+#endif
+    }
+    return p;
+}
+
 /* f->p is at the opening quote. A string without escapes is pushed from the text itself. */
 static inline bool fast_string(struct fast_parser *f, bool key)
 {
     const char *s = ++f->p;
     const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
     while (p < end) {
-        if (end - p >= 8) {
-            uint64_t word;
-            memcpy(&word, p, 8);
-            uint64_t look = word_needs_look(word);
-            if (!look) {
-                p += 8;
-                continue;
-            }
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            /* The lowest flag is always a real one (a false one only sits above it). */
-            p += __builtin_ctzll(look) / 8;
-#endif
-        }
+        p = string_skip(p, end);
+        if (p >= end)
+            break;
         if (*p == '"') {
             if (f->L)
                 lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
@@ -284,6 +330,7 @@ static inline bool fast_string(struct fast_parser *f, bool key)
         }
         if (*p == '\\') {
             f->p = (const char *)p;
+            f->escaped = true;
             return fast_string_escaped(f, s, key);
         }
         if (*p < 0x20)
@@ -383,7 +430,7 @@ static void note_member(struct fast_parser *f, const char *key, const char *valu
         .key = (uint32_t)(key - f->text),
         .key_len = key_len - 2,
         .value = (uint32_t)(value - f->text),
-        .escaped = memchr(key, '\\', key_len) != NULL,
+        .escaped = f->escaped,
     };
 }
 
@@ -399,6 +446,7 @@ static bool fast_object(struct fast_parser *f)
     }
     for (;;) {
         const char *key = f->p, *after_key;
+        f->escaped = false;
         if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
             return false;
         after_key = f->p;

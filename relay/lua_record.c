@@ -18,6 +18,10 @@ static char meta_key, state_key;
 
 struct record_state {
     size_t count;
+    /* The member the last read found, + 1 (0: none yet). A policy reads the same key again
+     * and again (record.type in every branch), and the search for the last duplicate
+     * walks every member from the end. */
+    size_t hint;
     struct lua_json_member members[];
 };
 
@@ -110,10 +114,14 @@ static int record_index(lua_State *L)
     size_t key_len, len;
     const char *key = lua_tolstring(L, 2, &key_len), *text;
     struct record_state *s = push_state(L, 1, &text, &len);
-    for (size_t i = s->count; i-- > 0;) {
+    size_t i = s->count;
+    if (s->hint && key_is(L, text, len, &s->members[s->hint - 1], 2, key, key_len))
+        i = s->hint; /* the last member with this key: the search starts on it */
+    while (i-- > 0) {
         const struct lua_json_member *m = &s->members[i];
         if (!key_is(L, text, len, m, 2, key, key_len))
             continue;
+        s->hint = i + 1;
         if (text[m->value] == '{' || text[m->value] == '[') {
             fill(L, 1);
             lua_pushvalue(L, 2);
@@ -269,6 +277,7 @@ void lua_record_push(lua_State *L, int idx)
     lua_createtable(L, 0, 1);
     struct record_state *s = lua_newuserdatauv(L, size, 1);
     s->count = count;
+    s->hint = 0;
     if (count > 0)
         memcpy(s->members, scan.members, count * sizeof(scan.members[0]));
     lua_pushvalue(L, idx);
