@@ -21,6 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 /* ---- the array marker --------------------------------------------------------------- */
 
 /* The registry key of the array metatable: its address. */
@@ -154,13 +158,20 @@ struct fast_parser {
     size_t scratch_cap;
     struct lua_json_member *members; /* the top-level object's, when checking */
     size_t member_count, member_cap;
+    bool escaped; /* set by a string with escapes: tells whether a key had any */
 };
 
 static bool fast_value(struct fast_parser *f);
 
-static void fast_skip_space(struct fast_parser *f)
+static inline bool is_space(char c)
 {
-    while (f->p < f->end && (*f->p == ' ' || *f->p == '\n' || *f->p == '\r' || *f->p == '\t'))
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+/* Records are compact: one compare sees that there is no space to skip, most times. */
+static inline void fast_skip_space(struct fast_parser *f)
+{
+    while (f->p < f->end && (unsigned char)*f->p <= ' ' && is_space(*f->p))
         f->p++;
 }
 
@@ -257,25 +268,60 @@ static uint64_t word_needs_look(uint64_t x)
     return (control | quote | backslash | x) & BYTES(0x80);
 }
 
+#ifdef __SSE2__
+/* One bit for each of the 16 bytes at p that fast_string must look at, as
+ * word_needs_look's: a signed compare below 0x20 catches the control bytes and every byte
+ * of 0x80 and above at once. */
+static inline unsigned block_needs_look(const unsigned char *p)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i quote = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+    __m128i backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+    __m128i low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), low));
+}
+#endif
+
+/* The first byte at or after p that fast_string must look at (p itself when fewer than 8
+ * bytes are left). Most of a record's bytes are in strings: 16 at a time with SSE2, else
+ * 8. */
+static inline const unsigned char *string_skip(const unsigned char *p, const unsigned char *end)
+{
+#ifdef __SSE2__
+    while (end - p >= 16) {
+        unsigned look = block_needs_look(p);
+        if (look)
+            return p + __builtin_ctz(look);
+        p += 16;
+    }
+#endif
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        uint64_t look = word_needs_look(word);
+        if (!look)
+            p += 8;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        /* The lowest flag is always a real one (a false one only sits above it). */
+        else
+            return p + __builtin_ctzll(look) / 8;
+#else
+        else
+            return p;
+#endif
+    }
+    return p;
+}
+
 /* f->p is at the opening quote. A string without escapes is pushed from the text itself. */
 static inline bool fast_string(struct fast_parser *f, bool key)
 {
     const char *s = ++f->p;
     const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
     while (p < end) {
-        if (end - p >= 8) {
-            uint64_t word;
-            memcpy(&word, p, 8);
-            uint64_t look = word_needs_look(word);
-            if (!look) {
-                p += 8;
-                continue;
-            }
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            /* The lowest flag is always a real one (a false one only sits above it). */
-            p += __builtin_ctzll(look) / 8;
-#endif
-        }
+        p = string_skip(p, end);
+        if (p >= end)
+            break;
         if (*p == '"') {
             if (f->L)
                 lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
@@ -284,6 +330,7 @@ static inline bool fast_string(struct fast_parser *f, bool key)
         }
         if (*p == '\\') {
             f->p = (const char *)p;
+            f->escaped = true;
             return fast_string_escaped(f, s, key);
         }
         if (*p < 0x20)
@@ -335,6 +382,10 @@ static bool fast_number(struct fast_parser *f)
         if (p == exp)
             return false;
     }
+    if (!real && !f->L && int_end - digits <= 18) {
+        f->p = p; /* checking only: any 18 digits fit an int64 */
+        return true;
+    }
     if (!real) {
         uint64_t v = 0;
         for (const char *d = digits; d < int_end; d++) {
@@ -371,22 +422,6 @@ static bool fast_literal(struct fast_parser *f, const char *word, size_t len)
     return true;
 }
 
-/* Checking the top-level object: note where a member's key and value are. */
-static void note_member(struct fast_parser *f, const char *key, const char *value)
-{
-    if (f->member_count == f->member_cap) {
-        f->member_cap = f->member_cap ? f->member_cap * 2 : 32;
-        f->members = xrealloc(f->members, f->member_cap * sizeof(*f->members));
-    }
-    uint32_t key_len = (uint32_t)(f->p - key); /* f->p is still past the key's quote */
-    f->members[f->member_count++] = (struct lua_json_member){
-        .key = (uint32_t)(key - f->text),
-        .key_len = key_len - 2,
-        .value = (uint32_t)(value - f->text),
-        .escaped = memchr(key, '\\', key_len) != NULL,
-    };
-}
-
 static bool fast_object(struct fast_parser *f)
 {
     if (f->L)
@@ -398,21 +433,13 @@ static bool fast_object(struct fast_parser *f)
         return true;
     }
     for (;;) {
-        const char *key = f->p, *after_key;
         if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
             return false;
-        after_key = f->p;
         fast_skip_space(f);
         if (f->p >= f->end || *f->p != ':')
             return false;
         f->p++;
         fast_skip_space(f);
-        if (!f->L && f->depth == 1) {
-            const char *value = f->p;
-            f->p = after_key;
-            note_member(f, key, value);
-            f->p = value;
-        }
         if (!fast_value(f))
             return false;
         if (f->L)
@@ -502,6 +529,128 @@ static bool fast_value(struct fast_parser *f)
     }
 }
 
+/* ---- checking only ------------------------------------------------------------------ */
+
+/* lua_json_scan_object's parser: fast_value's verdict on every text, pushing nothing (the
+ * fuzz target compares them). A member or element that is a string or a number is read
+ * in the loop, not through a call to check_value: those are most of a record's values. */
+static bool check_value(struct fast_parser *f);
+
+static inline bool check_element(struct fast_parser *f)
+{
+    char c = *f->p; /* the caller saw that there is a byte */
+    if (c == '"')
+        return fast_string(f, false);
+    if ((c >= '0' && c <= '9') || c == '-')
+        return fast_number(f);
+    return check_value(f);
+}
+
+/* The top-level object: note where a member's key (it ends at key_end) and value are. */
+static void note_member(struct fast_parser *f, const char *key, const char *key_end)
+{
+    if (f->member_count == f->member_cap) {
+        f->member_cap = f->member_cap ? f->member_cap * 2 : 32;
+        f->members = xrealloc(f->members, f->member_cap * sizeof(*f->members));
+    }
+    f->members[f->member_count++] = (struct lua_json_member){
+        .key = (uint32_t)(key - f->text),
+        .key_len = (uint32_t)(key_end - key) - 2,
+        .value = (uint32_t)(f->p - f->text),
+        .escaped = f->escaped,
+    };
+}
+
+static bool check_object(struct fast_parser *f, bool top)
+{
+    f->p++;
+    fast_skip_space(f);
+    if (f->p < f->end && *f->p == '}') {
+        f->p++;
+        return true;
+    }
+    for (;;) {
+        const char *key = f->p;
+        f->escaped = false;
+        if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
+            return false;
+        const char *key_end = f->p;
+        fast_skip_space(f);
+        if (f->p >= f->end || *f->p != ':')
+            return false;
+        f->p++;
+        fast_skip_space(f);
+        if (f->p >= f->end)
+            return false;
+        if (top)
+            note_member(f, key, key_end);
+        if (!check_element(f))
+            return false;
+        fast_skip_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            fast_skip_space(f);
+            continue;
+        }
+        if (f->p < f->end && *f->p == '}') {
+            f->p++;
+            return true;
+        }
+        return false;
+    }
+}
+
+static bool check_array(struct fast_parser *f)
+{
+    f->p++;
+    fast_skip_space(f);
+    if (f->p < f->end && *f->p == ']') {
+        f->p++;
+        return true;
+    }
+    for (;;) {
+        if (f->p >= f->end || !check_element(f))
+            return false;
+        fast_skip_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            fast_skip_space(f);
+            continue;
+        }
+        if (f->p < f->end && *f->p == ']') {
+            f->p++;
+            return true;
+        }
+        return false;
+    }
+}
+
+static bool check_value(struct fast_parser *f)
+{
+    if (f->p >= f->end)
+        return false;
+    bool ok;
+    switch (*f->p) {
+    case '{':
+    case '[':
+        if (++f->depth > FAST_MAX_DEPTH)
+            return false;
+        ok = *f->p == '{' ? check_object(f, f->depth == 1) : check_array(f);
+        f->depth--;
+        return ok;
+    case '"':
+        return fast_string(f, false);
+    case 't':
+        return fast_literal(f, "true", 4);
+    case 'f':
+        return fast_literal(f, "false", 5);
+    case 'n':
+        return fast_literal(f, "null", 4);
+    default:
+        return fast_number(f);
+    }
+}
+
 bool lua_json_push_direct(lua_State *L, const char *text, size_t len)
 {
     int top = lua_gettop(L);
@@ -527,7 +676,7 @@ bool lua_json_scan_object(const char *text, size_t len, struct lua_json_member *
     if (len > UINT32_MAX)
         return false;
     fast_skip_space(&f);
-    bool ok = f.p < f.end && *f.p == '{' && fast_value(&f);
+    bool ok = f.p < f.end && *f.p == '{' && check_value(&f);
     if (ok) {
         fast_skip_space(&f);
         ok = f.p == f.end;

@@ -18,8 +18,17 @@ static char meta_key, state_key;
 
 struct record_state {
     size_t count;
+    /* The member the last read found, + 1 (0: none yet). A policy reads the same key again
+     * and again (record.type in every branch), and the search for the last duplicate
+     * walks every member from the end. */
+    size_t hint;
+    bool cached; /* UV_KEY and UV_VALUE hold the last scalar (or absent) member read */
     struct lua_json_member members[];
 };
+
+/* The state userdata's user values: the record line, and the last key read with its
+ * value (that read again costs no search and no new string). */
+enum { UV_TEXT = 1, UV_KEY = 2, UV_VALUE = 3, UV_COUNT = 3 };
 
 /* lua_json_scan_object's member array, kept between records: the policy runs on the loop
  * thread only. */
@@ -43,7 +52,7 @@ static struct record_state *push_state(lua_State *L, int idx, const char **text,
 {
     lua_rawgetp(L, idx, &state_key);
     struct record_state *s = lua_touserdata(L, -1);
-    lua_getiuservalue(L, -1, 1);
+    lua_getiuservalue(L, -1, UV_TEXT);
     *text = lua_tolstring(L, -1, len);
     return s;
 }
@@ -97,6 +106,16 @@ static bool key_is(lua_State *L, const char *text, size_t len, const struct lua_
     return same;
 }
 
+/* Keep key 2 and the value on top for the next read, in the state userdata at ud. */
+static void remember(lua_State *L, struct record_state *s, int ud)
+{
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, ud, UV_KEY);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, ud, UV_VALUE);
+    s->cached = true;
+}
+
 /* __index: one member, scanned from the text. The last of duplicate keys wins, as in the
  * table. An object or array is a table the policy may change or compare: the record is
  * filled, so that it is the same table every time. */
@@ -107,23 +126,40 @@ static int record_index(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
+    lua_rawgetp(L, 1, &state_key);
+    struct record_state *s = lua_touserdata(L, 3);
+    if (s->cached) {
+        lua_getiuservalue(L, 3, UV_KEY);
+        if (lua_rawequal(L, -1, 2)) {
+            lua_getiuservalue(L, 3, UV_VALUE);
+            return 1;
+        }
+    }
+    lua_settop(L, 2);
     size_t key_len, len;
     const char *key = lua_tolstring(L, 2, &key_len), *text;
-    struct record_state *s = push_state(L, 1, &text, &len);
-    for (size_t i = s->count; i-- > 0;) {
+    s = push_state(L, 1, &text, &len);
+    size_t i = s->count;
+    if (s->hint && key_is(L, text, len, &s->members[s->hint - 1], 2, key, key_len))
+        i = s->hint; /* the last member with this key: the search starts on it */
+    while (i-- > 0) {
         const struct lua_json_member *m = &s->members[i];
         if (!key_is(L, text, len, m, 2, key, key_len))
             continue;
+        s->hint = i + 1;
         if (text[m->value] == '{' || text[m->value] == '[') {
             fill(L, 1);
             lua_pushvalue(L, 2);
             lua_rawget(L, 1);
         } else if (!lua_json_push_at(L, text, len, m->value)) {
             return luaL_error(L, "log_record: cannot read a member");
+        } else {
+            remember(L, s, 3);
         }
         return 1;
     }
     lua_pushnil(L);
+    remember(L, s, 3);
     return 1;
 }
 
@@ -267,12 +303,14 @@ void lua_record_push(lua_State *L, int idx)
     }
     size_t size = sizeof(struct record_state) + count * sizeof(scan.members[0]);
     lua_createtable(L, 0, 1);
-    struct record_state *s = lua_newuserdatauv(L, size, 1);
+    struct record_state *s = lua_newuserdatauv(L, size, UV_COUNT);
     s->count = count;
+    s->hint = 0;
+    s->cached = false;
     if (count > 0)
         memcpy(s->members, scan.members, count * sizeof(scan.members[0]));
     lua_pushvalue(L, idx);
-    lua_setiuservalue(L, -2, 1);
+    lua_setiuservalue(L, -2, UV_TEXT);
     lua_rawsetp(L, -2, &state_key);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &meta_key);
     lua_setmetatable(L, -2);

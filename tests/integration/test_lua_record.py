@@ -52,12 +52,18 @@ local function view(r, mode)
     out.same_table = r.response == r.response
     if r.response then r.response.code = 'changed' end
   else
+    -- The same keys again and again, others between: each read as the first.
     out.type = r.type
-    out.sender = r.sender
     out.missing = r['no such key']
+    out.type_again = r.type
+    out.type_third = r.type
+    out.sender = r.sender
+    out.missing_again = r['no such key']
+    out.sender_again = r.sender
     out.index_1 = r[1]
     out.size = r.size
     out.meta_campaign = r.meta and r.meta.campaign
+    out.type_filled = r.type
   end
   out.after_members = members(r)
   out.after_encoded = enc(r)
@@ -94,7 +100,11 @@ EDGE = [
     b'[1,2,{"type":"in an array"}]\n',
     b'not json\n',
     b'{"type":"Deep","n":' + b"[" * 2000 + b"1" + b"]" * 2000 + b"}\n",
-]
+    b'{"type":"Plain","sender":"s","t\\u0079pe":"Escaped last"}\n',
+    b'{"type":"X","sender":"a","type":"Y","sender":"b"}\n',
+    b'{"type":"Obj","sender":{"a":1},"type":"Obj2"}\n',
+    b'{"sender":"no type","size":1}\n',
+]  # 17 lines: n % 6 gives each of them every mode
 
 
 class LuaRecordTest(h.RelayTestCase):
@@ -138,10 +148,15 @@ class LuaRecordTest(h.RelayTestCase):
         # Spot checks of what the edge lines read as.
         views = [(by_msgid[m["msgid"]], json.loads(m["data"])) for m in dump]
         for line, want in ((EDGE[0], "B"), (EDGE[1], None), (EDGE[2], "Later"),
-                           (EDGE[3], "Escaped only"), (EDGE[12], "Deep")):
+                           (EDGE[3], "Escaped only"), (EDGE[12], "Deep"),
+                           (EDGE[13], "Escaped last"), (EDGE[14], "Y"), (EDGE[15], "Obj2"),
+                           (EDGE[16], None)):
             seen = [v["lazy"].get("type") for k, v in views
                     if k == line and v["mode"] in (0, 1, 2, 5)]
             self.assertEqual([want] * 4, seen, line[:80])
+            again = [[v["lazy"].get(f) for f in ("type_again", "type_third", "type_filled")]
+                     for k, v in views if k == line and v["mode"] == 5]
+            self.assertEqual([[want] * 3], again, line[:80])
         self.assertEqual(["nil"] * 12, [v["lazy"]["scalar"] for k, v in views
                                         if k in (EDGE[8], EDGE[11])])
 
