@@ -422,16 +422,42 @@ static bool fast_literal(struct fast_parser *f, const char *word, size_t len)
     return true;
 }
 
+/* Past a container's opening bracket (f->p is at it): true if `close` follows at once,
+ * an empty container, read past its end. */
+static inline bool fast_open(struct fast_parser *f, char close)
+{
+    f->p++;
+    fast_skip_space(f);
+    if (f->p < f->end && *f->p == close) {
+        f->p++;
+        return true;
+    }
+    return false;
+}
+
+/* After a member or an element: 1 past a ',' (another follows), 0 past the container's
+ * `close`, -1 when neither comes (not JSON). */
+static inline int fast_after(struct fast_parser *f, char close)
+{
+    fast_skip_space(f);
+    if (f->p < f->end && *f->p == ',') {
+        f->p++;
+        fast_skip_space(f);
+        return 1;
+    }
+    if (f->p < f->end && *f->p == close) {
+        f->p++;
+        return 0;
+    }
+    return -1;
+}
+
 static bool fast_object(struct fast_parser *f)
 {
     if (f->L)
         lua_createtable(f->L, 0, 4);
-    f->p++;
-    fast_skip_space(f);
-    if (f->p < f->end && *f->p == '}') {
-        f->p++;
+    if (fast_open(f, '}'))
         return true;
-    }
     for (;;) {
         if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
             return false;
@@ -444,17 +470,10 @@ static bool fast_object(struct fast_parser *f)
             return false;
         if (f->L)
             lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as jansson */
-        fast_skip_space(f);
-        if (f->p < f->end && *f->p == ',') {
-            f->p++;
-            fast_skip_space(f);
+        int more = fast_after(f, '}');
+        if (more > 0)
             continue;
-        }
-        if (f->p < f->end && *f->p == '}') {
-            f->p++;
-            return true;
-        }
-        return false;
+        return more == 0;
     }
 }
 
@@ -464,12 +483,8 @@ static bool fast_array(struct fast_parser *f)
         lua_createtable(f->L, 4, 0);
         lua_json_mark_array(f->L, -1);
     }
-    f->p++;
-    fast_skip_space(f);
-    if (f->p < f->end && *f->p == ']') {
-        f->p++;
+    if (fast_open(f, ']'))
         return true;
-    }
     for (lua_Integer i = 1;; i++) {
         if (!fast_value(f))
             return false;
@@ -479,17 +494,10 @@ static bool fast_array(struct fast_parser *f)
             lua_pop(f->L, 1);
         else
             lua_rawseti(f->L, -2, i);
-        fast_skip_space(f);
-        if (f->p < f->end && *f->p == ',') {
-            f->p++;
-            fast_skip_space(f);
+        int more = fast_after(f, ']');
+        if (more > 0)
             continue;
-        }
-        if (f->p < f->end && *f->p == ']') {
-            f->p++;
-            return true;
-        }
-        return false;
+        return more == 0;
     }
 }
 
@@ -563,12 +571,8 @@ static void note_member(struct fast_parser *f, const char *key, const char *key_
 
 static bool check_object(struct fast_parser *f, bool top)
 {
-    f->p++;
-    fast_skip_space(f);
-    if (f->p < f->end && *f->p == '}') {
-        f->p++;
+    if (fast_open(f, '}'))
         return true;
-    }
     for (;;) {
         const char *key = f->p;
         f->escaped = false;
@@ -586,42 +590,24 @@ static bool check_object(struct fast_parser *f, bool top)
             note_member(f, key, key_end);
         if (!check_element(f))
             return false;
-        fast_skip_space(f);
-        if (f->p < f->end && *f->p == ',') {
-            f->p++;
-            fast_skip_space(f);
+        int more = fast_after(f, '}');
+        if (more > 0)
             continue;
-        }
-        if (f->p < f->end && *f->p == '}') {
-            f->p++;
-            return true;
-        }
-        return false;
+        return more == 0;
     }
 }
 
 static bool check_array(struct fast_parser *f)
 {
-    f->p++;
-    fast_skip_space(f);
-    if (f->p < f->end && *f->p == ']') {
-        f->p++;
+    if (fast_open(f, ']'))
         return true;
-    }
     for (;;) {
         if (f->p >= f->end || !check_element(f))
             return false;
-        fast_skip_space(f);
-        if (f->p < f->end && *f->p == ',') {
-            f->p++;
-            fast_skip_space(f);
+        int more = fast_after(f, ']');
+        if (more > 0)
             continue;
-        }
-        if (f->p < f->end && *f->p == ']') {
-            f->p++;
-            return true;
-        }
-        return false;
+        return more == 0;
     }
 }
 
