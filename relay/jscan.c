@@ -58,20 +58,6 @@ static size_t escape_length(const char *p, const char *end)
  * control bytes JSON forbids raw. */
 static const bool string_stop[256] = {[0 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
 
-#define BYTES(b) (0x0101010101010101ULL * (b))
-
-/* Nonzero when one of the 8 bytes in x is a string_stop byte (exactly: the classic
- * "has a byte below n" and "has a zero byte" word tricks, which never miss and never
- * report a word without one). */
-static uint64_t word_has_stop(uint64_t x)
-{
-    uint64_t quote = x ^ BYTES('"'), backslash = x ^ BYTES('\\');
-    uint64_t control = (x - BYTES(0x20)) & ~x;
-    quote = (quote - BYTES(1)) & ~quote;
-    backslash = (backslash - BYTES(1)) & ~backslash;
-    return (control | quote | backslash) & BYTES(0x80);
-}
-
 /* Without a map (a line with a control byte, or a long one), strings are read 8 bytes at a
  * time, and the first stop byte of a word is found from its mask (on a little-endian
  * machine the lowest flag is always a real one: a false flag can only sit above a real
@@ -81,7 +67,7 @@ static const char *find_stop(const char *p, const char *end)
     for (; end - p >= 8; p += 8) {
         uint64_t word;
         memcpy(&word, p, 8);
-        uint64_t stops = word_has_stop(word);
+        uint64_t stops = jscan_word_has_stop(word);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         if (stops)
             return p + __builtin_ctzll(stops) / 8;

@@ -9,6 +9,22 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* Nonzero when one of the 8 bytes in x (read as a little-endian word) is a quote, a
+ * backslash or a control byte: the bytes that end a plain stretch of a JSON string. Each
+ * such byte sets the top bit of its byte of the result (the classic "has a byte below n"
+ * and "has a zero byte" word tricks, which never miss one and never flag a word without
+ * one); strings are read a word at a time with it, here and in lua_json.c. */
+static inline uint64_t jscan_word_has_stop(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = ones * 0x80;
+    uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
+    uint64_t control = (x - ones * 0x20) & ~x;
+    quote = (quote - ones) & ~quote;
+    backslash = (backslash - ones) & ~backslash;
+    return (control | quote | backslash) & highs;
+}
 
 struct jscan_value {
     const char *raw; /* the value's JSON text (strings with their quotes); NULL = absent */

@@ -254,18 +254,12 @@ __attribute__((noinline)) static bool fast_string_escaped(struct fast_parser *f,
     return false;
 }
 
-#define BYTES(b) (0x0101010101010101ULL * (b))
-
-/* Nonzero when one of the 8 bytes in x is one fast_string must look at: the quote, the
- * backslash, a control byte or a byte of a multi-byte UTF-8 sequence (the word tricks of
- * jscan.c, which never miss one). Strings are most of a record's bytes. */
-static uint64_t word_needs_look(uint64_t x)
+/* Nonzero when one of the 8 bytes in x is one fast_string must look at: jscan's stops, and
+ * any byte of a multi-byte UTF-8 sequence (which must be checked). Strings are most of a
+ * record's bytes. */
+static inline uint64_t word_needs_look(uint64_t x)
 {
-    uint64_t quote = x ^ BYTES('"'), backslash = x ^ BYTES('\\');
-    uint64_t control = (x - BYTES(0x20)) & ~x;
-    quote = (quote - BYTES(1)) & ~quote;
-    backslash = (backslash - BYTES(1)) & ~backslash;
-    return (control | quote | backslash | x) & BYTES(0x80);
+    return jscan_word_has_stop(x) | (x & 0x8080808080808080ULL);
 }
 
 #ifdef __SSE2__
