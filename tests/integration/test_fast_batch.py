@@ -245,15 +245,21 @@ class RelayFastBatchTest(RelayTestCase):
             return status == 200 and harness.metric(text, "publishes_acked_total") >= n and text
         return poll(acked, 60, f"{n} publishes acknowledged", ignore=(OSError,))
 
-    def test_batches_carry_every_record_exactly_once(self):
+    def relay_all(self, allow_batched, segments, per_segment, tag):
+        """A relay with its metrics endpoint over a fresh spool into a stream with or
+        without allow_batched, once every record is stored and acknowledged: (server, relay,
+        expected records, /metrics text)."""
         server = self.nats(binary=self.server_path)
-        create_kumo_stream(server.url, allow_batched=True)
-        expected = self.write_spool(4, 10000, "b")
+        create_kumo_stream(server.url, allow_batched=allow_batched)
+        expected = self.write_spool(segments, per_segment, tag)
         port = harness.free_port()
         relay = self.relay(self.relay_config(server.url,
                                              metrics={"listen": f"127.0.0.1:{port}"}))
         harness.wait_count(server.url, STREAM, len(expected), timeout=120)
-        text = self.acked_metrics(port, len(expected))
+        return server, relay, expected, self.acked_metrics(port, len(expected))
+
+    def test_batches_carry_every_record_exactly_once(self):
+        server, relay, expected, text = self.relay_all(True, 4, 10000, "b")
         self.assertEqual(0, relay.stop())
         log = relay.log_text()
         self.assertIn(BATCHING, log)
@@ -371,14 +377,7 @@ class RelayFastBatchTest(RelayTestCase):
         harness.assert_exactly_once(harness.dump_stream(server.url, STREAM), expected)
 
     def test_stream_without_allow_batched_gets_single_publishes(self):
-        server = self.nats(binary=self.server_path)
-        create_kumo_stream(server.url, allow_batched=False)
-        expected = self.write_spool(2, 5000, "n")
-        port = harness.free_port()
-        relay = self.relay(self.relay_config(server.url,
-                                             metrics={"listen": f"127.0.0.1:{port}"}))
-        harness.wait_count(server.url, STREAM, len(expected), timeout=120)
-        text = self.acked_metrics(port, len(expected))
+        server, relay, expected, text = self.relay_all(False, 2, 5000, "n")
         self.assertEqual(0, harness.metric(text, "publishes_batched_total"))
         self.assertEqual(0, relay.stop())
         log = relay.log_text()
