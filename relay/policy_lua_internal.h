@@ -3,6 +3,7 @@
 #ifndef RELAY_POLICY_LUA_INTERNAL_H
 #define RELAY_POLICY_LUA_INTERNAL_H
 
+#include "lua_alloc.h"
 #include "lua_kumo.h"
 #include "lua_nats.h"
 #include "policy.h"
@@ -80,6 +81,7 @@ struct policy_lua {
     const struct config *cfg;
     struct policy_env env;
     lua_State *L;
+    struct lua_pool pool; /* the state's freed blocks, by size class */
     size_t memory_used;
     long budget;
     bool stopping; /* the budget is STOPPING_BUDGET */

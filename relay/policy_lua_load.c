@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "hook_watchdog.h"
+#include "lua_alloc.h"
 #include "lua_kumo.h"
 #include "lua_kumod.h"
 #include "lua_message.h"
@@ -30,13 +31,13 @@ static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     struct policy_lua *p = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        lua_pool_realloc(&p->pool, ptr, osize, 0);
         p->memory_used -= old;
         return NULL;
     }
     if (nsize > old && p->memory_used + (nsize - old) > MEMORY_CEILING)
         return NULL; /* Lua raises "not enough memory" in the policy */
-    void *q = realloc(ptr, nsize);
+    void *q = lua_pool_realloc(&p->pool, ptr, osize, nsize);
     if (q)
         p->memory_used = p->memory_used - old + nsize;
     return q;
@@ -236,6 +237,7 @@ struct policy_lua *policy_lua_create(const struct config *cfg, const struct poli
     p->L = lua_newstate(lua_alloc, p);
     if (!p->L) {
         *err = xstrdup("cannot create a Lua state");
+        lua_pool_release(&p->pool);
         free(p);
         return NULL;
     }
@@ -281,6 +283,7 @@ void policy_lua_destroy(struct policy_lua *p)
     lua_nats_close_all(&p->nats);
     if (p->L)
         lua_close(p->L);
+    lua_pool_release(&p->pool);
     free_queues(p);
     free(p->hook_name);
     free(p);
