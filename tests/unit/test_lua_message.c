@@ -468,6 +468,43 @@ Test(lua_message, member_read_then_changed)
     cr_expect_str_eq(lua_tostring(L, -1), "Laste a=1 b=x c=true d=1.5 dup=2 f=f g=g h=h type=Last");
 }
 
+/* 'queue' and 'log_record' are kept apart from the other meta (user values of the
+ * message): unset, or set to nil, they read through to the record's meta as any key does;
+ * any other value, false included, is what get_meta and queue_name give. */
+Test(lua_message, queue_and_log_record_meta_read_as_any_meta)
+{
+    const char *line = "{\"type\":\"Delivery\",\"meta\":{\"queue\":\"from-meta\","
+                       "\"log_record\":\"m\"}}\n";
+    struct message_source src = source_of(line);
+    src.default_queue = "default";
+    bind_message(&src);
+    cr_expect(eval_bool("return message:get_meta('queue') == 'from-meta' and\n"
+                        "  message:queue_name() == 'default' and\n"
+                        "  message:get_meta('log_record').type == 'Delivery'"));
+    lua_getglobal(L, "message");
+    cr_expect_null(lua_message_queue(L, -1));
+    lua_pop(L, 1);
+    cr_expect(eval_bool("message:set_meta('queue', false)\n"
+                        "message:set_meta('log_record', nil)\n"
+                        "return message:get_meta('queue') == false and\n"
+                        "  message:queue_name() == false and\n"
+                        "  message:get_meta('log_record') == 'm'"));
+    lua_getglobal(L, "message");
+    cr_expect_null(lua_message_queue(L, -1), "a queue that is not a string is no queue");
+    lua_pop(L, 1);
+    cr_expect(eval_bool("message:set_meta('queue', 'q')\n"
+                        "local r = { type = 'mine' }\n"
+                        "message:set_meta('log_record', r)\n"
+                        "return message:get_meta('queue') == 'q' and message:queue_name() == 'q'\n"
+                        "  and message:get_meta('log_record') == r"));
+    lua_getglobal(L, "message");
+    cr_expect_str_eq(lua_message_queue(L, -1), "q");
+    lua_pop(L, 1);
+    cr_expect(eval_bool("message:set_meta('queue', nil)\n"
+                        "return message:get_meta('queue') == 'from-meta' and\n"
+                        "  message:queue_name() == 'default'"));
+}
+
 /* set_meta('log_record', nil) before the first read: the record is not parsed behind it. */
 Test(lua_message, log_record_set_before_read)
 {
