@@ -66,21 +66,23 @@ static struct message *message_get(lua_State *L, int idx)
     return lua_touserdata(L, idx);
 }
 
-/* Is argument 1 of the running method a Message? */
-static bool self_is_message(lua_State *L)
+/* Argument 1 of the running method if it is a Message, else NULL. */
+static struct message *self_message(lua_State *L)
 {
-    if (!lua_touserdata(L, 1) || !lua_getmetatable(L, 1))
-        return false;
+    struct message *m = lua_touserdata(L, 1);
+    if (!m || !lua_getmetatable(L, 1))
+        return NULL;
     bool same = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
-    return same;
+    return same ? m : NULL;
 }
 
 /* Every method starts here: a detached message's record buffer may already be reused. */
 static struct message *message_live(lua_State *L)
 {
-    struct message *m =
-        self_is_message(L) ? lua_touserdata(L, 1) : luaL_checkudata(L, 1, MESSAGE_METATABLE);
+    struct message *m = self_message(L);
+    if (!m)
+        m = luaL_checkudata(L, 1, MESSAGE_METATABLE); /* raises its usual error */
     if (m->dead)
         luaL_error(L, "message used after its hook returned");
     return m;

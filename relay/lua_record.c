@@ -114,17 +114,26 @@ void lua_record_fill(lua_State *L, int idx)
 }
 
 /* Is member m's key the string at key_idx? */
-static bool key_is(lua_State *L, const char *text, size_t len, const struct lua_json_member *m,
-                   int key_idx, const char *key, size_t key_len)
+__attribute__((noinline)) static bool escaped_key_is(lua_State *L, const char *text, size_t len,
+                                                     const struct lua_json_member *m, int key_idx,
+                                                     size_t key_len)
 {
-    if (!m->escaped)
-        return m->key_len == key_len && memcmp(text + m->key + 1, key, key_len) == 0;
     if (key_len > m->key_len) /* decoding never lengthens */
         return false;
     push_key(L, text, len, m);
     bool same = lua_rawequal(L, -1, key_idx);
     lua_pop(L, 1);
     return same;
+}
+
+/* Inlined: a search compares ~25 keys, most of them ruled out by their length. */
+static inline bool key_is(lua_State *L, const char *text, size_t len,
+                          const struct lua_json_member *m, int key_idx, const char *key,
+                          size_t key_len)
+{
+    if (!m->escaped)
+        return m->key_len == key_len && memcmp(text + m->key + 1, key, key_len) == 0;
+    return escaped_key_is(L, text, len, m, key_idx, key_len);
 }
 
 /* Keep key 2 and the value on top for the next read, in the state userdata at ud. */
@@ -194,8 +203,7 @@ static int record_index(lua_State *L)
         i = s->hint; /* the last member with this key: the search starts on it */
     while (i-- > 0) {
         const struct lua_json_member *m = &s->members[i];
-        /* The length rules out most members without a call (a record has ~25). */
-        if ((!m->escaped && m->key_len != key_len) || !key_is(L, text, len, m, 2, key, key_len))
+        if (!key_is(L, text, len, m, 2, key, key_len))
             continue;
         s->hint = i + 1;
         if (text[m->value] == '{' || text[m->value] == '[') {
