@@ -361,7 +361,7 @@ void lua_record_push(lua_State *L, int idx)
         return;
     }
     size_t size = sizeof(struct record_state) + count * sizeof(scan.members[0]);
-    lua_createtable(L, 0, 2); /* the state, and the member a policy reads first */
+    lua_createtable(L, 0, 4); /* the state, and room for the members a policy reads */
     struct record_state *s = lua_newuserdatauv(L, size, UV_COUNT);
     s->count = count;
     s->hint = 0;
