@@ -22,9 +22,19 @@
 #define ADDRESS_METATABLE "kumo.Address"
 
 /* The userdata's user values: the meta table, the data a policy set with set_data, the
- * record line as a Lua string, and (once pinned) the default queue's name. They live
- * inside the userdata, so they cost no allocation until used. */
-enum { UV_META = 1, UV_DATA = 2, UV_RECORD = 3, UV_QUEUE = 4, UV_COUNT = 4 };
+ * record line as a Lua string, (once pinned) the default queue's name, and the two meta a
+ * policy reads and sets on every record, 'log_record' and 'queue', kept out of the meta
+ * table so that most records need none. They live inside the userdata, so they cost no
+ * allocation until used. A nil one is unset, as a nil member of the meta table is. */
+enum {
+    UV_META = 1,
+    UV_DATA = 2,
+    UV_RECORD = 3,
+    UV_DEFAULT_QUEUE = 4,
+    UV_LOG_RECORD = 5,
+    UV_QUEUE = 6,
+    UV_COUNT = 6
+};
 
 /* Segment names the message copies when pinned (kumod's are 25 bytes); a longer one has
  * the id computed at the pin instead. */
@@ -37,7 +47,7 @@ struct message {
     /* The configuration's: it outlives the Lua state (relay_reload.c frees the old
      * configuration after the old policy). */
     const char *relay_id;
-    const char *default_queue; /* borrowed, or UV_QUEUE's once pinned */
+    const char *default_queue; /* borrowed, or UV_DEFAULT_QUEUE's once pinned */
     uint64_t end;
     uint64_t id[2];
     int attempts;
@@ -47,26 +57,32 @@ struct message {
 };
 
 /* The metatable, by address: luaL_checkudata finds it by name, which cost a string lookup
- * on every method call. */
+ * on every method call. The methods have it as their upvalue, which costs no lookup. */
 static char message_meta_key;
 
+/* The message at idx, which the C caller knows is one (it pushed it, or holds it). */
 static struct message *message_get(lua_State *L, int idx)
 {
-    struct message *m = lua_touserdata(L, idx);
-    if (m && lua_getmetatable(L, idx)) {
-        lua_rawgetp(L, LUA_REGISTRYINDEX, &message_meta_key);
-        bool is_message = lua_rawequal(L, -1, -2);
-        lua_pop(L, 2);
-        if (is_message)
-            return m;
-    }
-    return luaL_checkudata(L, idx, MESSAGE_METATABLE); /* raises its usual error */
+    return lua_touserdata(L, idx);
+}
+
+/* Argument 1 of the running method if it is a Message, else NULL. */
+static struct message *self_message(lua_State *L)
+{
+    struct message *m = lua_touserdata(L, 1);
+    if (!m || !lua_getmetatable(L, 1))
+        return NULL;
+    bool same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    return same ? m : NULL;
 }
 
 /* Every method starts here: a detached message's record buffer may already be reused. */
 static struct message *message_live(lua_State *L)
 {
-    struct message *m = message_get(L, 1);
+    struct message *m = self_message(L);
+    if (!m)
+        m = luaL_checkudata(L, 1, MESSAGE_METATABLE); /* raises its usual error */
     if (m->dead)
         luaL_error(L, "message used after its hook returned");
     return m;
@@ -109,11 +125,25 @@ static void meta_table(lua_State *L, int idx)
     lua_setiuservalue(L, idx, UV_META);
 }
 
-/* Push meta[key] if the meta table exists and holds it; returns false (nothing pushed) if
- * not. */
-static bool meta_get(lua_State *L, int idx, int key)
+/* The user value that holds the meta `key` (of key_len bytes), or UV_META for the meta
+ * table. */
+static int meta_slot(const char *key, size_t key_len)
 {
-    if (lua_getiuservalue(L, idx, UV_META) == LUA_TTABLE) {
+    if (key_len == 10 && memcmp(key, "log_record", 10) == 0)
+        return UV_LOG_RECORD;
+    if (key_len == 5 && memcmp(key, "queue", 5) == 0)
+        return UV_QUEUE;
+    return UV_META;
+}
+
+/* Push the meta `key` (a string at index key) if set; returns false (nothing pushed) if
+ * not. */
+static bool meta_get(lua_State *L, int idx, int key, int slot)
+{
+    if (slot != UV_META) {
+        if (lua_getiuservalue(L, idx, slot) != LUA_TNIL)
+            return true;
+    } else if (lua_getiuservalue(L, idx, UV_META) == LUA_TTABLE) {
         lua_pushvalue(L, key);
         if (lua_rawget(L, -2) != LUA_TNIL) {
             lua_remove(L, -2);
@@ -137,10 +167,8 @@ static int push_log_record(lua_State *L, struct message *m)
     lua_remove(L, -2);
     if (lua_isnil(L, -1))
         return 1;
-    meta_table(L, 1);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "log_record");
-    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_LOG_RECORD);
     return 1;
 }
 
@@ -166,10 +194,12 @@ static void push_record_meta(lua_State *L, const struct message *m, const char *
 static int message_get_meta(lua_State *L)
 {
     struct message *m = message_live(L);
-    const char *key = luaL_checkstring(L, 2);
-    if (meta_get(L, 1, 2))
+    size_t key_len;
+    const char *key = luaL_checklstring(L, 2, &key_len);
+    int slot = meta_slot(key, key_len);
+    if (meta_get(L, 1, 2, slot))
         return 1;
-    if (!m->log_record_done && strcmp(key, "log_record") == 0)
+    if (!m->log_record_done && slot == UV_LOG_RECORD)
         return push_log_record(L, m);
     if (strcmp(key, "reception_protocol") == 0)
         lua_pushliteral(L, "LogRecord");
@@ -181,14 +211,21 @@ static int message_get_meta(lua_State *L)
 static int message_set_meta(lua_State *L)
 {
     struct message *m = message_live(L);
-    const char *key = luaL_checkstring(L, 2);
+    size_t key_len;
+    const char *key = luaL_checklstring(L, 2, &key_len);
     luaL_checkany(L, 3);
-    meta_table(L, 1);
-    lua_pushvalue(L, 2);
-    lua_pushvalue(L, 3);
-    lua_rawset(L, -3);
+    int slot = meta_slot(key, key_len);
+    if (slot != UV_META) {
+        lua_settop(L, 3);
+        lua_setiuservalue(L, 1, slot);
+    } else {
+        meta_table(L, 1);
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        lua_rawset(L, -3);
+    }
     /* A policy's own log_record replaces the parsed one, even when it sets nil. */
-    if (strcmp(key, "log_record") == 0)
+    if (slot == UV_LOG_RECORD)
         m->log_record_done = true;
     return 0;
 }
@@ -347,8 +384,7 @@ static int message_id_method(lua_State *L)
 static int message_queue_name(lua_State *L)
 {
     struct message *m = message_live(L);
-    lua_pushliteral(L, "queue");
-    if (meta_get(L, 1, lua_gettop(L)))
+    if (lua_getiuservalue(L, 1, UV_QUEUE) != LUA_TNIL)
         return 1;
     if (m->default_queue)
         lua_pushstring(L, m->default_queue);
@@ -381,7 +417,9 @@ void lua_message_register(lua_State *L)
         {NULL, NULL},
     };
     if (luaL_newmetatable(L, MESSAGE_METATABLE)) {
-        luaL_newlib(L, methods);
+        luaL_newlibtable(L, methods);
+        lua_pushvalue(L, -2);
+        luaL_setfuncs(L, methods, 1);
         lua_setfield(L, -2, "__index");
         /* One metatable serves every message: keep policies from editing it. */
         lua_pushboolean(L, 0);
@@ -434,7 +472,7 @@ void lua_message_pin(lua_State *L, int idx)
     if (m->default_queue) {
         lua_pushstring(L, m->default_queue);
         m->default_queue = lua_tostring(L, -1);
-        lua_setiuservalue(L, idx, UV_QUEUE);
+        lua_setiuservalue(L, idx, UV_DEFAULT_QUEUE);
     }
     m->pinned = true;
 }
@@ -464,15 +502,13 @@ const char *lua_message_data(lua_State *L, int idx, size_t *len)
     return m->record;
 }
 
-/* Valid until the policy sets 'queue' again: the meta table anchors the string. */
+/* Valid until the policy sets 'queue' again: the user value anchors the string. */
 const char *lua_message_queue(lua_State *L, int idx)
 {
     const char *queue = NULL;
-    int top = lua_gettop(L);
-    if (lua_getiuservalue(L, idx, UV_META) == LUA_TTABLE &&
-        lua_getfield(L, -1, "queue") == LUA_TSTRING)
+    if (lua_getiuservalue(L, idx, UV_QUEUE) == LUA_TSTRING)
         queue = lua_tostring(L, -1);
-    lua_settop(L, top);
+    lua_pop(L, 1);
     return queue;
 }
 

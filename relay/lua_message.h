@@ -21,6 +21,8 @@ struct message_source {
 void lua_message_register(lua_State *L);
 /* Push a new Message for a record; its data is borrowed (not copied). */
 void lua_message_push(lua_State *L, const struct message_source *src);
+/* The functions below take the index of a Message (one lua_message_push pushed, or a
+ * reference to one): they do not check it, as the methods check their self. */
 /* Make the message outlive the record buffer and its segment (retry, batch, await): the
  * line is the Lua string the message makes once, the segment's name and the default queue
  * are copied. relay_id stays borrowed: the configuration outlives the Lua state. */

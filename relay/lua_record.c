@@ -1,8 +1,14 @@
-/* The lazy log_record (see lua_record.h). A record table not yet filled is an empty table
- * with the shared metatable below and one private key (a light userdata no policy can
- * forge) holding its state: a userdata with where each top-level member is, and the record
- * line as its user value. A write always reaches __newindex (the table has no member to
- * assign in place), so nothing a policy does goes unseen before the table is filled. */
+/* The lazy log_record (see lua_record.h). A record table not yet filled has the shared
+ * metatable below and one private key (a light userdata no policy can forge) holding its
+ * state: a userdata with where each top-level member is, and the record line as its user
+ * value. A scalar member read is also set in the table itself (made raw), so that reading
+ * it again (record.type in every branch of a policy) is a plain table read, with no call.
+ * The table holds nothing else: a write to any other key reaches __newindex and fills the
+ * table first; a write to a member made raw changes the table in place, and the member
+ * made raw is then the table's, not the text's (a read after the policy removed it gives
+ * nil, and the fill keeps what the policy left). Everything else that sees the table
+ * whole fills it first, so the members made raw are seen only as the filled table has
+ * them. */
 #include "lua_record.h"
 
 #include "jscan.h"
@@ -11,10 +17,15 @@
 
 #include <lauxlib.h>
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 static char meta_key, state_key;
+
+/* Members a table holds raw before it is filled: a policy reads a few. Any more are read
+ * from the text each time. */
+enum { RAW_MAX = 6 };
 
 struct record_state {
     size_t count;
@@ -22,7 +33,9 @@ struct record_state {
      * and again (record.type in every branch), and the search for the last duplicate
      * walks every member from the end. */
     size_t hint;
-    bool cached; /* UV_KEY and UV_VALUE hold the last scalar (or absent) member read */
+    bool cached; /* UV_KEY and UV_VALUE hold the last nil (or absent) member read */
+    unsigned raw_count;
+    uint32_t raw[RAW_MAX]; /* the members made raw in the table (see above) */
     struct lua_json_member members[];
 };
 
@@ -65,14 +78,20 @@ static void push_key(lua_State *L, const char *text, size_t len, const struct lu
         luaL_error(L, "log_record: cannot read a key");
 }
 
-/* As fast_object fills a table: in text order, a later duplicate (or null) replacing. */
+/* As fast_object fills a table: in text order, a later duplicate (or null) replacing;
+ * then the members made raw get back what the policy left in them. */
 static void fill(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
-    luaL_checkstack(L, 8, "log_record");
+    luaL_checkstack(L, 8 + 2 * RAW_MAX, "log_record");
     const char *text;
     size_t len;
     struct record_state *s = push_state(L, idx, &text, &len);
+    for (unsigned r = 0; r < s->raw_count; r++) {
+        push_key(L, text, len, &s->members[s->raw[r]]);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, idx);
+    }
     lua_pushnil(L);
     lua_rawsetp(L, idx, &state_key);
     lua_pushnil(L);
@@ -83,6 +102,8 @@ static void fill(lua_State *L, int idx)
             luaL_error(L, "log_record: cannot read a member");
         lua_rawset(L, idx);
     }
+    for (unsigned r = s->raw_count; r-- > 0;)
+        lua_rawset(L, idx);
     lua_pop(L, 2);
 }
 
@@ -93,17 +114,26 @@ void lua_record_fill(lua_State *L, int idx)
 }
 
 /* Is member m's key the string at key_idx? */
-static bool key_is(lua_State *L, const char *text, size_t len, const struct lua_json_member *m,
-                   int key_idx, const char *key, size_t key_len)
+__attribute__((noinline)) static bool escaped_key_is(lua_State *L, const char *text, size_t len,
+                                                     const struct lua_json_member *m, int key_idx,
+                                                     size_t key_len)
 {
-    if (!m->escaped)
-        return m->key_len == key_len && memcmp(text + m->key + 1, key, key_len) == 0;
     if (key_len > m->key_len) /* decoding never lengthens */
         return false;
     push_key(L, text, len, m);
     bool same = lua_rawequal(L, -1, key_idx);
     lua_pop(L, 1);
     return same;
+}
+
+/* Inlined: a search compares ~25 keys, most of them ruled out by their length. */
+static inline bool key_is(lua_State *L, const char *text, size_t len,
+                          const struct lua_json_member *m, int key_idx, const char *key,
+                          size_t key_len)
+{
+    if (!m->escaped)
+        return m->key_len == key_len && memcmp(text + m->key + 1, key, key_len) == 0;
+    return escaped_key_is(L, text, len, m, key_idx, key_len);
 }
 
 /* Keep key 2 and the value on top for the next read, in the state userdata at ud. */
@@ -114,6 +144,30 @@ static void remember(lua_State *L, struct record_state *s, int ud)
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, ud, UV_VALUE);
     s->cached = true;
+}
+
+/* Was key 2 made raw? __index runs for it only once the policy removed it. */
+static bool was_made_raw(lua_State *L, const struct record_state *s, const char *text, size_t len,
+                         const char *key, size_t key_len)
+{
+    for (unsigned r = 0; r < s->raw_count; r++)
+        if (key_is(L, text, len, &s->members[s->raw[r]], 2, key, key_len))
+            return true;
+    return false;
+}
+
+/* The value on top, of member i, becomes the table's own (see the top of this file); a
+ * null (nil) is remembered instead, as an absent member is. */
+static void make_raw(lua_State *L, struct record_state *s, size_t i)
+{
+    if (lua_isnil(L, -1) || s->raw_count == RAW_MAX) {
+        remember(L, s, 3);
+        return;
+    }
+    s->raw[s->raw_count++] = (uint32_t)i;
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
 }
 
 /* __index: one member, scanned from the text. The last of duplicate keys wins, as in the
@@ -135,10 +189,15 @@ static int record_index(lua_State *L)
             return 1;
         }
     }
-    lua_settop(L, 2);
+    lua_settop(L, 3);
     size_t key_len, len;
     const char *key = lua_tolstring(L, 2, &key_len), *text;
-    s = push_state(L, 1, &text, &len);
+    lua_getiuservalue(L, 3, UV_TEXT);
+    text = lua_tolstring(L, 4, &len);
+    if (was_made_raw(L, s, text, len, key, key_len)) {
+        lua_pushnil(L);
+        return 1;
+    }
     size_t i = s->count;
     if (s->hint && key_is(L, text, len, &s->members[s->hint - 1], 2, key, key_len))
         i = s->hint; /* the last member with this key: the search starts on it */
@@ -154,7 +213,7 @@ static int record_index(lua_State *L)
         } else if (!lua_json_push_at(L, text, len, m->value)) {
             return luaL_error(L, "log_record: cannot read a member");
         } else {
-            remember(L, s, 3);
+            make_raw(L, s, i);
         }
         return 1;
     }
@@ -302,11 +361,12 @@ void lua_record_push(lua_State *L, int idx)
         return;
     }
     size_t size = sizeof(struct record_state) + count * sizeof(scan.members[0]);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 4); /* the state, and room for the members a policy reads */
     struct record_state *s = lua_newuserdatauv(L, size, UV_COUNT);
     s->count = count;
     s->hint = 0;
     s->cached = false;
+    s->raw_count = 0;
     if (count > 0)
         memcpy(s->members, scan.members, count * sizeof(scan.members[0]));
     lua_pushvalue(L, idx);

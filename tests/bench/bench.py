@@ -784,24 +784,34 @@ def perf_summary(data, n=15):
     return top, split
 
 
+def published_by(policy, stats):
+    """How many of a spool's records `policy` publishes: the connection-object policy drops
+    the Reception records."""
+    dropped = stats["by_type"].get("Reception", 0) if policy == "connection" else 0
+    return stats["records"] - dropped
+
+
 def profile(bench, spool, stats):
-    """The relay over a spool, built-in and seed policy: under callgrind over `spool` (20k
-    records: instructions, user space, exact) and under perf record -g over a spool of
-    BENCH_RECORDS (CPU samples at perf's default 4 kHz, kernel included; a longer run so
-    that start-up weighs little and there are enough samples). Returns Markdown."""
+    """The relay over a spool, built-in, seed and connection-object policy: under callgrind
+    over `spool` (20k records: instructions, user space, exact) and under perf record -g
+    over a spool of BENCH_RECORDS (CPU samples at perf's default 4 kHz, kernel included; a
+    longer run so that start-up weighs little and there are enough samples). Returns
+    Markdown."""
     n, nbytes = stats["records"], stats["bytes"]
     say(f"\n-- generating {N_RECORDS:,} records for perf")
     big_spool = bench.tmp / "spool-perf"
     pstats = write_spool(big_spool, N_RECORDS, "p")
     pn, pbytes = pstats["records"], pstats["bytes"]
     out = []
-    for policy in ("builtin", "seed"):
+    for policy in ("builtin", "seed", "connection"):
+        published, ppublished = (published_by(policy, st) for st in (stats, pstats))
         cg = bench.tmp / f"callgrind-{policy}.out"
-        bench.relay(f"callgrind-{policy}", spool, policy, (n, nbytes, n), ack_timeout="120s",
+        bench.relay(f"callgrind-{policy}", spool, policy, (n, nbytes, published),
+                    ack_timeout="120s",
                     wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"))
         total, rows = callgrind_top(cg)
         pd = bench.tmp / f"perf-{policy}.data"
-        run = bench.relay(f"perf-{policy}", big_spool, policy, (pn, pbytes, pn),
+        run = bench.relay(f"perf-{policy}", big_spool, policy, (pn, pbytes, ppublished),
                           wrapper=("perf", "record", "-q", "-g", "-o", str(pd), "--"))
         ptop, split = perf_summary(pd)
         out += [f"### {policy} policy: callgrind over {n:,} records, self cost",

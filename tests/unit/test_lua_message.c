@@ -413,6 +413,98 @@ Test(lua_message, get_meta_reads_the_record_meta)
     cr_expect(eval_bool("return message:get_meta('tenant') == nil"));
 }
 
+/* A member read is made raw in the lazy table: whatever the policy does to it afterwards
+ * (change it, remove it, set it again, read it once removed, then see the table whole),
+ * the lazy record reads as the table json_parse makes of the same line. Keys read: more
+ * than the table makes raw, duplicates (the last wins; a null one removes), escaped. */
+static const char *const changes =
+    "local function trace(r)\n"
+    "  local out = {}\n"
+    "  local function see(...)\n"
+    "    for i = 1, select('#', ...) do out[#out + 1] = tostring((select(i, ...))) end\n"
+    "  end\n"
+    "  see(r.type, r.a, r.b, r.type, r.c, r.d, r.e, r.f, r.g, r.h, r.a, r.h, r.dup, r.gone)\n"
+    "  r.type = 'changed' see(r.type)\n"
+    "  r.a = nil see(r.a, r.a, r.b)\n"
+    "  r.b = nil r.b = 'again' see(r.b, r.type, r.a)\n"
+    "  see(rawget(r, 'a'), rawget(r, 'type'), #r, kumo.serde.json_encode(r))\n"
+    "  return table.concat(out, ' ')\n"
+    "end\n"
+    "local function trace2(r)\n"
+    "  local out = {}\n"
+    "  out[1] = tostring(r.type) .. tostring(r.e)\n"
+    "  r.e = nil\n"
+    "  for k, v in pairs(r) do out[#out + 1] = k .. '=' .. tostring(v) end\n"
+    "  table.sort(out)\n"
+    "  return table.concat(out, ' ')\n"
+    "end\n"
+    "local e1, e2 = kumo.serde.json_parse(message:get_data()), "
+    "kumo.serde.json_parse(message:get_data())\n"
+    "local lazy = trace(message:get_meta('log_record'))\n"
+    "message:set_meta('log_record', nil)\n"
+    "return lazy, trace(e1), trace2(kumo.serde.json_parse(message:get_data())), trace2(e2)";
+
+Test(lua_message, member_read_then_changed)
+{
+    const char *line = "{\"type\":\"Delivery\",\"a\":1,\"b\":\"x\",\"c\":true,\"d\":1.5,"
+                       "\"e\":\"e\",\"f\":\"f\",\"g\":\"g\",\"h\":\"h\",\"dup\":1,"
+                       "\"d\\u0075p\":2,\"gone\":3,\"gone\":null,\"t\\u0079pe\":\"Last\"}\n";
+    struct message_source src = source_of(line);
+    bind_message(&src);
+    cr_assert_eq(run(changes), 4);
+    cr_log_info("%s | %s", lua_tostring(L, -4), lua_tostring(L, -2));
+    cr_expect_str_eq(lua_tostring(L, -4), lua_tostring(L, -3));
+    cr_expect_str_eq(lua_tostring(L, -2), lua_tostring(L, -1));
+    lua_pop(L, 4);
+    /* trace2 on the lazy table: a member read, removed, then the table walked. */
+    bind_message(&src);
+    cr_assert_eq(run("local r = message:get_meta('log_record')\n"
+                     "local out = { tostring(r.type) .. tostring(r.e) }\n"
+                     "r.e = nil\n"
+                     "for k, v in pairs(r) do out[#out + 1] = k .. '=' .. tostring(v) end\n"
+                     "table.sort(out)\n"
+                     "return table.concat(out, ' ')"),
+                 1);
+    cr_expect_str_eq(lua_tostring(L, -1), "Laste a=1 b=x c=true d=1.5 dup=2 f=f g=g h=h type=Last");
+}
+
+/* 'queue' and 'log_record' are kept apart from the other meta (user values of the
+ * message): unset, or set to nil, they read through to the record's meta as any key does;
+ * any other value, false included, is what get_meta and queue_name give. */
+Test(lua_message, queue_and_log_record_meta_read_as_any_meta)
+{
+    const char *line = "{\"type\":\"Delivery\",\"meta\":{\"queue\":\"from-meta\","
+                       "\"log_record\":\"m\"}}\n";
+    struct message_source src = source_of(line);
+    src.default_queue = "default";
+    bind_message(&src);
+    cr_expect(eval_bool("return message:get_meta('queue') == 'from-meta' and\n"
+                        "  message:queue_name() == 'default' and\n"
+                        "  message:get_meta('log_record').type == 'Delivery'"));
+    lua_getglobal(L, "message");
+    cr_expect_null(lua_message_queue(L, -1));
+    lua_pop(L, 1);
+    cr_expect(eval_bool("message:set_meta('queue', false)\n"
+                        "message:set_meta('log_record', nil)\n"
+                        "return message:get_meta('queue') == false and\n"
+                        "  message:queue_name() == false and\n"
+                        "  message:get_meta('log_record') == 'm'"));
+    lua_getglobal(L, "message");
+    cr_expect_null(lua_message_queue(L, -1), "a queue that is not a string is no queue");
+    lua_pop(L, 1);
+    cr_expect(eval_bool("message:set_meta('queue', 'q')\n"
+                        "local r = { type = 'mine' }\n"
+                        "message:set_meta('log_record', r)\n"
+                        "return message:get_meta('queue') == 'q' and message:queue_name() == 'q'\n"
+                        "  and message:get_meta('log_record') == r"));
+    lua_getglobal(L, "message");
+    cr_expect_str_eq(lua_message_queue(L, -1), "q");
+    lua_pop(L, 1);
+    cr_expect(eval_bool("message:set_meta('queue', nil)\n"
+                        "return message:get_meta('queue') == 'from-meta' and\n"
+                        "  message:queue_name() == 'default'"));
+}
+
 /* set_meta('log_record', nil) before the first read: the record is not parsed behind it. */
 Test(lua_message, log_record_set_before_read)
 {
