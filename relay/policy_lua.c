@@ -117,6 +117,7 @@ static struct queue_state *new_queue(struct policy_lua *p, const char *name)
     q->parts_buf = xmalloc(strlen(name) + 4);
     subject_parse_queue(name, q->parts_buf, &q->parts);
     q->connection_ref = LUA_NOREF;
+    q->constructor_ref = LUA_NOREF;
     q->qc.batch_size = 0; /* 0 = not resolved yet */
     q->next = p->queues;
     p->queues = q;
@@ -132,6 +133,23 @@ void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs
     p->nats.publish_index = 0;
 }
 
+/* Pushes the handler list of q's constructor event; false when it has none. kumo.on only
+ * ever appends to a list once it exists, so the list is kept rather than looked up per
+ * record. */
+static bool push_constructor_handlers(struct policy_lua *p, struct queue_state *q)
+{
+    lua_State *L = p->L;
+    if (q->constructor_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, q->constructor_ref);
+        return true;
+    }
+    if (policy_lua_push_handlers(L, q->qc.constructor) == 0)
+        return false;
+    lua_pushvalue(L, -1);
+    q->constructor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return true;
+}
+
 /* Calls the constructor (domain, tenant, campaign) with the global `message` bound to
  * the message at msg_idx (0: none). Leaves its result on the stack on success. */
 static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg_idx,
@@ -139,7 +157,7 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
 {
     lua_State *L = p->L;
     const char *event = q->qc.constructor;
-    if (policy_lua_push_handlers(L, event) == 0) {
+    if (!push_constructor_handlers(p, q)) {
         *o = (struct outcome){
             .kind = OUTCOME_PERMANENT,
             .reason =

@@ -68,8 +68,9 @@ struct queue_state {
     struct queue_parts parts;
     struct queue_config qc;
     bool constructed;
-    bool per_record;    /* the seed shape: the constructor publishes for each record */
-    int connection_ref; /* the connection table (LUA_NOREF for the seed shape) */
+    bool per_record;     /* the seed shape: the constructor publishes for each record */
+    int connection_ref;  /* the connection table (LUA_NOREF for the seed shape) */
+    int constructor_ref; /* the constructor event's handler list, once it has one */
     struct held_record *batch;
     size_t batch_count;
     uint64_t batch_started_ms;
