@@ -17,7 +17,7 @@
 enum { AWAIT_LIMIT_MS = 30000 };
 
 /* client_publish's upvalues: what it would otherwise look up in the registry per call. */
-enum { PUBLISH_CLIENT_META = 1, PUBLISH_AWAITS, PUBLISH_LAZY_META, PUBLISH_UPVALUES = 3 };
+enum { PUBLISH_CLIENT_META = 1, PUBLISH_AWAITS, PUBLISH_UPVALUES = 2 };
 
 /* ---- client:publish ---- */
 
@@ -185,20 +185,31 @@ static int await_index(lua_State *L)
     return 1;
 }
 
-/* A lazy table holds its publish under private keys until the ack fills it: one shared
- * metatable, no closure per publish. */
-static char lazy_client_key, lazy_id_key, lazy_attempt_key, lazy_meta_key;
+/* A lazy table holds its publish's id and attempt under private keys until the ack fills
+ * it; its metatable, one per client, holds the client: no closure per publish. */
+static char lazy_client_key, lazy_id_key, lazy_attempt_key;
+
+/* The client of the table at idx when it is a lazy publish's table, else NULL. */
+static struct lua_nats_client *lazy_client(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return NULL;
+    lua_rawgetp(L, -1, &lazy_client_key);
+    struct lua_nats_client *client =
+        lua_type(L, -1) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lua_pop(L, 2);
+    return client;
+}
 
 /* The lazy table at 1: its client and id; true when the running hook may park for it. */
 static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Integer *id)
 {
-    lua_rawgetp(L, 1, &lazy_client_key);
+    *client = lazy_client(L, 1);
     lua_rawgetp(L, 1, &lazy_id_key);
     lua_rawgetp(L, 1, &lazy_attempt_key);
-    *client = lua_touserdata(L, -3);
     *id = lua_tointeger(L, -2);
     uint64_t attempt = (uint64_t)lua_tointeger(L, -1);
-    lua_pop(L, 3);
+    lua_pop(L, 2);
     struct lua_nats *nats = (*client)->nats;
     /* Only the attempt that published waits for the ack in the table's record. */
     if (L == nats->runner && lua_isyieldable(L) && attempt == nats->attempt) {
@@ -264,33 +275,47 @@ static int lazy_pairs(lua_State *L)
 
 void lua_nats_resolve(lua_State *L, int idx)
 {
-    if (!lua_getmetatable(L, idx))
+    struct lua_nats_client *client = lazy_client(L, idx);
+    if (!client)
         return;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
-    bool lazy = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!lazy)
-        return;
-    lua_rawgetp(L, idx, &lazy_client_key);
     lua_rawgetp(L, idx, &lazy_id_key);
-    struct lua_nats_client *client = lua_touserdata(L, -2);
     lua_Integer id = lua_tointeger(L, -1);
-    lua_pop(L, 2);
+    lua_pop(L, 1);
     poll_for_ack(L, client, id);
 }
 
-static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
+/* Pushes the metatable of client's lazy tables, made at its first lazy publish. */
+static void push_lazy_meta(lua_State *L, struct lua_nats_client *client)
 {
+    if (client->lazy_meta_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, client->lazy_meta_ref);
+        return;
+    }
     lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, lazy_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lazy_pairs);
+    lua_setfield(L, -2, "__pairs");
     lua_pushlightuserdata(L, client);
     lua_rawsetp(L, -2, &lazy_client_key);
+    lua_pushvalue(L, -1);
+    client->lazy_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Room for the private keys and kumod's five fields: filling the table at the ack then
+ * needs no rehash (a cleared key keeps its node until one). */
+enum { LAZY_NODES = 8 };
+
+static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
+{
+    lua_createtable(L, 0, LAZY_NODES);
     lua_pushinteger(L, (lua_Integer)await_id);
     lua_rawsetp(L, -2, &lazy_id_key);
     lua_pushinteger(L, (lua_Integer)client->nats->attempt);
     lua_rawsetp(L, -2, &lazy_attempt_key);
     lua_pushvalue(L, -1);
     lua_rawseti(L, lua_upvalueindex(PUBLISH_AWAITS), (lua_Integer)await_id);
-    lua_pushvalue(L, lua_upvalueindex(PUBLISH_LAZY_META));
+    push_lazy_meta(L, client);
     lua_setmetatable(L, -2);
 }
 
@@ -432,7 +457,7 @@ bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ac
     if (found) {
         lua_pushnil(L);
         lua_setmetatable(L, -2);
-        const void *keys[] = {&lazy_client_key, &lazy_id_key, &lazy_attempt_key};
+        const void *keys[] = {&lazy_id_key, &lazy_attempt_key};
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
             lua_pushnil(L);
             lua_rawsetp(L, -2, keys[i]);
@@ -467,18 +492,11 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    lua_createtable(L, 0, 2);
-    lua_pushcfunction(L, lazy_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, lazy_pairs);
-    lua_setfield(L, -2, "__pairs");
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
 
     luaL_newmetatable(L, CLIENT_META);
     lua_newtable(L);
     lua_pushvalue(L, -2);
     lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
     lua_pushcclosure(L, client_publish, PUBLISH_UPVALUES);
     lua_setfield(L, -2, "publish");
     lua_pushcfunction(L, client_close);
