@@ -97,7 +97,7 @@ static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
 
 /* Every record a hook leaves waiting for an ack gets a retry, freed when the ack comes:
  * freed ones are kept for the next (the policies run on the loop thread only). */
-enum { SPARE_RETRIES = 1024 };
+enum { SPARE_RETRIES = 4096 }; /* the default in-flight window */
 static struct {
     struct retry *head;
     size_t count;
@@ -117,7 +117,8 @@ static struct retry *retry_new(void)
 void policy_await_retry_free(struct retry *r)
 {
     free(r->ack);
-    free(r->members);
+    if (r->members != &r->one)
+        free(r->members);
     free(r->last_error);
     free(r->lazy_error);
     if (spare_retries.count >= SPARE_RETRIES) {
@@ -477,6 +478,18 @@ void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_
                        size_t count, struct outcome *o)
 {
     policy_await_settle(p, retry_alloc(q, members, count), o);
+}
+
+void policy_await_hold_one(struct policy_lua *p, struct queue_state *q, const struct held_record *h,
+                           struct outcome *o)
+{
+    struct retry *r = retry_alloc(q, NULL, 0);
+    r->one = *h;
+    r->members = &r->one;
+    r->count = 1;
+    if (h->rec->read_at_ms < r->first_ms)
+        r->first_ms = h->rec->read_at_ms;
+    policy_await_settle(p, r, o);
 }
 
 /* Resumes the parked hooks whose ack came while another hook ran, and decides the

@@ -458,9 +458,9 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
         return POLICY_PUBLISHED;
     if (o.kind == OUTCOME_OK || o.kind == OUTCOME_PARKED) {
         /* Held until the hook, and every publish it left to be acked, has finished. */
-        struct held_record *h = xmalloc(sizeof(*h));
-        hold(p, h, rec, msg_idx);
-        policy_await_hold(p, q, h, 1, &o);
+        struct held_record h;
+        hold(p, &h, rec, msg_idx);
+        policy_await_hold_one(p, q, &h, &o);
         return POLICY_DEFERRED;
     }
     policy_await_discard(p);

@@ -39,9 +39,10 @@ struct await_slot {
 
 /* One record or one batch waiting for its next attempt. */
 struct retry {
-    struct queue_state *queue; /* NULL: run the whole policy again (the error came early) */
-    struct held_record *members;
+    struct queue_state *queue;   /* NULL: run the whole policy again (the error came early) */
+    struct held_record *members; /* &one for a single record held by run_policy */
     size_t count;
+    struct held_record one;
     uint32_t attempts;
     uint64_t due_ms;
     uint64_t first_ms; /* when the oldest member was read, for max_age */
@@ -143,6 +144,9 @@ int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nr
  * Frees o->reason. */
 void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_record *members,
                        size_t count, struct outcome *o);
+/* As policy_await_hold for one record, copied: no array to allocate per record. */
+void policy_await_hold_one(struct policy_lua *p, struct queue_state *q, const struct held_record *h,
+                           struct outcome *o);
 /* The attempt that just ran left lazy publishes: its records must be held for them. */
 bool policy_await_pending(const struct policy_lua *p);
 /* The attempt that just ran failed: its lazy publishes no longer matter. */
