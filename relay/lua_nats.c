@@ -12,8 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define AWAITS_KEY "kumo-nats-relay.awaits"
-
 enum { AWAIT_LIMIT_MS = 30000 };
 
 /* client_publish's upvalues: what it would otherwise look up in the registry per call. */
@@ -164,7 +162,7 @@ static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integ
 {
     uint64_t deadline = loop_now_ms() + AWAIT_LIMIT_MS;
     for (;;) {
-        lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, client->nats->awaits_ref);
         int pending = lua_geti(L, -1, id) != LUA_TNIL;
         lua_pop(L, 2);
         if (!pending)
@@ -451,8 +449,7 @@ static int client_close(lua_State *L)
 
 bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack)
 {
-    (void)nats;
-    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, nats->awaits_ref);
     bool found = lua_geti(L, -1, (lua_Integer)ack->await_id) == LUA_TTABLE;
     if (found) {
         lua_pushnil(L);
@@ -491,12 +488,12 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_pushliteral(L, "v");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    nats->awaits_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     luaL_newmetatable(L, CLIENT_META);
     lua_newtable(L);
     lua_pushvalue(L, -2);
-    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, nats->awaits_ref);
     lua_pushcclosure(L, client_publish, PUBLISH_UPVALUES);
     lua_setfield(L, -2, "publish");
     lua_pushcfunction(L, client_close);

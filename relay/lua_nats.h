@@ -33,7 +33,8 @@ struct lua_nats {
     uint64_t *lazy_ids;
     size_t lazy_count, lazy_cap;
     char *lazy_error;
-    lua_CFunction pcall, xpcall;      /* the originals: a publish under them waits at once */
+    lua_CFunction pcall, xpcall; /* the originals: a publish under them waits at once */
+    int awaits_ref;              /* await_id -> the table a publish returned, weak (lua_nats.c) */
     struct lua_nats_client **clients; /* one per distinct connect configuration */
     size_t client_count;
 };
