@@ -278,11 +278,14 @@ static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verd
 {
     size_t len = 0;
     const char *data = NULL;
-    lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->message_ref);
-    if (verdict == POLICY_DEADLETTER)
+    int top = lua_gettop(p->L);
+    if (verdict == POLICY_DEADLETTER) {
+        /* The data is the message's: it stays on the stack until resolve has it. */
+        lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->message_ref);
         data = lua_message_data(p->L, -1, &len);
+    }
     p->env.resolve(p->env.ctx, h->rec, verdict, why, reason, data, len);
-    lua_pop(p->L, 1);
+    lua_settop(p->L, top);
     luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
 }
 
