@@ -183,9 +183,9 @@ static int await_index(lua_State *L)
     return 1;
 }
 
-/* A lazy table holds its publish's id and attempt under private keys until the ack fills
- * it; its metatable, one per client, holds the client: no closure per publish. */
-static char lazy_client_key, lazy_id_key, lazy_attempt_key;
+/* A lazy table holds its publish's id under a private key until the ack fills it; its
+ * metatable, one per client, holds the client: no closure per publish. */
+static char lazy_client_key, lazy_id_key;
 
 /* The client of the table at idx when it is a lazy publish's table, else NULL. */
 static struct lua_nats_client *lazy_client(lua_State *L, int idx)
@@ -204,13 +204,11 @@ static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Int
 {
     *client = lazy_client(L, 1);
     lua_rawgetp(L, 1, &lazy_id_key);
-    lua_rawgetp(L, 1, &lazy_attempt_key);
-    *id = lua_tointeger(L, -2);
-    uint64_t attempt = (uint64_t)lua_tointeger(L, -1);
-    lua_pop(L, 2);
+    *id = lua_tointeger(L, -1);
+    lua_pop(L, 1);
     struct lua_nats *nats = (*client)->nats;
     /* Only the attempt that published waits for the ack in the table's record. */
-    if (L == nats->runner && lua_isyieldable(L) && attempt == nats->attempt) {
+    if (L == nats->runner && lua_isyieldable(L) && nats->owns(nats->owner, (uint64_t)*id)) {
         nats->parked_await_id = (uint64_t)*id;
         return true;
     }
@@ -309,8 +307,6 @@ static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64
     lua_createtable(L, 0, LAZY_NODES);
     lua_pushinteger(L, (lua_Integer)await_id);
     lua_rawsetp(L, -2, &lazy_id_key);
-    lua_pushinteger(L, (lua_Integer)client->nats->attempt);
-    lua_rawsetp(L, -2, &lazy_attempt_key);
     lua_pushvalue(L, -1);
     lua_rawseti(L, lua_upvalueindex(PUBLISH_AWAITS), (lua_Integer)await_id);
     push_lazy_meta(L, client);
@@ -454,11 +450,8 @@ bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ac
     if (found) {
         lua_pushnil(L);
         lua_setmetatable(L, -2);
-        const void *keys[] = {&lazy_id_key, &lazy_attempt_key};
-        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-            lua_pushnil(L);
-            lua_rawsetp(L, -2, keys[i]);
-        }
+        lua_pushnil(L);
+        lua_rawsetp(L, -2, &lazy_id_key);
         if (!ack->error[0]) {
             /* kumod's fields, into the table the policy already holds. */
             lua_pushstring(L, ack->stream);

@@ -57,7 +57,6 @@ struct retry {
     /* Lazy publishes (lua_nats.c) of this attempt whose ack has not come: the hook may
      * have finished, the record is decided when the last comes. */
     unsigned lazy;
-    uint64_t attempt; /* lua_nats.attempt of the parked hook */
     char *lazy_error; /* "publish: <error>" of the first of them JetStream refused */
     bool listed;      /* on p->ready, or collected by a drain */
     struct retry *next;
@@ -93,8 +92,9 @@ struct policy_lua {
         struct await_slot *slots; /* held records waiting for acks, by await_id */
         size_t cap, count;
     } parked;
-    struct retry *ready; /* parked hooks whose ack came while another hook ran */
-    lua_State *runner;   /* the coroutine the next parkable hook runs on */
+    struct retry *ready;   /* parked hooks whose ack came while another hook ran */
+    struct retry *resumed; /* the record whose parked hook runs again now */
+    lua_State *runner;     /* the coroutine the next parkable hook runs on */
     int runner_ref;
     struct {
         lua_State *co;
