@@ -298,7 +298,7 @@ static void push_lazy_meta(lua_State *L, struct lua_nats_client *client)
     client->lazy_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* Room for the private keys and kumod's five fields: filling the table at the ack then
+/* Room for the private key and kumod's five fields: filling the table at the ack then
  * needs no rehash (a cleared key keeps its node until one). */
 enum { LAZY_NODES = 8 };
 
