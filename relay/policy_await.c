@@ -493,7 +493,7 @@ void policy_await_release_members(struct policy_lua *p, struct held_record *memb
         const char *data = lua_message_data(p->L, -1, &len);
         fn(ctx, members[i].rec, data, len);
         lua_pop(p->L, 1);
-        luaL_unref(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
+        policy_lua_unhold(p, members[i].message_ref);
     }
 }
 

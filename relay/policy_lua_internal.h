@@ -20,6 +20,7 @@ enum {
     MEMORY_CEILING = 512 * 1024 * 1024, /* bytes for the whole Lua state */
     SEEN_ERRORS = 256,                  /* distinct error messages logged at warn */
     SPARE_RUNNERS = 256,                /* finished coroutines kept for the next hooks */
+    SPARE_REFS = 4096,                  /* registry slots of let-go messages: the window */
 };
 
 /* A record the policy holds: in a batch, or waiting to be sent again. */
@@ -101,6 +102,8 @@ struct policy_lua {
         int ref;
     } spare[SPARE_RUNNERS]; /* coroutines whose hook finished: cheaper than new ones */
     size_t spare_count;
+    int spare_refs[SPARE_REFS]; /* registry slots holding false, for the next held message */
+    size_t spare_ref_count;
     bool may_park;            /* the hook about to run may wait for an ack (call_parkable) */
     struct retry just_parked; /* what call_parkable parked: co, co_ref, await_id, event */
     bool has_should_enqueue;
@@ -135,6 +138,8 @@ void policy_lua_drop_connection(struct policy_lua *p, struct queue_state *q);
 void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count);
 void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
                             const struct outcome *o);
+/* Lets go of a held message's registry reference. */
+void policy_lua_unhold(struct policy_lua *p, int message_ref);
 
 /* policy_await.c */
 /* As policy_lua_call_hook, but a publish in it may park the hook (LUA_YIELD, the
