@@ -12,9 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define AWAITS_KEY "kumo-nats-relay.awaits"
-
 enum { AWAIT_LIMIT_MS = 30000 };
+
+/* client_publish's upvalues: what it would otherwise look up in the registry per call. */
+enum { PUBLISH_CLIENT_META = 1, PUBLISH_AWAITS, PUBLISH_UPVALUES = 2 };
 
 /* ---- client:publish ---- */
 
@@ -52,27 +53,67 @@ static void read_headers(lua_State *L, int idx, struct publish_args *a)
     }
 }
 
-static void read_publish_args(lua_State *L, struct publish_args *a)
+enum { ARG_SUBJECT, ARG_PAYLOAD, ARG_HEADERS, ARG_AWAIT_ACK, ARG_COUNT };
+
+/* Which of publish's keys the string key at idx is; -1 for any other. */
+static int arg_slot(lua_State *L, int idx)
+{
+    size_t len;
+    const char *key = lua_tolstring(L, idx, &len);
+    if (len == 7 && memcmp(key, "subject", 7) == 0)
+        return ARG_SUBJECT;
+    if (len == 7 && memcmp(key, "payload", 7) == 0)
+        return ARG_PAYLOAD;
+    if (len == 7 && memcmp(key, "headers", 7) == 0)
+        return ARG_HEADERS;
+    if (len == 9 && memcmp(key, "await_ack", 9) == 0)
+        return ARG_AWAIT_ACK;
+    return -1;
+}
+
+/* Pushes the values of publish's keys in the table at 2, in ARG_ order, raising for an
+ * unknown key first. A plain table is walked once: its values are the ones lua_getfield
+ * would give, and the first unknown key in lua_next's order is the one
+ * lua_nats_check_keys would name. A table with a metatable may have its fields behind
+ * __index: checked and read field by field. */
+static void push_publish_fields(lua_State *L, int base)
 {
     static const char *const keys[] = {"subject", "payload", "headers", "await_ack", NULL};
+    if (lua_getmetatable(L, 2)) {
+        lua_pop(L, 1);
+        lua_nats_check_keys(L, 2, keys, "publish");
+        for (int i = 0; i < ARG_COUNT; i++)
+            lua_getfield(L, 2, keys[i]);
+        return;
+    }
+    for (int i = 0; i < ARG_COUNT; i++)
+        lua_pushnil(L);
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) {
+        int slot = lua_type(L, -2) == LUA_TSTRING ? arg_slot(L, -2) : -1;
+        if (slot < 0)
+            luaL_error(L, "publish: unknown key \"%s\"", luaL_tolstring(L, -2, NULL));
+        lua_replace(L, base + slot);
+    }
+}
+
+static void read_publish_args(lua_State *L, struct publish_args *a)
+{
     luaL_checktype(L, 2, LUA_TTABLE);
-    lua_nats_check_keys(L, 2, keys, "publish");
-    lua_getfield(L, 2, "subject");
-    lua_getfield(L, 2, "payload");
-    lua_getfield(L, 2, "headers");
-    lua_getfield(L, 2, "await_ack");
-    a->subject = lua_tostring(L, -4);
+    int base = lua_gettop(L) + 1;
+    push_publish_fields(L, base);
+    a->subject = lua_tostring(L, base + ARG_SUBJECT);
     if (!a->subject || !*a->subject)
         luaL_error(L, "publish: subject must be a non-empty string");
-    a->payload = lua_tolstring(L, -3, &a->payload_len);
+    a->payload = lua_tolstring(L, base + ARG_PAYLOAD, &a->payload_len);
     if (!a->payload)
         luaL_error(L, "publish: payload must be a string");
-    if (lua_istable(L, -2))
-        read_headers(L, lua_absindex(L, -2), a);
-    else if (!lua_isnil(L, -2))
+    if (lua_istable(L, base + ARG_HEADERS))
+        read_headers(L, base + ARG_HEADERS, a);
+    else if (!lua_isnil(L, base + ARG_HEADERS))
         luaL_error(L, "publish: headers must be a table");
     /* kumod's Message: await_ack defaults to true. */
-    a->await_ack = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    a->await_ack = lua_isnil(L, base + ARG_AWAIT_ACK) || lua_toboolean(L, base + ARG_AWAIT_ACK);
 }
 
 /* kumod's PublishAck as a table: every field present, strings "" when empty. ack NULL:
@@ -121,7 +162,7 @@ static void poll_for_ack(lua_State *L, struct lua_nats_client *client, lua_Integ
 {
     uint64_t deadline = loop_now_ms() + AWAIT_LIMIT_MS;
     for (;;) {
-        lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, client->nats->awaits_ref);
         int pending = lua_geti(L, -1, id) != LUA_TNIL;
         lua_pop(L, 2);
         if (!pending)
@@ -142,23 +183,32 @@ static int await_index(lua_State *L)
     return 1;
 }
 
-/* A lazy table holds its publish under private keys until the ack fills it: one shared
- * metatable, no closure per publish. */
-static char lazy_client_key, lazy_id_key, lazy_attempt_key, lazy_meta_key;
+/* A lazy table holds its publish's id under a private key until the ack fills it; its
+ * metatable, one per client, holds the client: no closure per publish. */
+static char lazy_client_key, lazy_id_key;
+
+/* The client of the table at idx when it is a lazy publish's table, else NULL. */
+static struct lua_nats_client *lazy_client(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return NULL;
+    lua_rawgetp(L, -1, &lazy_client_key);
+    struct lua_nats_client *client =
+        lua_type(L, -1) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lua_pop(L, 2);
+    return client;
+}
 
 /* The lazy table at 1: its client and id; true when the running hook may park for it. */
 static bool lazy_parkable(lua_State *L, struct lua_nats_client **client, lua_Integer *id)
 {
-    lua_rawgetp(L, 1, &lazy_client_key);
+    *client = lazy_client(L, 1);
     lua_rawgetp(L, 1, &lazy_id_key);
-    lua_rawgetp(L, 1, &lazy_attempt_key);
-    *client = lua_touserdata(L, -3);
-    *id = lua_tointeger(L, -2);
-    uint64_t attempt = (uint64_t)lua_tointeger(L, -1);
-    lua_pop(L, 3);
+    *id = lua_tointeger(L, -1);
+    lua_pop(L, 1);
     struct lua_nats *nats = (*client)->nats;
     /* Only the attempt that published waits for the ack in the table's record. */
-    if (L == nats->runner && lua_isyieldable(L) && attempt == nats->attempt) {
+    if (L == nats->runner && lua_isyieldable(L) && nats->owns(nats->owner, (uint64_t)*id)) {
         nats->parked_await_id = (uint64_t)*id;
         return true;
     }
@@ -221,35 +271,45 @@ static int lazy_pairs(lua_State *L)
 
 void lua_nats_resolve(lua_State *L, int idx)
 {
-    if (!lua_getmetatable(L, idx))
+    struct lua_nats_client *client = lazy_client(L, idx);
+    if (!client)
         return;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
-    bool lazy = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!lazy)
-        return;
-    lua_rawgetp(L, idx, &lazy_client_key);
     lua_rawgetp(L, idx, &lazy_id_key);
-    struct lua_nats_client *client = lua_touserdata(L, -2);
     lua_Integer id = lua_tointeger(L, -1);
-    lua_pop(L, 2);
+    lua_pop(L, 1);
     poll_for_ack(L, client, id);
 }
 
-static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
+/* Pushes the metatable of client's lazy tables, made at its first lazy publish. */
+static void push_lazy_meta(lua_State *L, struct lua_nats_client *client)
 {
+    if (client->lazy_meta_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, client->lazy_meta_ref);
+        return;
+    }
     lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, lazy_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lazy_pairs);
+    lua_setfield(L, -2, "__pairs");
     lua_pushlightuserdata(L, client);
     lua_rawsetp(L, -2, &lazy_client_key);
+    lua_pushvalue(L, -1);
+    client->lazy_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Room for the private key and kumod's five fields: filling the table at the ack then
+ * needs no rehash (a cleared key keeps its node until one). */
+enum { LAZY_NODES = 8 };
+
+static void push_lazy_table(lua_State *L, struct lua_nats_client *client, uint64_t await_id)
+{
+    lua_createtable(L, 0, LAZY_NODES);
     lua_pushinteger(L, (lua_Integer)await_id);
     lua_rawsetp(L, -2, &lazy_id_key);
-    lua_pushinteger(L, (lua_Integer)client->nats->attempt);
-    lua_rawsetp(L, -2, &lazy_attempt_key);
-    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, (lua_Integer)await_id);
-    lua_pop(L, 1);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, lua_upvalueindex(PUBLISH_AWAITS), (lua_Integer)await_id);
+    push_lazy_meta(L, client);
     lua_setmetatable(L, -2);
 }
 
@@ -261,10 +321,8 @@ static void push_ack_table(lua_State *L, struct lua_nats_client *client, bool aw
     lua_createtable(L, 0, 5);
     if (!await_ack || !client->pub)
         return;
-    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, (lua_Integer)await_id);
-    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, lua_upvalueindex(PUBLISH_AWAITS), (lua_Integer)await_id);
     lua_createtable(L, 0, 1);
     lua_pushlightuserdata(L, client);
     lua_pushinteger(L, (lua_Integer)await_id);
@@ -297,9 +355,24 @@ static void lazy_add(struct lua_nats *nats, uint64_t await_id)
     nats->lazy_ids[nats->lazy_count++] = await_id;
 }
 
+/* The client at 1: luaL_checkudata's test against the client metatable in upvalue 1, so
+ * that it costs no registry lookup; luaL_checkudata raises its error for anything else. */
+static struct client_handle *check_client(lua_State *L)
+{
+    struct client_handle *h = lua_touserdata(L, 1);
+    if (h && lua_getmetatable(L, 1)) {
+        bool client = lua_rawequal(L, -1, lua_upvalueindex(PUBLISH_CLIENT_META));
+        lua_pop(L, 1);
+        if (client)
+            return h;
+    }
+    return luaL_checkudata(L, 1, CLIENT_META);
+}
+
+/* client:publish; its upvalues are the PUBLISH_ ones. */
 static int client_publish(lua_State *L)
 {
-    struct client_handle *h = luaL_checkudata(L, 1, CLIENT_META);
+    struct client_handle *h = check_client(L);
     struct lua_nats *nats = h->client->nats;
     if (h->closed)
         return luaL_error(L, "publish: the client is closed");
@@ -372,17 +445,13 @@ static int client_close(lua_State *L)
 
 bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ack *ack)
 {
-    (void)nats;
-    lua_getfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, nats->awaits_ref);
     bool found = lua_geti(L, -1, (lua_Integer)ack->await_id) == LUA_TTABLE;
     if (found) {
         lua_pushnil(L);
         lua_setmetatable(L, -2);
-        const void *keys[] = {&lazy_client_key, &lazy_id_key, &lazy_attempt_key};
-        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-            lua_pushnil(L);
-            lua_rawsetp(L, -2, keys[i]);
-        }
+        lua_pushnil(L);
+        lua_rawsetp(L, -2, &lazy_id_key);
         if (!ack->error[0]) {
             /* kumod's fields, into the table the policy already holds. */
             lua_pushstring(L, ack->stream);
@@ -405,14 +474,6 @@ bool lua_nats_acked(lua_State *L, struct lua_nats *nats, const struct publish_ac
 
 void lua_nats_open(lua_State *L, struct lua_nats *nats)
 {
-    luaL_newmetatable(L, CLIENT_META);
-    lua_newtable(L);
-    lua_pushcfunction(L, client_publish);
-    lua_setfield(L, -2, "publish");
-    lua_pushcfunction(L, client_close);
-    lua_setfield(L, -2, "close");
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
     /* Weak values: a table the policy dropped is not kept for an ack that may never
      * come (a failed attempt's). */
     lua_newtable(L);
@@ -420,13 +481,18 @@ void lua_nats_open(lua_State *L, struct lua_nats *nats)
     lua_pushliteral(L, "v");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, AWAITS_KEY);
-    lua_createtable(L, 0, 2);
-    lua_pushcfunction(L, lazy_index);
+    nats->awaits_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    luaL_newmetatable(L, CLIENT_META);
+    lua_newtable(L);
+    lua_pushvalue(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, nats->awaits_ref);
+    lua_pushcclosure(L, client_publish, PUBLISH_UPVALUES);
+    lua_setfield(L, -2, "publish");
+    lua_pushcfunction(L, client_close);
+    lua_setfield(L, -2, "close");
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, lazy_pairs);
-    lua_setfield(L, -2, "__pairs");
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_meta_key);
+    lua_pop(L, 1);
     lua_getglobal(L, "pcall");
     nats->pcall = lua_tocfunction(L, -1);
     lua_getglobal(L, "xpcall");

@@ -25,15 +25,18 @@ struct lua_nats {
     lua_State *runner;        /* the coroutine a parkable hook runs on: publish waits there */
     uint64_t parked_await_id; /* the ack a publish just yielded for */
     const char *event;        /* the hook the runner runs */
-    uint64_t attempt;         /* the running hook's attempt: a lazy table read parks in it */
-    uint64_t attempt_seq;
+    /* Whether a lazy publish is the running attempt's own: only then may a read of its
+     * table park the hook (policy_await.c answers, for owner). */
+    bool (*owns)(void *owner, uint64_t await_id);
+    void *owner;
     /* Lazy publishes of the running attempt (see client_publish), until policy_await.c
      * attaches them to the held record; an ack that comes first (a table read polling
      * outside a coroutine) takes its id out and leaves an error in lazy_error. */
     uint64_t *lazy_ids;
     size_t lazy_count, lazy_cap;
     char *lazy_error;
-    lua_CFunction pcall, xpcall;      /* the originals: a publish under them waits at once */
+    lua_CFunction pcall, xpcall; /* the originals: a publish under them waits at once */
+    int awaits_ref;              /* await_id -> the table a publish returned, weak (lua_nats.c) */
     struct lua_nats_client **clients; /* one per distinct connect configuration */
     size_t client_count;
 };

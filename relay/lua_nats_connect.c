@@ -369,6 +369,7 @@ static struct lua_nats_client *find_or_open(lua_State *L, struct lua_nats *nats,
     struct lua_nats_client *client = xcalloc(1, sizeof(*client));
     client->key = key;
     client->nats = nats;
+    client->lazy_meta_ref = LUA_NOREF;
     if (!nats->env->check_only) {
         struct publisher_options po = {
             .servers = (const char *const *)spec->servers,

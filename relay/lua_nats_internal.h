@@ -16,6 +16,7 @@ struct lua_nats_client {
     char *key; /* the canonical connect configuration: equal keys share the connection */
     struct publisher *pub; /* NULL under --check */
     struct lua_nats *nats;
+    int lazy_meta_ref; /* the metatable of its lazy publishes' tables (LUA_NOREF: none yet) */
 };
 
 /* The userdata a policy holds; several may point at one shared client. */

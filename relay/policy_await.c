@@ -17,6 +17,8 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 
+static bool owns_await(void *owner, uint64_t await_id);
+
 /* Resumes co (nargs values on its stack) under a fresh budget, with publish allowed to
  * yield in it. A yield that is not publish's is an error. */
 static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, int nargs, int *nres)
@@ -25,6 +27,8 @@ static int resume_hook(struct policy_lua *p, lua_State *co, const char *event, i
     p->budget = p->stopping ? STOPPING_BUDGET : INSTRUCTION_BUDGET;
     p->current_event = event;
     p->nats.runner = co;
+    p->nats.owns = owns_await;
+    p->nats.owner = p;
     p->nats.event = event;
     p->nats.parked_await_id = 0;
     hook_watchdog_enter(p->env.watchdog, event);
@@ -60,7 +64,6 @@ int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nr
     }
     lua_State *co = p->runner;
     lua_xmove(L, co, nargs + 1);
-    p->nats.attempt = ++p->nats.attempt_seq;
     int nres = 0;
     int rc = resume_hook(p, co, event, nargs, &nres);
     if (rc == LUA_OK) {
@@ -97,7 +100,7 @@ static uint64_t retry_delay_ms(const struct queue_config *qc, uint32_t attempts)
 
 /* Every record a hook leaves waiting for an ack gets a retry, freed when the ack comes:
  * freed ones are kept for the next (the policies run on the loop thread only). */
-enum { SPARE_RETRIES = 1024 };
+enum { SPARE_RETRIES = 4096 }; /* the default in-flight window */
 static struct {
     struct retry *head;
     size_t count;
@@ -117,7 +120,8 @@ static struct retry *retry_new(void)
 void policy_await_retry_free(struct retry *r)
 {
     free(r->ack);
-    free(r->members);
+    if (r->members != &r->one)
+        free(r->members);
     free(r->last_error);
     free(r->lazy_error);
     if (spare_retries.count >= SPARE_RETRIES) {
@@ -195,16 +199,23 @@ static void slot_put(struct policy_lua *p, uint64_t id, struct retry *r)
     p->parked.count++;
 }
 
+/* The slot of id, or the free one its probe run ends at. */
+static size_t slot_find(const struct policy_lua *p, uint64_t id)
+{
+    size_t mask = p->parked.cap - 1, i = slot_home(id, p->parked.cap);
+    while (p->parked.slots[i].r && p->parked.slots[i].await_id != id)
+        i = (i + 1) & mask;
+    return i;
+}
+
 /* Removes and returns the record waiting for id, or NULL. Deletion shifts the rest of the
  * probe run back, so lookups never need tombstones. */
 static struct retry *slot_take(struct policy_lua *p, uint64_t id)
 {
     if (p->parked.count == 0)
         return NULL;
-    size_t mask = p->parked.cap - 1, i = slot_home(id, p->parked.cap);
+    size_t mask = p->parked.cap - 1, i = slot_find(p, id);
     struct await_slot *slots = p->parked.slots;
-    while (slots[i].r && slots[i].await_id != id)
-        i = (i + 1) & mask;
     struct retry *found = slots[i].r;
     if (!found)
         return NULL;
@@ -236,6 +247,19 @@ static void slot_forget(struct policy_lua *p, struct retry *r)
         i++;
     }
     r->lazy = 0;
+}
+
+/* lua_nats' owns: a lazy publish is the running attempt's own when this run made it (its
+ * id is not attached yet), or an earlier run of the attempt did (it waits with the record
+ * resumed). Its table then parks the hook, which no other attempt's may. */
+static bool owns_await(void *owner, uint64_t await_id)
+{
+    struct policy_lua *p = owner;
+    for (size_t i = 0; i < p->nats.lazy_count; i++)
+        if (p->nats.lazy_ids[i] == await_id)
+            return true;
+    return p->resumed && p->parked.count > 0 &&
+           p->parked.slots[slot_find(p, await_id)].r == p->resumed;
 }
 
 /* Empties the table onto the front of *list, each record once (for release and free). */
@@ -290,7 +314,6 @@ static void park(struct policy_lua *p, struct retry *r)
     r->await_id = p->just_parked.await_id;
     r->event = p->just_parked.event;
     r->publish_index = p->just_parked.publish_index;
-    r->attempt = p->nats.attempt;
     r->next = NULL;
     attach_lazy(p, r);
     /* A lazy table read waits for its publish's ack: that slot now resumes the hook. */
@@ -361,7 +384,7 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
         recs[i] = r->members[i].rec;
     policy_lua_bind_records(p, recs, r->count);
     p->nats.publish_index = r->publish_index; /* the next publish gets the next id */
-    p->nats.attempt = r->attempt;
+    p->resumed = r;
     bool seed = r->queue->per_record; /* its constructor reads the global */
     if (seed) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
@@ -370,6 +393,7 @@ static void resume_parked(struct policy_lua *p, struct retry *r, const struct pu
     lua_nats_push_resume(co, ack);
     int nres = 0;
     int rc = resume_hook(p, co, r->event, 2, &nres);
+    p->resumed = NULL;
     if (seed) {
         lua_pushnil(L);
         lua_setglobal(L, "message");
@@ -469,7 +493,7 @@ void policy_await_release_members(struct policy_lua *p, struct held_record *memb
         const char *data = lua_message_data(p->L, -1, &len);
         fn(ctx, members[i].rec, data, len);
         lua_pop(p->L, 1);
-        luaL_unref(p->L, LUA_REGISTRYINDEX, members[i].message_ref);
+        policy_lua_unhold(p, members[i].message_ref);
     }
 }
 
@@ -477,6 +501,18 @@ void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_
                        size_t count, struct outcome *o)
 {
     policy_await_settle(p, retry_alloc(q, members, count), o);
+}
+
+void policy_await_hold_one(struct policy_lua *p, struct queue_state *q, const struct held_record *h,
+                           struct outcome *o)
+{
+    struct retry *r = retry_alloc(q, NULL, 0);
+    r->one = *h;
+    r->members = &r->one;
+    r->count = 1;
+    if (h->rec->read_at_ms < r->first_ms)
+        r->first_ms = h->rec->read_at_ms;
+    policy_await_settle(p, r, o);
 }
 
 /* Resumes the parked hooks whose ack came while another hook ran, and decides the

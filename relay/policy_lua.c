@@ -117,6 +117,7 @@ static struct queue_state *new_queue(struct policy_lua *p, const char *name)
     q->parts_buf = xmalloc(strlen(name) + 4);
     subject_parse_queue(name, q->parts_buf, &q->parts);
     q->connection_ref = LUA_NOREF;
+    q->constructor_ref = LUA_NOREF;
     q->qc.batch_size = 0; /* 0 = not resolved yet */
     q->next = p->queues;
     p->queues = q;
@@ -132,6 +133,23 @@ void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs
     p->nats.publish_index = 0;
 }
 
+/* Pushes the handler list of q's constructor event; false when it has none. kumo.on only
+ * ever appends to a list once it exists, so the list is kept rather than looked up per
+ * record. */
+static bool push_constructor_handlers(struct policy_lua *p, struct queue_state *q)
+{
+    lua_State *L = p->L;
+    if (q->constructor_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, q->constructor_ref);
+        return true;
+    }
+    if (policy_lua_push_handlers(L, q->qc.constructor) == 0)
+        return false;
+    lua_pushvalue(L, -1);
+    q->constructor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return true;
+}
+
 /* Calls the constructor (domain, tenant, campaign) with the global `message` bound to
  * the message at msg_idx (0: none). Leaves its result on the stack on success. */
 static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg_idx,
@@ -139,7 +157,7 @@ static int call_constructor(struct policy_lua *p, struct queue_state *q, int msg
 {
     lua_State *L = p->L;
     const char *event = q->qc.constructor;
-    if (policy_lua_push_handlers(L, event) == 0) {
+    if (!push_constructor_handlers(p, q)) {
         *o = (struct outcome){
             .kind = OUTCOME_PERMANENT,
             .reason =
@@ -246,13 +264,33 @@ static struct outcome send_one(struct policy_lua *p, struct queue_state *q, int 
 
 /* ---- holding records: retries and batches ---- */
 
+/* Every record a hook leaves waiting for its acks is held by a registry reference. A slot
+ * let go keeps false (no hole that luaL_ref's length could land before) and is reused:
+ * luaL_ref and luaL_unref cost ~540 instructions a record, reading and writing the
+ * registry's free list. */
 static void hold(struct policy_lua *p, struct held_record *h, struct inflight_record *rec,
                  int msg_idx)
 {
     lua_message_pin(p->L, msg_idx);
     lua_pushvalue(p->L, msg_idx);
     h->rec = rec;
-    h->message_ref = luaL_ref(p->L, LUA_REGISTRYINDEX);
+    if (p->spare_ref_count == 0) {
+        h->message_ref = luaL_ref(p->L, LUA_REGISTRYINDEX);
+        return;
+    }
+    h->message_ref = p->spare_refs[--p->spare_ref_count];
+    lua_rawseti(p->L, LUA_REGISTRYINDEX, h->message_ref);
+}
+
+void policy_lua_unhold(struct policy_lua *p, int message_ref)
+{
+    if (p->spare_ref_count == SPARE_REFS) {
+        luaL_unref(p->L, LUA_REGISTRYINDEX, message_ref);
+        return;
+    }
+    lua_pushboolean(p->L, 0);
+    lua_rawseti(p->L, LUA_REGISTRYINDEX, message_ref);
+    p->spare_refs[p->spare_ref_count++] = message_ref;
 }
 
 static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verdict verdict,
@@ -260,12 +298,15 @@ static void let_go(struct policy_lua *p, struct held_record *h, enum policy_verd
 {
     size_t len = 0;
     const char *data = NULL;
-    lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->message_ref);
-    if (verdict == POLICY_DEADLETTER)
+    int top = lua_gettop(p->L);
+    if (verdict == POLICY_DEADLETTER) {
+        /* The data is the message's: it stays on the stack until resolve has it. */
+        lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->message_ref);
         data = lua_message_data(p->L, -1, &len);
+    }
     p->env.resolve(p->env.ctx, h->rec, verdict, why, reason, data, len);
-    lua_pop(p->L, 1);
-    luaL_unref(p->L, LUA_REGISTRYINDEX, h->message_ref);
+    lua_settop(p->L, top);
+    policy_lua_unhold(p, h->message_ref);
 }
 
 void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
@@ -440,9 +481,9 @@ static enum policy_verdict run_policy(struct policy_lua *p, struct inflight_reco
         return POLICY_PUBLISHED;
     if (o.kind == OUTCOME_OK || o.kind == OUTCOME_PARKED) {
         /* Held until the hook, and every publish it left to be acked, has finished. */
-        struct held_record *h = xmalloc(sizeof(*h));
-        hold(p, h, rec, msg_idx);
-        policy_await_hold(p, q, h, 1, &o);
+        struct held_record h;
+        hold(p, &h, rec, msg_idx);
+        policy_await_hold_one(p, q, &h, &o);
         return POLICY_DEFERRED;
     }
     policy_await_discard(p);
@@ -520,7 +561,7 @@ static void run_retry(struct policy_lua *p, struct retry *r)
         if (v != POLICY_DEFERRED)
             let_go(p, &r->members[0], v, reason.kind, reason.text);
         else
-            luaL_unref(L, LUA_REGISTRYINDEX, r->members[0].message_ref);
+            policy_lua_unhold(p, r->members[0].message_ref);
         free(reason.text);
         policy_await_retry_free(r);
         return;

@@ -21,6 +21,7 @@ enum {
     MEMORY_CEILING = 512 * 1024 * 1024, /* bytes for the whole Lua state */
     SEEN_ERRORS = 256,                  /* distinct error messages logged at warn */
     SPARE_RUNNERS = 256,                /* finished coroutines kept for the next hooks */
+    SPARE_REFS = 4096,                  /* registry slots of let-go messages: the window */
 };
 
 /* A record the policy holds: in a batch, or waiting to be sent again. */
@@ -40,9 +41,10 @@ struct await_slot {
 
 /* One record or one batch waiting for its next attempt. */
 struct retry {
-    struct queue_state *queue; /* NULL: run the whole policy again (the error came early) */
-    struct held_record *members;
+    struct queue_state *queue;   /* NULL: run the whole policy again (the error came early) */
+    struct held_record *members; /* &one for a single record held by run_policy */
     size_t count;
+    struct held_record one;
     uint32_t attempts;
     uint64_t due_ms;
     uint64_t first_ms; /* when the oldest member was read, for max_age */
@@ -57,7 +59,6 @@ struct retry {
     /* Lazy publishes (lua_nats.c) of this attempt whose ack has not come: the hook may
      * have finished, the record is decided when the last comes. */
     unsigned lazy;
-    uint64_t attempt; /* lua_nats.attempt of the parked hook */
     char *lazy_error; /* "publish: <error>" of the first of them JetStream refused */
     bool listed;      /* on p->ready, or collected by a drain */
     struct retry *next;
@@ -69,8 +70,9 @@ struct queue_state {
     struct queue_parts parts;
     struct queue_config qc;
     bool constructed;
-    bool per_record;    /* the seed shape: the constructor publishes for each record */
-    int connection_ref; /* the connection table (LUA_NOREF for the seed shape) */
+    bool per_record;     /* the seed shape: the constructor publishes for each record */
+    int connection_ref;  /* the connection table (LUA_NOREF for the seed shape) */
+    int constructor_ref; /* the constructor event's handler list, once it has one */
     struct held_record *batch;
     size_t batch_count;
     uint64_t batch_started_ms;
@@ -93,14 +95,17 @@ struct policy_lua {
         struct await_slot *slots; /* held records waiting for acks, by await_id */
         size_t cap, count;
     } parked;
-    struct retry *ready; /* parked hooks whose ack came while another hook ran */
-    lua_State *runner;   /* the coroutine the next parkable hook runs on */
+    struct retry *ready;   /* parked hooks whose ack came while another hook ran */
+    struct retry *resumed; /* the record whose parked hook runs again now */
+    lua_State *runner;     /* the coroutine the next parkable hook runs on */
     int runner_ref;
     struct {
         lua_State *co;
         int ref;
     } spare[SPARE_RUNNERS]; /* coroutines whose hook finished: cheaper than new ones */
     size_t spare_count;
+    int spare_refs[SPARE_REFS]; /* registry slots holding false, for the next held message */
+    size_t spare_ref_count;
     bool may_park;            /* the hook about to run may wait for an ack (call_parkable) */
     struct retry just_parked; /* what call_parkable parked: co, co_ref, await_id, event */
     bool has_should_enqueue;
@@ -135,6 +140,8 @@ void policy_lua_drop_connection(struct policy_lua *p, struct queue_state *q);
 void policy_lua_bind_records(struct policy_lua *p, struct inflight_record **recs, size_t count);
 void policy_lua_resolve_all(struct policy_lua *p, struct held_record *members, size_t count,
                             const struct outcome *o);
+/* Lets go of a held message's registry reference. */
+void policy_lua_unhold(struct policy_lua *p, int message_ref);
 
 /* policy_await.c */
 /* As policy_lua_call_hook, but a publish in it may park the hook (LUA_YIELD, the
@@ -144,6 +151,9 @@ int policy_await_call(struct policy_lua *p, const char *event, int nargs, int nr
  * Frees o->reason. */
 void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_record *members,
                        size_t count, struct outcome *o);
+/* As policy_await_hold for one record, copied: no array to allocate per record. */
+void policy_await_hold_one(struct policy_lua *p, struct queue_state *q, const struct held_record *h,
+                           struct outcome *o);
 /* The attempt that just ran left lazy publishes: its records must be held for them. */
 bool policy_await_pending(const struct policy_lua *p);
 /* The attempt that just ran failed: its lazy publishes no longer matter. */

@@ -359,6 +359,46 @@ end)
         self.assertGreaterEqual(self.parks(relay), 2 * len(expected))
         self.assertNotIn("lua error", relay.log_text())
 
+    def test_a_table_from_before_a_park_parks_again_when_read(self):
+        # A hook's lazy publishes stay its own across a park: reading, after the hook was
+        # resumed, a table it had before parking parks it again, as the first read did.
+        # Polling instead would stop the relay until that ack: the other records' hooks
+        # could not run meanwhile.
+        server = self.start_nats(["kumo.q"])
+        policy = self.write_policy(server, """
+kumo.on('make.q', function(domain, tenant, campaign)
+  local client = kumo.nats.connect { servers = { '127.0.0.1:PORT' } }
+  return {
+    send = function(self, message)
+      local data = message:get_data()
+      local late = client:publish { subject = 'kumo.slow', payload = data }
+      local now = client:publish { subject = 'kumo.q', payload = data }
+      kumo.log_info('first ' .. now.sequence)
+      kumo.log_info('late ' .. late.sequence .. ' ' .. late.stream)
+    end,
+  }
+end)
+""")
+        silent = SilentSubscriber(server, "kumo.slow")
+        self.addCleanup(silent.close)
+        expected = self.write_records(10, seed=12)
+        relay = self.relay(self.lua_config(server, policy, jetstream={"ack_timeout": "1s"}))
+        # Every hook got past its first read while kumo.slow acknowledges nothing.
+        h.poll(lambda: relay.log_text().count("first ") == len(expected), 20,
+               "every hook's first read")
+        self.assertNotIn("late ", relay.log_text())
+        h.create_stream(server.url, "SLOW", ["kumo.slow"], dup_window=600)
+        silent.close()
+        h.wait_count(server.url, "SLOW", len(expected), timeout=30)
+        h.poll(lambda: relay.log_text().count("late ") == len(expected), 20, "every late read")
+        self.assertEqual(0, relay.stop())
+        h.assert_exactly_once(h.dump_stream(server.url, "SLOW"), expected)
+        h.assert_exactly_once(h.dump_stream(server.url, "KUMO"),
+                              [(data, msgid + ":1") for data, msgid in expected])
+        self.assertEqual(len(expected), relay.log_text().count(" SLOW\n"), relay.log_text())
+        self.assertEqual(2 * len(expected), self.parks(relay), relay.log_text())
+        self.assertNotIn("lua error", relay.log_text())
+
     def test_error_ack_after_the_hook_returned_retries_the_record(self):
         # The hook returned before JetStream refused its publish: the record is retried as
         # if publish had raised in the hook (kumod: the send fails, lua_deliver.rs closes
