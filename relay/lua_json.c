@@ -151,14 +151,11 @@ _Static_assert(JSCAN_MAX_DEPTH == JSON_PARSER_MAX_DEPTH,
                "jscan, this parser and jansson must refuse the same nesting");
 
 struct fast_parser {
-    lua_State *L; /* NULL: check the text only (lua_json_scan_object), push nothing */
+    lua_State *L;
     const char *text, *p, *end;
     int depth;
     char *scratch; /* unescaped strings */
     size_t scratch_cap;
-    struct lua_json_member *members; /* the top-level object's, when checking */
-    size_t member_count, member_cap;
-    bool escaped; /* set by a string with escapes: tells whether a key had any */
 };
 
 static bool fast_value(struct fast_parser *f);
@@ -324,7 +321,6 @@ static inline bool fast_string(struct fast_parser *f, bool key)
         }
         if (*p == '\\') {
             f->p = (const char *)p;
-            f->escaped = true;
             return fast_string_escaped(f, s, key);
         }
         if (*p < 0x20)
@@ -531,106 +527,6 @@ static bool fast_value(struct fast_parser *f)
     }
 }
 
-/* ---- checking only ------------------------------------------------------------------ */
-
-/* lua_json_scan_object's parser: fast_value's verdict on every text, pushing nothing (the
- * fuzz target compares them). A member or element that is a string or a number is read
- * in the loop, not through a call to check_value: those are most of a record's values. */
-static bool check_value(struct fast_parser *f);
-
-static inline bool check_element(struct fast_parser *f)
-{
-    char c = *f->p; /* the caller saw that there is a byte */
-    if (c == '"')
-        return fast_string(f, false);
-    if ((c >= '0' && c <= '9') || c == '-')
-        return fast_number(f);
-    return check_value(f);
-}
-
-/* The top-level object: note where a member's key (it ends at key_end) and value are. */
-static void note_member(struct fast_parser *f, const char *key, const char *key_end)
-{
-    if (f->member_count == f->member_cap) {
-        f->member_cap = f->member_cap ? f->member_cap * 2 : 32;
-        f->members = xrealloc(f->members, f->member_cap * sizeof(*f->members));
-    }
-    f->members[f->member_count++] = (struct lua_json_member){
-        .key = (uint32_t)(key - f->text),
-        .key_len = (uint32_t)(key_end - key) - 2,
-        .value = (uint32_t)(f->p - f->text),
-        .escaped = f->escaped,
-    };
-}
-
-static bool check_object(struct fast_parser *f, bool top)
-{
-    if (fast_open(f, '}'))
-        return true;
-    for (;;) {
-        const char *key = f->p;
-        f->escaped = false;
-        if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
-            return false;
-        const char *key_end = f->p;
-        fast_skip_space(f);
-        if (f->p >= f->end || *f->p != ':')
-            return false;
-        f->p++;
-        fast_skip_space(f);
-        if (f->p >= f->end)
-            return false;
-        if (top)
-            note_member(f, key, key_end);
-        if (!check_element(f))
-            return false;
-        int more = fast_after(f, '}');
-        if (more > 0)
-            continue;
-        return more == 0;
-    }
-}
-
-static bool check_array(struct fast_parser *f)
-{
-    if (fast_open(f, ']'))
-        return true;
-    for (;;) {
-        if (f->p >= f->end || !check_element(f))
-            return false;
-        int more = fast_after(f, ']');
-        if (more > 0)
-            continue;
-        return more == 0;
-    }
-}
-
-static bool check_value(struct fast_parser *f)
-{
-    if (f->p >= f->end)
-        return false;
-    bool ok;
-    switch (*f->p) {
-    case '{':
-    case '[':
-        if (++f->depth > FAST_MAX_DEPTH)
-            return false;
-        ok = *f->p == '{' ? check_object(f, f->depth == 1) : check_array(f);
-        f->depth--;
-        return ok;
-    case '"':
-        return fast_string(f, false);
-    case 't':
-        return fast_literal(f, "true", 4);
-    case 'f':
-        return fast_literal(f, "false", 5);
-    case 'n':
-        return fast_literal(f, "null", 4);
-    default:
-        return fast_number(f);
-    }
-}
-
 bool lua_json_push_direct(lua_State *L, const char *text, size_t len)
 {
     int top = lua_gettop(L);
@@ -644,27 +540,6 @@ bool lua_json_push_direct(lua_State *L, const char *text, size_t len)
     free(f.scratch);
     if (!ok)
         lua_settop(L, top);
-    return ok;
-}
-
-bool lua_json_scan_object(const char *text, size_t len, struct lua_json_member **members,
-                          size_t *cap, size_t *count)
-{
-    struct fast_parser f = {
-        .text = text, .p = text, .end = text + len, .members = *members, .member_cap = *cap};
-    *count = 0;
-    if (len > UINT32_MAX)
-        return false;
-    fast_skip_space(&f);
-    bool ok = f.p < f.end && *f.p == '{' && check_value(&f);
-    if (ok) {
-        fast_skip_space(&f);
-        ok = f.p == f.end;
-    }
-    free(f.scratch);
-    *members = f.members;
-    *cap = f.member_cap;
-    *count = ok ? f.member_count : 0;
     return ok;
 }
 
