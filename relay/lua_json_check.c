@@ -250,12 +250,40 @@ static const char *string_rest(const char *s, const char *end, bool key)
     }
 }
 
+/* Where check_text is in the map. Every quote or backslash before a string is in an earlier
+ * string (outside one, a quote opens one and a backslash is an error), so the lowest bit
+ * left in bits (of stops[w]) is the quote that opens the next string, and the one after
+ * it its closing quote or first escape: no search from a position, most of the time. */
+struct cursor {
+    uint64_t bits; /* stops[w], less the bits before the next string */
+    size_t w;
+    const char *odd_at; /* the first odd byte at or after some byte before the string */
+};
+
+/* The cursor past e (the end of a string read byte by byte). */
+static inline void cursor_at(const struct map *m, struct cursor *c, const char *e)
+{
+    size_t i = (size_t)(e - m->text);
+    c->w = i / 64;
+    c->bits = m->stops[c->w] & ~0ULL << (i % 64);
+}
+
+/* The rest of a string read byte by byte from p, and the cursor after it. */
+static const char *string_rest_mapped(const struct map *m, struct cursor *c, const char *p,
+                                      bool key)
+{
+    const char *e = string_rest(p, m->end, key);
+    if (e)
+        cursor_at(m, c, e);
+    return e;
+}
+
 /* The end of the string that opens at p (past its closing quote), or NULL; *escaped tells
  * whether it has an escape. With the map, a string with neither escapes nor odd bytes is
- * one jump to its closing quote. *odd_at is the first odd byte at or after some byte
- * before p: a string that ends before it has none. */
-static inline const char *string_end(const struct map *m, const char **odd_at, const char *p,
-                                     bool key, bool *escaped, bool mapped)
+ * one step of the cursor to its closing quote; a string that ends before c->odd_at has no
+ * odd byte. */
+static inline const char *string_end(const struct map *m, struct cursor *c, const char *p, bool key,
+                                     bool *escaped, bool mapped)
 {
     const char *body = p + 1;
     if (!mapped) {
@@ -263,17 +291,27 @@ static inline const char *string_end(const struct map *m, const char **odd_at, c
         *escaped = e && memchr(body, '\\', (size_t)(e - body));
         return e;
     }
-    const char *stop = next_bit(m, m->stops, body);
-    if (stop >= m->end)
-        return NULL;
+    uint64_t bits = c->bits;
+    size_t w = c->w;
+    while (!bits) /* to the opening quote, which is p: there is one */
+        bits = m->stops[++w];
+    bits &= bits - 1;
+    while (!bits) {
+        if (++w >= m->words)
+            return NULL; /* no closing quote */
+        bits = m->stops[w];
+    }
+    const char *stop = m->text + w * 64 + __builtin_ctzll(bits);
     *escaped = *stop == '\\';
-    if (*odd_at < body)
-        *odd_at = next_bit(m, m->odd, body);
-    if (*odd_at < stop)
-        return string_rest(body, m->end, key);
-    if (!*escaped)
-        return stop + 1;
-    return string_rest(stop, m->end, key);
+    if (c->odd_at < body)
+        c->odd_at = next_bit(m, m->odd, body);
+    if (c->odd_at < stop)
+        return string_rest_mapped(m, c, body, key);
+    if (*escaped)
+        return string_rest_mapped(m, c, stop, key);
+    c->bits = bits & (bits - 1);
+    c->w = w;
+    return stop + 1;
 }
 
 /* ---- numbers and the rest ------------------------------------------------------------ */
@@ -302,25 +340,30 @@ static bool real_fits(const char *s, const char *e)
     return !isinf(strtod(buf, NULL));
 }
 
+/* A record's numbers are mostly 10-digit timestamps: 16 bytes are tested at once while
+ * that many are left (as jscan's digits_end). */
 static inline const char *digits_end(const char *p, const char *end)
 {
+#ifdef __SSE2__
+    const __m128i zero = _mm_set1_epi8('0'), nine = _mm_set1_epi8('9');
+    for (; end - p >= 16; p += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i digit = _mm_and_si128(_mm_cmpeq_epi8(_mm_max_epu8(v, zero), v),
+                                      _mm_cmpeq_epi8(_mm_min_epu8(v, nine), v));
+        unsigned other = ~(unsigned)_mm_movemask_epi8(digit) & 0xffff;
+        if (other)
+            return p + __builtin_ctz(other);
+    }
+#endif
     while (p < end && *p >= '0' && *p <= '9')
         p++;
     return p;
 }
 
-/* The end of the number at p, or NULL where fast_number refuses it: bad grammar (a leading
- * zero ends the integer part), an integer that does not fit an int64, a real that
- * real_fits does not take. */
-static const char *number_end(const char *p, const char *end)
+/* number_end past the integer part (which ends at p, its digits at digits): the fraction
+ * and exponent, and whether fast_number takes the number that started at s. */
+static const char *number_rest(const char *s, const char *digits, const char *p, const char *end)
 {
-    const char *s = p;
-    bool negative = p < end && *p == '-';
-    p += negative;
-    if (p >= end || *p < '0' || *p > '9')
-        return NULL;
-    const char *digits = p;
-    p = *p == '0' ? p + 1 : digits_end(p, end);
     const char *int_end = p;
     bool real = false;
     if (p < end && *p == '.') {
@@ -341,8 +384,24 @@ static const char *number_end(const char *p, const char *end)
             return NULL;
     }
     if (!real)
-        return int_end - digits <= 18 || integer_fits(digits, int_end, negative) ? p : NULL;
+        return integer_fits(digits, int_end, *s == '-') ? p : NULL;
     return real_fits(s, p) ? p : NULL;
+}
+
+/* The end of the number at p, or NULL where fast_number refuses it: bad grammar (a leading
+ * zero ends the integer part), an integer that does not fit an int64, a real that
+ * real_fits does not take. An integer of at most 18 digits (any fits) is read inline. */
+static inline const char *number_end(const char *p, const char *end)
+{
+    const char *s = p;
+    p += p < end && *p == '-';
+    if (p >= end || *p < '0' || *p > '9')
+        return NULL;
+    const char *digits = p;
+    p = *p == '0' ? p + 1 : digits_end(p, end);
+    if (p - digits <= 18 && (p >= end || (*p != '.' && *p != 'e' && *p != 'E')))
+        return p;
+    return number_rest(s, digits, p, end);
 }
 
 static const char *literal_end(const char *p, const char *end, const char *word, size_t n)
@@ -368,7 +427,8 @@ static inline __attribute__((always_inline)) bool check_text(const struct map *i
                                                              struct members *out, bool mapped)
 {
     const struct map m = *in;
-    const char *p = m.text, *end = m.end, *odd_at = m.text;
+    const char *p = m.text, *end = m.end;
+    struct cursor cur = {.bits = mapped ? m.stops[0] : 0, .odd_at = m.text};
     struct lua_json_member *members = out->at;
     size_t count = 0, cap = out->cap;
     bool ok = false;
@@ -392,7 +452,7 @@ member: /* in an object, before a key */
         goto out;
     key = p;
     escaped = false;
-    if (!(p = string_end(&m, &odd_at, p, true, &escaped, mapped)))
+    if (!(p = string_end(&m, &cur, p, true, &escaped, mapped)))
         goto out;
     key_end = p;
     if (p >= end || *p != ':') { /* most often the colon follows at once */
@@ -419,7 +479,7 @@ value: /* before a value, in the container at depth */
         goto out;
     switch (*p) {
     case '"':
-        p = string_end(&m, &odd_at, p, false, &escaped, mapped);
+        p = string_end(&m, &cur, p, false, &escaped, mapped);
         break;
     case '{':
     case '[':
@@ -464,7 +524,8 @@ after: /* a value ended at p, in the container at depth */
     }
     if (*p == ',') {
         p++;
-        SKIP_WS(p, end);
+        if (p < end && (unsigned char)*p <= ' ')
+            SKIP_WS(p, end);
         if (object)
             goto member;
         goto value;
