@@ -205,8 +205,7 @@ __attribute__((noinline)) static bool fast_string_escaped(struct fast_parser *f,
     while (p < f->end) {
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
-            if (f->L)
-                lua_pushlstring(f->L, f->scratch, n);
+            lua_pushlstring(f->L, f->scratch, n);
             f->p = p + 1;
             return true;
         }
@@ -314,8 +313,7 @@ static inline bool fast_string(struct fast_parser *f, bool key)
         if (p >= end)
             break;
         if (*p == '"') {
-            if (f->L)
-                lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
+            lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
             f->p = (const char *)p + 1;
             return true;
         }
@@ -372,10 +370,6 @@ static bool fast_number(struct fast_parser *f)
         if (p == exp)
             return false;
     }
-    if (!real && !f->L && int_end - digits <= 18) {
-        f->p = p; /* checking only: any 18 digits fit an int64 */
-        return true;
-    }
     if (!real) {
         uint64_t v = 0;
         for (const char *d = digits; d < int_end; d++) {
@@ -385,8 +379,7 @@ static bool fast_number(struct fast_parser *f)
         }
         if (v > (uint64_t)INT64_MAX + negative)
             return false;
-        if (f->L)
-            lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
+        lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
     } else {
         char buf[64];
         size_t n = (size_t)(p - s);
@@ -397,8 +390,7 @@ static bool fast_number(struct fast_parser *f)
         double d = strtod(buf, NULL);
         if (isinf(d))
             return false;
-        if (f->L)
-            lua_pushnumber(f->L, d);
+        lua_pushnumber(f->L, d);
     }
     f->p = p;
     return true;
@@ -444,8 +436,7 @@ static inline int fast_after(struct fast_parser *f, char close)
 
 static bool fast_object(struct fast_parser *f)
 {
-    if (f->L)
-        lua_createtable(f->L, 0, 4);
+    lua_createtable(f->L, 0, 4);
     if (fast_open(f, '}'))
         return true;
     for (;;) {
@@ -458,8 +449,7 @@ static bool fast_object(struct fast_parser *f)
         fast_skip_space(f);
         if (!fast_value(f))
             return false;
-        if (f->L)
-            lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as jansson */
+        lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as jansson */
         int more = fast_after(f, '}');
         if (more > 0)
             continue;
@@ -469,18 +459,14 @@ static bool fast_object(struct fast_parser *f)
 
 static bool fast_array(struct fast_parser *f)
 {
-    if (f->L) {
-        lua_createtable(f->L, 4, 0);
-        lua_json_mark_array(f->L, -1);
-    }
+    lua_createtable(f->L, 4, 0);
+    lua_json_mark_array(f->L, -1);
     if (fast_open(f, ']'))
         return true;
     for (lua_Integer i = 1;; i++) {
         if (!fast_value(f))
             return false;
-        if (!f->L)
-            ;
-        else if (lua_isnil(f->L, -1))
+        if (lua_isnil(f->L, -1))
             lua_pop(f->L, 1);
         else
             lua_rawseti(f->L, -2, i);
@@ -494,7 +480,7 @@ static bool fast_array(struct fast_parser *f)
 /* Pushes one value (nil for null); f->p is at its first byte. */
 static bool fast_value(struct fast_parser *f)
 {
-    if (f->p >= f->end || (f->L && !lua_checkstack(f->L, 4)))
+    if (f->p >= f->end || !lua_checkstack(f->L, 4))
         return false;
     bool ok;
     switch (*f->p) {
@@ -509,17 +495,17 @@ static bool fast_value(struct fast_parser *f)
         return fast_string(f, false);
     case 't':
         ok = fast_literal(f, "true", 4);
-        if (ok && f->L)
+        if (ok)
             lua_pushboolean(f->L, 1);
         return ok;
     case 'f':
         ok = fast_literal(f, "false", 5);
-        if (ok && f->L)
+        if (ok)
             lua_pushboolean(f->L, 0);
         return ok;
     case 'n':
         ok = fast_literal(f, "null", 4);
-        if (ok && f->L)
+        if (ok)
             lua_pushnil(f->L);
         return ok;
     default:
