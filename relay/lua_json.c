@@ -151,14 +151,11 @@ _Static_assert(JSCAN_MAX_DEPTH == JSON_PARSER_MAX_DEPTH,
                "jscan, this parser and jansson must refuse the same nesting");
 
 struct fast_parser {
-    lua_State *L; /* NULL: check the text only (lua_json_scan_object), push nothing */
+    lua_State *L;
     const char *text, *p, *end;
     int depth;
     char *scratch; /* unescaped strings */
     size_t scratch_cap;
-    struct lua_json_member *members; /* the top-level object's, when checking */
-    size_t member_count, member_cap;
-    bool escaped; /* set by a string with escapes: tells whether a key had any */
 };
 
 static bool fast_value(struct fast_parser *f);
@@ -208,8 +205,7 @@ __attribute__((noinline)) static bool fast_string_escaped(struct fast_parser *f,
     while (p < f->end) {
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
-            if (f->L)
-                lua_pushlstring(f->L, f->scratch, n);
+            lua_pushlstring(f->L, f->scratch, n);
             f->p = p + 1;
             return true;
         }
@@ -317,14 +313,12 @@ static inline bool fast_string(struct fast_parser *f, bool key)
         if (p >= end)
             break;
         if (*p == '"') {
-            if (f->L)
-                lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
+            lua_pushlstring(f->L, s, (size_t)((const char *)p - s));
             f->p = (const char *)p + 1;
             return true;
         }
         if (*p == '\\') {
             f->p = (const char *)p;
-            f->escaped = true;
             return fast_string_escaped(f, s, key);
         }
         if (*p < 0x20)
@@ -376,10 +370,6 @@ static bool fast_number(struct fast_parser *f)
         if (p == exp)
             return false;
     }
-    if (!real && !f->L && int_end - digits <= 18) {
-        f->p = p; /* checking only: any 18 digits fit an int64 */
-        return true;
-    }
     if (!real) {
         uint64_t v = 0;
         for (const char *d = digits; d < int_end; d++) {
@@ -389,8 +379,7 @@ static bool fast_number(struct fast_parser *f)
         }
         if (v > (uint64_t)INT64_MAX + negative)
             return false;
-        if (f->L)
-            lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
+        lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
     } else {
         char buf[64];
         size_t n = (size_t)(p - s);
@@ -401,8 +390,7 @@ static bool fast_number(struct fast_parser *f)
         double d = strtod(buf, NULL);
         if (isinf(d))
             return false;
-        if (f->L)
-            lua_pushnumber(f->L, d);
+        lua_pushnumber(f->L, d);
     }
     f->p = p;
     return true;
@@ -448,8 +436,7 @@ static inline int fast_after(struct fast_parser *f, char close)
 
 static bool fast_object(struct fast_parser *f)
 {
-    if (f->L)
-        lua_createtable(f->L, 0, 4);
+    lua_createtable(f->L, 0, 4);
     if (fast_open(f, '}'))
         return true;
     for (;;) {
@@ -462,8 +449,7 @@ static bool fast_object(struct fast_parser *f)
         fast_skip_space(f);
         if (!fast_value(f))
             return false;
-        if (f->L)
-            lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as jansson */
+        lua_rawset(f->L, -3); /* a null value (nil) removes an earlier duplicate, as jansson */
         int more = fast_after(f, '}');
         if (more > 0)
             continue;
@@ -473,18 +459,14 @@ static bool fast_object(struct fast_parser *f)
 
 static bool fast_array(struct fast_parser *f)
 {
-    if (f->L) {
-        lua_createtable(f->L, 4, 0);
-        lua_json_mark_array(f->L, -1);
-    }
+    lua_createtable(f->L, 4, 0);
+    lua_json_mark_array(f->L, -1);
     if (fast_open(f, ']'))
         return true;
     for (lua_Integer i = 1;; i++) {
         if (!fast_value(f))
             return false;
-        if (!f->L)
-            ;
-        else if (lua_isnil(f->L, -1))
+        if (lua_isnil(f->L, -1))
             lua_pop(f->L, 1);
         else
             lua_rawseti(f->L, -2, i);
@@ -498,7 +480,7 @@ static bool fast_array(struct fast_parser *f)
 /* Pushes one value (nil for null); f->p is at its first byte. */
 static bool fast_value(struct fast_parser *f)
 {
-    if (f->p >= f->end || (f->L && !lua_checkstack(f->L, 4)))
+    if (f->p >= f->end || !lua_checkstack(f->L, 4))
         return false;
     bool ok;
     switch (*f->p) {
@@ -513,119 +495,19 @@ static bool fast_value(struct fast_parser *f)
         return fast_string(f, false);
     case 't':
         ok = fast_literal(f, "true", 4);
-        if (ok && f->L)
+        if (ok)
             lua_pushboolean(f->L, 1);
         return ok;
     case 'f':
         ok = fast_literal(f, "false", 5);
-        if (ok && f->L)
+        if (ok)
             lua_pushboolean(f->L, 0);
         return ok;
     case 'n':
         ok = fast_literal(f, "null", 4);
-        if (ok && f->L)
+        if (ok)
             lua_pushnil(f->L);
         return ok;
-    default:
-        return fast_number(f);
-    }
-}
-
-/* ---- checking only ------------------------------------------------------------------ */
-
-/* lua_json_scan_object's parser: fast_value's verdict on every text, pushing nothing (the
- * fuzz target compares them). A member or element that is a string or a number is read
- * in the loop, not through a call to check_value: those are most of a record's values. */
-static bool check_value(struct fast_parser *f);
-
-static inline bool check_element(struct fast_parser *f)
-{
-    char c = *f->p; /* the caller saw that there is a byte */
-    if (c == '"')
-        return fast_string(f, false);
-    if ((c >= '0' && c <= '9') || c == '-')
-        return fast_number(f);
-    return check_value(f);
-}
-
-/* The top-level object: note where a member's key (it ends at key_end) and value are. */
-static void note_member(struct fast_parser *f, const char *key, const char *key_end)
-{
-    if (f->member_count == f->member_cap) {
-        f->member_cap = f->member_cap ? f->member_cap * 2 : 32;
-        f->members = xrealloc(f->members, f->member_cap * sizeof(*f->members));
-    }
-    f->members[f->member_count++] = (struct lua_json_member){
-        .key = (uint32_t)(key - f->text),
-        .key_len = (uint32_t)(key_end - key) - 2,
-        .value = (uint32_t)(f->p - f->text),
-        .escaped = f->escaped,
-    };
-}
-
-static bool check_object(struct fast_parser *f, bool top)
-{
-    if (fast_open(f, '}'))
-        return true;
-    for (;;) {
-        const char *key = f->p;
-        f->escaped = false;
-        if (f->p >= f->end || *f->p != '"' || !fast_string(f, true))
-            return false;
-        const char *key_end = f->p;
-        fast_skip_space(f);
-        if (f->p >= f->end || *f->p != ':')
-            return false;
-        f->p++;
-        fast_skip_space(f);
-        if (f->p >= f->end)
-            return false;
-        if (top)
-            note_member(f, key, key_end);
-        if (!check_element(f))
-            return false;
-        int more = fast_after(f, '}');
-        if (more > 0)
-            continue;
-        return more == 0;
-    }
-}
-
-static bool check_array(struct fast_parser *f)
-{
-    if (fast_open(f, ']'))
-        return true;
-    for (;;) {
-        if (f->p >= f->end || !check_element(f))
-            return false;
-        int more = fast_after(f, ']');
-        if (more > 0)
-            continue;
-        return more == 0;
-    }
-}
-
-static bool check_value(struct fast_parser *f)
-{
-    if (f->p >= f->end)
-        return false;
-    bool ok;
-    switch (*f->p) {
-    case '{':
-    case '[':
-        if (++f->depth > FAST_MAX_DEPTH)
-            return false;
-        ok = *f->p == '{' ? check_object(f, f->depth == 1) : check_array(f);
-        f->depth--;
-        return ok;
-    case '"':
-        return fast_string(f, false);
-    case 't':
-        return fast_literal(f, "true", 4);
-    case 'f':
-        return fast_literal(f, "false", 5);
-    case 'n':
-        return fast_literal(f, "null", 4);
     default:
         return fast_number(f);
     }
@@ -644,27 +526,6 @@ bool lua_json_push_direct(lua_State *L, const char *text, size_t len)
     free(f.scratch);
     if (!ok)
         lua_settop(L, top);
-    return ok;
-}
-
-bool lua_json_scan_object(const char *text, size_t len, struct lua_json_member **members,
-                          size_t *cap, size_t *count)
-{
-    struct fast_parser f = {
-        .text = text, .p = text, .end = text + len, .members = *members, .member_cap = *cap};
-    *count = 0;
-    if (len > UINT32_MAX)
-        return false;
-    fast_skip_space(&f);
-    bool ok = f.p < f.end && *f.p == '{' && check_value(&f);
-    if (ok) {
-        fast_skip_space(&f);
-        ok = f.p == f.end;
-    }
-    free(f.scratch);
-    *members = f.members;
-    *cap = f.member_cap;
-    *count = ok ? f.member_count : 0;
     return ok;
 }
 

@@ -33,6 +33,10 @@ struct lua_json_member {
  * way, a member at a time (lua_record.c). */
 bool lua_json_scan_object(const char *text, size_t len, struct lua_json_member **members,
                           size_t *cap, size_t *count);
+/* Whether lua_json_scan_object (lua_json_check.c) may draw its map 32 bytes at a time when
+ * the CPU has AVX2 (it may unless told otherwise); false: 16 at a time with SSE2. For the
+ * fuzz target and the unit tests, which check both ways. */
+void lua_json_check_allow_avx2(bool allowed);
 /* Push the value starting at text[offset] (of a text lua_json_scan_object accepted) as
  * lua_json_push_direct does; false (nothing pushed) if it cannot. */
 bool lua_json_push_at(lua_State *L, const char *text, size_t len, size_t offset);

@@ -32,6 +32,7 @@ static void check_lazy_record(const uint8_t *data, size_t size)
     static size_t cap;
     size_t count;
     bool object = lua_istable(L, -1) && !lua_json_is_array(L, -1);
+    lua_json_check_allow_avx2(size % 2 == 0); /* both maps, the AVX2 one and SSE2 one */
     if (lua_json_scan_object((const char *)data, size, &members, &cap, &count) != object)
         abort(); /* the check and the direct parser disagree on what is an object */
     if (!object)

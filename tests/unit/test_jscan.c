@@ -1,5 +1,8 @@
 /* jscan: the top-level scanner the built-in policy uses instead of a full JSON parse. */
 #include "jscan.h"
+#include "lua_json.h"
+
+#include <lauxlib.h>
 
 #include <criterion/criterion.h>
 
@@ -479,4 +482,107 @@ Test(jscan, map_tail_and_digit_runs)
         expect_same(line, (size_t)n + 1, ok);
     }
     cr_assert_eq(accepted, 11, "a tab fits in %d places", accepted);
+}
+
+/* ---- lua_json_scan_object, the check behind log_record (lua_json_check.c) ------------ */
+
+/* Its verdict is the direct parser's (lua_json_push_direct) on every text, with the map
+ * drawn either way, on the texts where the map and the byte-by-byte reads meet: strings
+ * with UTF-8, escapes or control bytes just before and after a 64-byte word's end, and
+ * the refusals the direct parser has beyond JSON's grammar. */
+static void expect_check(const char *text, size_t len, bool ok)
+{
+    lua_State *L = luaL_newstate();
+    bool direct =
+        lua_json_push_direct(L, text, len) && lua_istable(L, -1) && !lua_json_is_array(L, -1);
+    lua_close(L);
+    cr_assert_eq(direct, ok, "direct parser %d, want %d: %.*s", direct, ok,
+                 (int)(len < 200 ? len : 200), text);
+    struct lua_json_member *members = NULL;
+    size_t cap = 0, count;
+    for (int avx2 = 1; avx2 >= 0; avx2--) {
+        lua_json_check_allow_avx2(avx2);
+        cr_assert_eq(lua_json_scan_object(text, len, &members, &cap, &count), ok,
+                     "check, avx2 %d: %.*s", avx2, (int)(len < 200 ? len : 200), text);
+    }
+    lua_json_check_allow_avx2(true);
+    free(members);
+}
+
+Test(lua_json_check, same_verdicts_as_the_direct_parser)
+{
+    static const struct {
+        const char *text;
+        bool ok;
+    } cases[] = {
+        {"{}", true},
+        {" {\"a\" : [1, -0, 0.5e-3, true, false, null, {}, []] } \n", true},
+        {"{\"a\":01}", false},
+        {"{\"a\":-}", false},
+        {"{\"a\":1.}", false},
+        {"{\"a\":999999999999999999}", true},
+        {"{\"a\":9223372036854775807}", true},
+        {"{\"a\":9223372036854775808}", false},
+        {"{\"a\":-9223372036854775808}", true},
+        {"{\"a\":1e999}", false},
+        {"{\"a\":1.00000000000000000000000000000000000000000000000000000000000000}", false},
+        {"{\"a\":\"\\u0000\"}", true},
+        {"{\"\\u0000\":1}", false},
+        {"{\"\\u00e9\":1}", true},
+        {"{\"a\":\"\\ud83d\\ude00\"}", true},
+        {"{\"a\":\"\\ud83d\"}", false},
+        {"{\"a\":\"\\ude00\"}", false},
+        {"{\"a\":\"\\x\"}", false},
+        {"{\"a\":\"Gr\xc3\xbc\xc3\x9f\x65\"}", true},
+        {"{\"a\":\"\xc3\"}", false},
+        {"{\"a\":\"\xed\xa0\x80\"}", false},
+        {"{\"a\":\"tab\there\"}", false},
+        {"{\"a\":1,}", false},
+        {"{\"a\" 1}", false},
+        {"[1]", false},
+        {"{\"a\":1} x", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_check(cases[i].text, strlen(cases[i].text), cases[i].ok);
+}
+
+Test(lua_json_check, strings_across_the_map_words)
+{
+    static const char *const inserts[] = {"\xc3\xa9", "\\n",  "\\\"", "\\u00e9",
+                                          "\xc3",     "\x01", "\\q"};
+    static const bool good[] = {true, true, true, true, false, false, false};
+    char text[400];
+    for (size_t k = 0; k < sizeof(inserts) / sizeof(inserts[0]); k++)
+        for (int pad = 40; pad < 140; pad++) {
+            int n = snprintf(text, sizeof(text), "{\"k\":\"%.*s%s%.*s\",\"z\":[\"%s\"]}", pad,
+                             "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                             "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                             inserts[k], pad % 7, "yyyyyyy", k % 2 ? "" : inserts[k]);
+            expect_check(text, (size_t)n, good[k]);
+        }
+}
+
+Test(lua_json_check, long_texts_and_deep_nesting)
+{
+    /* Past the 16 KiB the map covers, then 2048 levels (taken) and 2049 (refused). */
+    size_t len = 20000;
+    char *text = malloc(len + 8192);
+    memset(text, 'x', len);
+    memcpy(text, "{\"k\":\"", 6);
+    memcpy(text + len - 2, "\"}", 2);
+    expect_check(text, len, true);
+    text[9000] = '\x01';
+    expect_check(text, len, false);
+    for (int levels = 2048; levels <= 2049; levels++) {
+        size_t n = 0;
+        text[n++] = '{';
+        n += (size_t)sprintf(text + n, "\"a\":");
+        for (int i = 1; i < levels; i++)
+            text[n++] = '[';
+        for (int i = 1; i < levels; i++)
+            text[n++] = ']';
+        text[n++] = '}';
+        expect_check(text, n, levels == 2048);
+    }
+    free(text);
 }
