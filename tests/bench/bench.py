@@ -550,7 +550,30 @@ def table(results):
                      f"{med(results['relay-fast'], lambda r: r['cpu'] / r['records'] * 1e5):.2f} vs "
                      f"{med(results['relay-builtin'], lambda r: r['cpu'] / r['records'] * 1e5):.2f} "
                      f"CPU s / 100k")
+    lines += per_round_ratios(results)
     return "\n".join(lines), ceiling_key
+
+
+def per_round_ratios(results):
+    """Each relay row against the fastest independent publisher of the same round. The
+    rows of a round run back to back, so this ratio compares runs made under the same
+    conditions; the table's ratio (median rate / median ceiling) also moves with the
+    machine's drift between rounds, which on a shared VM is up to ±15 %."""
+    ceilings = {}
+    for key in ("bare-reply", "bare-async", "natsbench-async"):
+        for rnd, run in enumerate(results.get(key, [])):
+            ceilings[rnd] = max(ceilings.get(rnd, 0), run["records"] / run["seconds"])
+    out = []
+    for key, what in ROWS:
+        runs = results.get(key) if key.startswith("relay") else None
+        if not runs or len(ceilings) < len(runs):
+            continue
+        ratios = [r["records"] / r["seconds"] / ceilings[i] for i, r in enumerate(runs)]
+        out.append(f"- {what}: " + " ".join(f"{x:.2f}" for x in ratios)
+                   + f" (median {statistics.median(ratios):.2f})")
+    if out:
+        out.insert(0, "\nvs the fastest independent publisher of the same round, round by round:")
+    return out
 
 
 # ---------------------------------------------------------------------------------------
