@@ -144,10 +144,12 @@ static inline const char *string_end(const struct map *m, struct cursor *c, cons
     }
     const char *stop = m->text + w * 64 + __builtin_ctzll(bits);
     *escaped = *stop == '\\';
-    if (c->odd_at < body)
-        c->odd_at = json_next_bit(m->text, m->end, m->odd, m->words, body);
-    if (c->odd_at < stop)
-        return string_rest_mapped(m, c, body, key);
+    if (c->odd_at < stop) { /* most often the next odd byte is past the string: one test */
+        if (c->odd_at < body)
+            c->odd_at = json_next_bit(m->text, m->end, m->odd, m->words, body);
+        if (c->odd_at < stop)
+            return string_rest_mapped(m, c, body, key);
+    }
     if (*escaped)
         return string_rest_mapped(m, c, stop, key);
     c->bits = bits & (bits - 1);
