@@ -2,9 +2,9 @@
  * and lua_json_check.c (the Lua policy's log_record check) share. One loop over the
  * values, no recursion: a hostile text's nesting costs a bit per level, not a stack frame.
  *
- * Where the two differ, the includer says how, before including this header: it defines
- * struct json_walk and these hooks, all inlined, so that each file compiles its own copy
- * of the walk (two each: with and without its map, mapped a constant in each).
+ * Where the two differ, the includer says how: it defines struct json_walk and the hooks
+ * declared below, all inlined, so that each file compiles its own copy of the walk (two
+ * each: with and without its map, mapped a constant in each).
  * - walk_string: the end of the string at p (past its closing quote), or NULL. jscan reads
  *   JSON's grammar; the Lua check also refuses what the direct parser refuses (invalid
  *   UTF-8, control bytes, lone surrogates, \u0000 in a key) and tells whether it has an
