@@ -15,7 +15,7 @@
  * backslash or a control byte: the bytes that end a plain stretch of a JSON string. Each
  * such byte sets the top bit of its byte of the result (the classic "has a byte below n"
  * and "has a zero byte" word tricks, which never miss one and never flag a word without
- * one); strings are read a word at a time with it, here and in lua_json.c. */
+ * one); strings are read a word at a time with it, in jscan.c and json_text.h. */
 static inline uint64_t jscan_word_has_stop(uint64_t x)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = ones * 0x80;

@@ -5,8 +5,7 @@
  * lua_json_encode.c. */
 #include "lua_json.h"
 
-#include "hex.h"
-#include "jscan.h"
+#include "json_text.h"
 #include "utf8.h"
 #include "xalloc.h"
 
@@ -20,10 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 /* ---- the array marker --------------------------------------------------------------- */
 
@@ -160,31 +155,11 @@ struct fast_parser {
 
 static bool fast_value(struct fast_parser *f);
 
-static inline bool is_space(char c)
-{
-    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
-}
-
 /* Records are compact: one compare sees that there is no space to skip, most times. */
 static inline void fast_skip_space(struct fast_parser *f)
 {
-    while (f->p < f->end && (unsigned char)*f->p <= ' ' && is_space(*f->p))
+    while (f->p < f->end && (unsigned char)*f->p <= ' ' && json_is_space(*f->p))
         f->p++;
-}
-
-/* The code unit of "\uXXXX" at p (which has 6 bytes), or -1. */
-static long escape_u16(const char *p)
-{
-    if (p[0] != '\\' || p[1] != 'u')
-        return -1;
-    long v = 0;
-    for (int i = 2; i < 6; i++) {
-        int d = hex_value(p[i]);
-        if (d < 0)
-            return -1;
-        v = v << 4 | d;
-    }
-    return v;
 }
 
 /* Decodes the escapes of a string whose body starts at s into f->scratch; f->p is at the
@@ -234,73 +209,14 @@ __attribute__((noinline)) static bool fast_string_escaped(struct fast_parser *f,
             p += 2;
             continue;
         }
-        long cp = f->end - p >= 6 ? escape_u16(p) : -1;
-        if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF) || (cp == 0 && key))
+        unsigned cp = 0;
+        size_t len = json_unicode_escape(p, f->end, key, &cp);
+        if (len == 0)
             return false;
-        p += 6;
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-            long low = f->end - p >= 6 ? escape_u16(p) : -1;
-            if (low < 0xDC00 || low > 0xDFFF)
-                return false;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-            p += 6;
-        }
-        n += utf8_encode((unsigned)cp, f->scratch + n);
+        p += len;
+        n += utf8_encode(cp, f->scratch + n);
     }
     return false;
-}
-
-/* Nonzero when one of the 8 bytes in x is one fast_string must look at: jscan's stops, and
- * any byte of a multi-byte UTF-8 sequence (which must be checked). Strings are most of a
- * record's bytes. */
-static inline uint64_t word_needs_look(uint64_t x)
-{
-    return jscan_word_has_stop(x) | (x & 0x8080808080808080ULL);
-}
-
-#ifdef __SSE2__
-/* One bit for each of the 16 bytes at p that fast_string must look at, as
- * word_needs_look's: a signed compare below 0x20 catches the control bytes and every byte
- * of 0x80 and above at once. */
-static inline unsigned block_needs_look(const unsigned char *p)
-{
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m128i quote = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
-    __m128i backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
-    __m128i low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
-    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), low));
-}
-#endif
-
-/* The first byte at or after p that fast_string must look at (p itself when fewer than 8
- * bytes are left). Most of a record's bytes are in strings: 16 at a time with SSE2, else
- * 8. */
-static inline const unsigned char *string_skip(const unsigned char *p, const unsigned char *end)
-{
-#ifdef __SSE2__
-    while (end - p >= 16) {
-        unsigned look = block_needs_look(p);
-        if (look)
-            return p + __builtin_ctz(look);
-        p += 16;
-    }
-#endif
-    while (end - p >= 8) {
-        uint64_t word;
-        memcpy(&word, p, 8);
-        uint64_t look = word_needs_look(word);
-        if (!look)
-            p += 8;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        /* The lowest flag is always a real one (a false one only sits above it). */
-        else
-            return p + __builtin_ctzll(look) / 8;
-#else
-        else
-            return p;
-#endif
-    }
-    return p;
 }
 
 /* f->p is at the opening quote. A string without escapes is pushed from the text itself. */
@@ -309,7 +225,7 @@ static inline bool fast_string(struct fast_parser *f, bool key)
     const char *s = ++f->p;
     const unsigned char *p = (const unsigned char *)s, *end = (const unsigned char *)f->end;
     while (p < end) {
-        p = string_skip(p, end);
+        p = json_string_skip(p, end);
         if (p >= end)
             break;
         if (*p == '"') {
@@ -335,63 +251,16 @@ static inline bool fast_string(struct fast_parser *f, bool key)
     return false;
 }
 
-static const char *skip_digits(const char *p, const char *end)
-{
-    while (p < end && *p >= '0' && *p <= '9')
-        p++;
-    return p;
-}
-
 static bool fast_number(struct fast_parser *f)
 {
-    const char *s = f->p, *p = s, *end = f->end;
-    bool negative = p < end && *p == '-';
-    p += negative;
-    if (p >= end || *p < '0' || *p > '9')
+    struct json_number n;
+    const char *p = json_strict_number(f->p, f->end, &n);
+    if (!p)
         return false;
-    const char *digits = p;
-    p = *p == '0' ? p + 1 : skip_digits(p, end);
-    const char *int_end = p;
-    bool real = false;
-    if (p < end && *p == '.') {
-        real = true;
-        const char *frac = ++p;
-        p = skip_digits(p, end);
-        if (p == frac)
-            return false;
-    }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        real = true;
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            p++;
-        const char *exp = p;
-        p = skip_digits(p, end);
-        if (p == exp)
-            return false;
-    }
-    if (!real) {
-        uint64_t v = 0;
-        for (const char *d = digits; d < int_end; d++) {
-            if (v > (UINT64_MAX - 9) / 10)
-                return false; /* too many digits for any int64 */
-            v = v * 10 + (uint64_t)(*d - '0');
-        }
-        if (v > (uint64_t)INT64_MAX + negative)
-            return false;
-        lua_pushinteger(f->L, negative ? (lua_Integer)(0 - v) : (lua_Integer)v);
-    } else {
-        char buf[64];
-        size_t n = (size_t)(p - s);
-        if (n >= sizeof(buf))
-            return false;
-        memcpy(buf, s, n);
-        buf[n] = '\0';
-        double d = strtod(buf, NULL);
-        if (isinf(d))
-            return false;
-        lua_pushnumber(f->L, d);
-    }
+    if (n.real)
+        lua_pushnumber(f->L, n.value);
+    else
+        lua_pushinteger(f->L, (lua_Integer)n.integer);
     f->p = p;
     return true;
 }

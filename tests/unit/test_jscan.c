@@ -586,3 +586,37 @@ Test(lua_json_check, long_texts_and_deep_nesting)
     }
     free(text);
 }
+
+/* jscan and the check share one walk (json_walk.h) and differ only where their modes say:
+ * the check refuses what the direct parser refuses beyond JSON's grammar, jscan reads the
+ * grammar (and finds its keys around such values). Both refuse what neither reads. */
+Test(lua_json_check, differs_from_jscan_only_by_its_strictness)
+{
+    static const struct {
+        const char *text;
+        bool jscan, check;
+    } cases[] = {
+        {"{\"type\":\"x\",\"a\":01}", true, false},
+        {"{\"type\":\"x\",\"a\":9223372036854775808}", true, false},
+        {"{\"type\":\"x\",\"a\":1e999}", true, false},
+        {"{\"type\":\"x\",\"a\":\"\\ud83d\"}", true, false},
+        {"{\"type\":\"x\",\"\\u0000\":1}", true, false},
+        {"{\"type\":\"x\",\"a\":\"\xc3\"}", true, false},
+        {"{\"type\":\"x\",\"a\":[1,{\"b\":\"\xc3\xa9\"}]}", true, true},
+        {"{\"type\":\"x\",\"a\":\"\\q\"}", false, false},
+        {"{\"type\":\"x\",\"a\":\"tab\there\"}", false, false},
+        {"{\"type\":\"x\",\"a\":[1,]}", false, false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *text = cases[i].text;
+        struct jscan_value v[K_COUNT];
+        char buf[16];
+        bool deep;
+        cr_assert_eq(jscan_object_depth(text, strlen(text), record_keys, K_COUNT, v, &deep),
+                     cases[i].jscan, "jscan: %s", text);
+        cr_assert_not(deep);
+        if (cases[i].jscan)
+            cr_assert_str_eq(str(&v[K_TYPE], buf, sizeof(buf)), "x", "%s", text);
+        expect_check(text, strlen(text), cases[i].check);
+    }
+}
