@@ -147,9 +147,10 @@ static void schedule_retry(struct policy_lua *p, struct retry *r, const char *re
     p->retries = r;
 }
 
-static struct retry *retry_alloc(struct queue_state *q, struct held_record *members, size_t count)
+/* r (from retry_new) for count members, which may be r's own one. */
+static struct retry *retry_fill(struct retry *r, struct queue_state *q, struct held_record *members,
+                                size_t count)
 {
-    struct retry *r = retry_new();
     r->co_ref = LUA_NOREF;
     r->queue = q;
     r->members = members;
@@ -159,6 +160,11 @@ static struct retry *retry_alloc(struct queue_state *q, struct held_record *memb
         if (members[i].rec->read_at_ms < r->first_ms)
             r->first_ms = members[i].rec->read_at_ms;
     return r;
+}
+
+static struct retry *retry_alloc(struct queue_state *q, struct held_record *members, size_t count)
+{
+    return retry_fill(retry_new(), q, members, count);
 }
 
 void policy_await_retry_new(struct policy_lua *p, struct queue_state *q,
@@ -506,13 +512,9 @@ void policy_await_hold(struct policy_lua *p, struct queue_state *q, struct held_
 void policy_await_hold_one(struct policy_lua *p, struct queue_state *q, const struct held_record *h,
                            struct outcome *o)
 {
-    struct retry *r = retry_alloc(q, NULL, 0);
+    struct retry *r = retry_new();
     r->one = *h;
-    r->members = &r->one;
-    r->count = 1;
-    if (h->rec->read_at_ms < r->first_ms)
-        r->first_ms = h->rec->read_at_ms;
-    policy_await_settle(p, r, o);
+    policy_await_settle(p, retry_fill(r, q, &r->one, 1), o);
 }
 
 /* Resumes the parked hooks whose ack came while another hook ran, and decides the
